@@ -1,0 +1,74 @@
+"""User-facing errors: one tree, each with a message fit to print as one line.
+
+    RelayError
+     ├── ConfigError          bad flag, env var, config file value (exit 2)
+     ├── KeyFileError         missing/unsafe/unparsable key, authorized_keys, known_hosts
+     ├── EndpointError
+     │    ├── ListenError     cannot listen (address in use, live socket owner)
+     │    └── TargetError     cannot reach the target Unix socket
+     └── TunnelError
+          ├── HostKeyMismatch server key differs from the pinned one
+          ├── HostKeyUnknown  --secure-host-key and no pinned key
+          └── TunnelUnavailable SSH link could not be established
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "EndpointError",
+    "HostKeyMismatch",
+    "HostKeyUnknown",
+    "KeyFileError",
+    "ListenError",
+    "RelayError",
+    "TargetError",
+    "TunnelError",
+    "TunnelUnavailable",
+]
+
+
+class RelayError(Exception):
+    """Root of every error this program reports to its user."""
+
+    exit_code = 1
+
+
+class ConfigError(RelayError):
+    """A configuration value (flag, environment, file) is invalid."""
+
+    exit_code = 2
+
+
+class KeyFileError(RelayError):
+    """A key or key-list file is missing, unsafe or unparsable."""
+
+    exit_code = 2
+
+
+class EndpointError(RelayError):
+    """A local endpoint (socket, pipe, port) cannot be used."""
+
+
+class ListenError(EndpointError):
+    """Listening on a socket, pipe or port failed."""
+
+
+class TargetError(EndpointError):
+    """The forwarded-to Unix socket cannot be reached."""
+
+
+class TunnelError(RelayError):
+    """The SSH link cannot be established or was refused."""
+
+
+class HostKeyMismatch(TunnelError):
+    """The server presented a host key that differs from the recorded one."""
+
+
+class HostKeyUnknown(TunnelError):
+    """Strict host-key checking is on and the server's key is not recorded."""
+
+
+class TunnelUnavailable(TunnelError):
+    """The SSH server could not be reached or authentication failed."""

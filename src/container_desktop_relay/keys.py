@@ -1,0 +1,233 @@
+"""Key files: RSA 4096 generation, safe loading, authorized_keys upkeep; never destroys data."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from container_desktop_relay.errors import KeyFileError
+from container_desktop_relay.log import get_logger
+
+__all__ = [
+    "KeyPairResult",
+    "atomic_write",
+    "authorized_key_line",
+    "ensure_authorized",
+    "ensure_key_pair",
+    "load_authorized_keys",
+    "load_private_key",
+    "public_pem",
+]
+
+log = get_logger(__name__)
+RSA_BITS = 4096
+_POSIX = sys.platform != "win32"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPairResult:
+    """What :func:`ensure_key_pair` did."""
+
+    private_path: Path
+    public_path: Path
+    created: bool
+    authorized_added: bool
+
+
+def atomic_write(path: Path, data: bytes, mode: int) -> None:
+    """Replace ``path`` with ``data`` atomically (temp file + fsync + rename), at ``mode``.
+
+    A symlink at ``path`` is followed, so the file it points to is the one replaced.
+    """
+    target = Path(os.path.realpath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if _POSIX:
+                os.fchmod(fh.fileno(), mode)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _check_private_permissions(path: Path) -> None:
+    if not _POSIX:
+        return
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise KeyFileError(
+            f"private key {path} is accessible by group/others (mode {mode:04o}); "
+            f"it must be 0600: run chmod 600 {path}"
+        )
+
+
+def load_private_key(path: Path, *, what: str = "identity key") -> asyncssh.SSHKey:
+    """Load a private key after checking it exists and is private (0600), as OpenSSH does.
+
+    Raises:
+        KeyFileError: missing, unreadable, too open or not a private key.
+    """
+    if not path.exists():
+        raise KeyFileError(
+            f"{what} {path} does not exist; create it with --generate-key-pair or point "
+            "--identity-path at an existing key"
+        )
+    _check_private_permissions(path)
+    try:
+        return asyncssh.read_private_key(str(path))
+    except (OSError, asyncssh.KeyImportError, ValueError) as exc:
+        raise KeyFileError(f"{what} {path} cannot be loaded: {exc}") from None
+
+
+def public_pem(key: asyncssh.SSHKey) -> bytes:
+    """The public half of an RSA key as PEM ("RSA PUBLIC KEY", PKCS#1), as the spec's id_rsa.pub."""
+    crypto_key = key.pyca_key.public_key() if hasattr(key.pyca_key, "public_key") else None
+    if not isinstance(crypto_key, rsa.RSAPublicKey):
+        return key.export_public_key("openssh")
+    return crypto_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.PKCS1)
+
+
+def authorized_key_line(key: asyncssh.SSHKey, comment: str = "container-desktop-relay") -> bytes:
+    """The OpenSSH authorized_keys line for ``key``."""
+    blob = key.export_public_key("openssh").split(b" ")[:2]
+    return b" ".join([*blob, comment.encode()]) + b"\n"
+
+
+def load_authorized_keys(path: Path) -> list[asyncssh.SSHKey]:
+    """Public keys in an OpenSSH authorized_keys file; a missing file holds none.
+
+    Raises:
+        KeyFileError: the file exists but cannot be read or parsed.
+    """
+    try:
+        data = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise KeyFileError(f"cannot read authorized keys {path}: {exc.strerror}") from None
+    keys: list[asyncssh.SSHKey] = []
+    for line in data.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        with contextlib.suppress(asyncssh.KeyImportError, ValueError):
+            keys.append(asyncssh.import_public_key(_strip_options(line)))
+    return keys
+
+
+def _strip_options(line: str) -> str:
+    """Drop a leading options field (``restrict,from=... ssh-rsa AAAA``) from a key line."""
+    parts = line.split()
+    for i, part in enumerate(parts):
+        if part.startswith(("ssh-", "ecdsa-", "sk-", "rsa-")):
+            return " ".join(parts[i:])
+    return line
+
+
+def _same_key(a: asyncssh.SSHKey, b: asyncssh.SSHKey) -> bool:
+    return a.public_data == b.public_data
+
+
+def ensure_authorized(key: asyncssh.SSHKey, authorized_keys: Path) -> bool:
+    """Append ``key`` to ``authorized_keys`` unless present; every existing line is kept.
+
+    Returns:
+        True when the key was added.
+
+    Raises:
+        KeyFileError: the file or its directory cannot be read or written.
+    """
+    try:
+        existing = authorized_keys.read_bytes()
+        mode = stat.S_IMODE(authorized_keys.stat().st_mode)
+    except FileNotFoundError:
+        existing, mode = b"", 0o600
+    except OSError as exc:
+        raise KeyFileError(
+            f"cannot read authorized keys {authorized_keys}: {exc.strerror}"
+        ) from None
+    for present in load_authorized_keys(authorized_keys) if existing else []:
+        if _same_key(present, key):
+            return False
+    if existing and not existing.endswith(b"\n"):
+        existing += b"\n"
+    try:
+        _ensure_dir(authorized_keys.parent)
+        atomic_write(authorized_keys, existing + authorized_key_line(key), mode)
+    except OSError as exc:
+        raise KeyFileError(
+            f"cannot update authorized keys {authorized_keys}: {exc.strerror or exc}"
+        ) from None
+    return True
+
+
+def _ensure_dir(path: Path) -> None:
+    if not path.exists():
+        path.mkdir(parents=True, mode=0o700)
+
+
+def ensure_key_pair(private_path: Path, authorized_keys: Path | None) -> KeyPairResult:
+    """Create the RSA 4096 pair at ``private_path`` if missing (else reuse it), write its PEM
+    public half to ``<private>.pub`` if missing, and authorize it in ``authorized_keys``.
+
+    Raises:
+        KeyFileError: an existing key is unsafe or unreadable, or a file cannot be written.
+    """
+    public_path = private_path.with_name(private_path.name + ".pub")
+    created = False
+    if private_path.exists():
+        key = load_private_key(private_path)
+        log.info("key_pair_reused", extra={"path": str(private_path)})
+    else:
+        pyca = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
+        pem = pyca.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+        try:
+            _ensure_dir(private_path.parent)
+            _create_exclusive(private_path, pem)
+        except OSError as exc:
+            raise KeyFileError(
+                f"cannot write private key {private_path}: {exc.strerror or exc}"
+            ) from None
+        key = asyncssh.import_private_key(pem)
+        created = True
+        log.info("key_pair_generated", extra={"path": str(private_path), "bits": RSA_BITS})
+    pub = public_pem(key)
+    if not public_path.exists():
+        try:
+            atomic_write(public_path, pub, 0o644)
+        except OSError as exc:
+            raise KeyFileError(f"cannot write public key {public_path}: {exc.strerror}") from None
+    elif public_path.read_bytes() != pub:
+        log.warning("public_key_file_differs_kept", extra={"path": str(public_path)})
+    added = ensure_authorized(key, authorized_keys) if authorized_keys else False
+    return KeyPairResult(private_path, public_path, created, added)
+
+
+def _create_exclusive(path: Path, data: bytes) -> None:
+    """Write a new private file; fails rather than replace one that appeared meanwhile."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if _POSIX:
+        os.chmod(path, 0o600)

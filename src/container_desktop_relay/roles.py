@@ -1,0 +1,23 @@
+"""Compose each role from its parts: endpoint + SSH + pump + lifecycle (+ observability)."""
+
+from __future__ import annotations
+
+from container_desktop_relay.app import run_loop, serve
+from container_desktop_relay.config import Config
+from container_desktop_relay.metrics import Metrics
+from container_desktop_relay.server import RelayServer
+from container_desktop_relay.state import RoleState
+
+__all__ = ["run_server"]
+
+
+def run_server(config: Config) -> int:
+    """Run the server role until shutdown; returns the exit status."""
+
+    async def main() -> int:
+        state = RoleState("server")
+        metrics = Metrics("server")
+        server = RelayServer(config, metrics, state)
+        return await serve(server, config)
+
+    return run_loop(main)

@@ -1,0 +1,328 @@
+"""Server role: accept SSH, authenticate by key, forward direct-streamlocal channels to sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fnmatch
+import itertools
+import posixpath
+import time
+from typing import Any
+
+import asyncssh
+
+from container_desktop_relay import sshtune
+from container_desktop_relay.config import Config
+from container_desktop_relay.ends import ChannelEnd, TransportEnd
+from container_desktop_relay.errors import ListenError
+from container_desktop_relay.keys import load_authorized_keys, load_private_key
+from container_desktop_relay.log import get_logger
+from container_desktop_relay.metrics import Metrics
+from container_desktop_relay.pump import CLIENT, TARGET, Pump
+from container_desktop_relay.state import RoleState
+
+__all__ = ["RelayServer", "check_socket_path"]
+
+log = get_logger(__name__)
+_conn_ids = itertools.count(1)
+_ssh_ids = itertools.count(1)
+
+
+def check_socket_path(path: str, allow: list[str]) -> str | None:
+    """Why ``path`` may not be opened (None when it may).
+
+    The path must be absolute and normalized (no ``.``/``..`` components, no ``//``), and
+    match one of the ``allow`` globs when any are given.
+    """
+    if "\x00" in path:
+        return "socket path contains a NUL byte"
+    if not path.startswith("/"):
+        return f"socket path {path!r} is not absolute"
+    if posixpath.normpath(path) != path or path.startswith("//"):
+        return f"socket path {path!r} is not normalized (no '.', '..' or '//' allowed)"
+    if allow and not any(fnmatch.fnmatchcase(path, pattern) for pattern in allow):
+        return f"socket path {path} is not allowed (allowed: {', '.join(allow)})"
+    return None
+
+
+def _target_error(path: str, exc: BaseException, wait: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"connecting to target socket {path} timed out after {wait:g}s"
+    if isinstance(exc, FileNotFoundError):
+        return f"target socket {path} does not exist"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"target socket {path} refused the connection (nothing is listening)"
+    if isinstance(exc, PermissionError):
+        return f"permission denied connecting to target socket {path}"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOTSOCK:
+        return f"target {path} is not a socket"
+    if isinstance(exc, OSError) and exc.errno == errno.EAGAIN:
+        return f"target socket {path} is overloaded (listen backlog full)"
+    return f"cannot connect to target socket {path}: {exc}"
+
+
+class RelayServer:
+    """The server role: SSH listener + per-channel pumps to Unix sockets + drain on shutdown."""
+
+    def __init__(self, config: Config, metrics: Metrics, state: RoleState) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.state = state
+        self.pending = 0
+        self.connections: set[_ServerConnection] = set()
+        self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._identity: asyncssh.SSHKey | None = None
+        self.port = 0
+        self._idle = asyncio.Event()
+
+    async def start(self) -> None:
+        """Load keys and start listening.
+
+        Raises:
+            KeyFileError: the identity or host key is missing or unsafe.
+            ListenError: the address cannot be bound.
+        """
+        sshtune.apply()
+        config = self.config
+        self._identity = load_private_key(config.path("identity_path"))
+        host_key = (
+            load_private_key(config.path("host_key_path"), what="host key")
+            if config.host_key_path
+            else self._identity
+        )
+        try:
+            self._acceptor = await asyncssh.listen(
+                config.host,
+                config.port,
+                server_factory=lambda: _ServerConnection(self),
+                server_host_keys=[host_key],
+                encryption_algs=sshtune.preferred_ciphers(),
+                compression_algs=["none"],
+                login_timeout=config.connect_timeout,
+                keepalive_interval=config.keepalive_interval,
+                keepalive_count_max=config.keepalive_count_max,
+                x11_forwarding=False,
+                agent_forwarding=False,
+                allow_pty=False,
+                allow_scp=False,
+                reuse_address=True,
+            )
+        except OSError as exc:
+            raise ListenError(
+                f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
+            ) from None
+        self.port = self._acceptor.get_port()
+        self.state.set_ready("listening")
+        log.info("server_listening", extra={"host": config.host, "port": self.port})
+
+    def authorized_keys(self) -> list[asyncssh.SSHKey]:
+        """The keys allowed in now: authorized_keys (re-read) plus the identity's public half."""
+        keys = load_authorized_keys(self.config.path("authorized_keys_path"))
+        if self._identity is not None:
+            keys.append(self._identity)
+        return keys
+
+    def stop_accepting(self) -> None:
+        """Stop listening; existing connections go on."""
+        if self._acceptor is not None:
+            self._acceptor.close()
+            self._acceptor = None
+
+    async def drain(self, timeout: float) -> int:
+        """Wait up to ``timeout`` for active connections to finish; returns how many remain."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self.metrics.active or self.pending:
+                    self._idle = asyncio.Event()
+                    await self._idle.wait()
+        return len(self.metrics.active)
+
+    def close_all(self) -> None:
+        """Close every forwarded connection and SSH connection now."""
+        for pump in list(self.metrics.active):
+            pump.close("shutdown", abort=True)
+        for conn in list(self.connections):
+            conn.close()
+
+    # ------------------------------------------------------------ channels
+    def slot_available(self) -> bool:
+        """Whether a new forwarded connection fits under ``max_connections``."""
+        return len(self.metrics.active) + self.pending < self.config.max_connections
+
+    def finished(self, pump: Pump) -> None:
+        """A pump ended: account and log it once."""
+        self.metrics.connection_finished(pump)
+        if not self.metrics.active and not self.pending:
+            self._idle.set()
+        if pump.error is not None:
+            kind = "connection" if isinstance(pump.error, asyncssh.Error) else "socket"
+            self.metrics.error(kind, f"{pump.conn_id}: {pump.reason}")
+        log.info(
+            "connection_closed",
+            extra={
+                "conn_id": pump.conn_id,
+                "socket_path": pump.target,
+                "bytes_up": pump.up,
+                "bytes_down": pump.down,
+                "duration_ms": round(pump.duration * 1000, 3),
+                "reason": pump.reason,
+            },
+        )
+
+
+class _ServerConnection(asyncssh.SSHServer):
+    """One SSH client connection to the server role."""
+
+    def __init__(self, relay: RelayServer) -> None:
+        self.relay = relay
+        self.ssh_id = f"ssh-{next(_ssh_ids)}"
+        self.peer = "?"
+        self.user = ""
+        self.authenticated = False
+        self.lost = False
+        self._conn: asyncssh.SSHServerConnection | None = None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+    def _extra(self, **fields: Any) -> dict[str, Any]:
+        return {"ssh_id": self.ssh_id, "remote": self.peer, **fields}
+
+    # --- connection
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+        peer = conn.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.relay.connections.add(self)
+        sshtune.tune_transport(conn)
+        log.debug("ssh_connection_opened", extra=self._extra())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.relay.connections.discard(self)
+        if not self.authenticated:
+            reason = str(exc) if exc else "closed before authenticating"
+            log.warning("ssh_login_failed", extra=self._extra(user=self.user, reason=reason))
+            self.relay.metrics.error("connection", f"login from {self.peer} failed: {reason}")
+        else:
+            log.info("ssh_connection_closed",
+                     extra=self._extra(user=self.user, reason=str(exc) if exc else "closed"))
+
+    # --- authentication: public keys only
+    def begin_auth(self, username: str) -> bool:
+        self.user = username
+        allowed = self.relay.config.allowed_users
+        assert self._conn is not None
+        if allowed and username not in allowed:
+            log.warning("ssh_user_not_allowed", extra=self._extra(user=username))
+            self._conn.set_authorized_keys(asyncssh.SSHAuthorizedKeys())
+            return True
+        try:
+            keys = self.relay.authorized_keys()
+        except Exception as exc:  # a broken file must not crash the server
+            log.error("authorized_keys_unreadable", extra=self._extra(error=str(exc)))
+            keys = [self.relay._identity] if self.relay._identity else []
+        text = "".join(k.export_public_key("openssh").decode() for k in keys if k)
+        self._conn.set_authorized_keys(asyncssh.import_authorized_keys(text))
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def auth_completed(self) -> None:
+        self.authenticated = True
+        log.info("ssh_authenticated", extra=self._extra(user=self.user))
+
+    # --- channels: only direct-streamlocal
+    def session_requested(self) -> bool:
+        log.warning("channel_refused", extra=self._extra(channel="session"))
+        raise asyncssh.ChannelOpenError(
+            asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+            "session channels (shell, exec, subsystem) are not allowed: this server only "
+            "forwards direct-streamlocal@openssh.com channels",
+        )
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
+                             orig_port: int) -> bool:
+        log.warning("channel_refused",
+                    extra=self._extra(channel="direct-tcpip", dest=f"{dest_host}:{dest_port}"))
+        raise asyncssh.ChannelOpenError(
+            asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+            "TCP forwarding (direct-tcpip) is not allowed: this server only forwards to "
+            "Unix sockets",
+        )
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        log.warning("forward_request_refused", extra=self._extra(kind="tcpip-forward"))
+        return False
+
+    def unix_server_requested(self, listen_path: str) -> bool:
+        log.warning("forward_request_refused", extra=self._extra(kind="streamlocal-forward"))
+        return False
+
+    def unix_connection_requested(self, dest_path: str) -> Any:
+        relay = self.relay
+        config = relay.config
+        refused = None
+        code = asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED
+        if relay.state.draining:
+            refused, code = "server is shutting down", asyncssh.OPEN_CONNECT_FAILED
+        elif why := check_socket_path(dest_path, config.allow_socket):
+            refused = why
+        elif not relay.slot_available():
+            refused = f"connection pool exhausted (max: {config.max_connections})"
+            code = asyncssh.OPEN_RESOURCE_SHORTAGE
+        if refused is not None:
+            log.warning("channel_refused", extra=self._extra(socket_path=dest_path,
+                                                             reason=refused))
+            relay.metrics.error("connection", refused)
+            raise asyncssh.ChannelOpenError(code, refused)
+        relay.pending += 1
+        assert self._conn is not None
+        chan = self._conn.create_unix_channel(
+            window=sshtune.CHANNEL_WINDOW, max_pktsize=sshtune.MAX_PACKET_SIZE
+        )
+        return chan, self._open_target(dest_path)
+
+    async def _open_target(self, path: str) -> ChannelEnd:
+        relay = self.relay
+        config = relay.config
+        started = time.monotonic()
+        pump = Pump(f"c-{next(_conn_ids)}", path, relay.finished)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(config.max_request_wait_time):
+                _, target = await loop.create_unix_connection(
+                    lambda: TransportEnd(pump, TARGET, config.buffer_size), path
+                )
+        except (OSError, TimeoutError) as exc:
+            relay.pending -= 1
+            if not relay.metrics.active and not relay.pending:
+                relay._idle.set()
+            reason = _target_error(path, exc, config.max_request_wait_time)
+            relay.metrics.error("socket", reason)
+            log.warning("channel_open_failed", extra=self._extra(socket_path=path,
+                                                                  reason=reason))
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason) from None
+        except BaseException:
+            relay.pending -= 1
+            raise
+        relay.pending -= 1
+        if self.lost:
+            target.close()
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "SSH connection closed")
+        relay.metrics.connection_started(pump)
+        relay.metrics.channel_opened(time.monotonic() - started)
+        log.info("connection_opened",
+                 extra=self._extra(conn_id=pump.conn_id, socket_path=path, user=self.user))
+        return ChannelEnd(pump, CLIENT)
+
