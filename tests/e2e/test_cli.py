@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from helpers import Keys, run_relay
 
 pytestmark = pytest.mark.e2e
