@@ -138,9 +138,19 @@ def _config_command(role: str) -> Callable[[Sequence[str]], int]:
     return run
 
 
+def _config_docs(argv: Sequence[str]) -> int:
+    from container_desktop_relay.configdocs import render
+
+    _new_parser(f"{PROG} config-docs", "Print the configuration reference (Markdown).")\
+        .parse_args(list(argv))
+    sys.stdout.write(render())
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "server": _config_command("server"),
     "keygen": _config_command("keygen"),
+    "config-docs": _config_docs,
 }
 
 
@@ -158,7 +168,9 @@ def _usage() -> str:
     )
 
 
-_EXTRA_HELP: dict[str, str] = {}
+_EXTRA_HELP: dict[str, str] = {
+    "config-docs": "print the configuration reference (docs/configuration.md)",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
