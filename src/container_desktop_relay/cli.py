@@ -147,10 +147,17 @@ def _config_docs(argv: Sequence[str]) -> int:
     return 0
 
 
+def _install_service(argv: Sequence[str]) -> int:
+    from container_desktop_relay import service
+
+    return service.run(argv)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "server": _config_command("server"),
     "keygen": _config_command("keygen"),
     "config-docs": _config_docs,
+    "install-service": _install_service,
 }
 
 
@@ -170,6 +177,7 @@ def _usage() -> str:
 
 _EXTRA_HELP: dict[str, str] = {
     "config-docs": "print the configuration reference (docs/configuration.md)",
+    "install-service": "write the systemd unit for the server role ([--user] [--print])",
 }
 
 
