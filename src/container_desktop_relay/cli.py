@@ -153,11 +153,18 @@ def _install_service(argv: Sequence[str]) -> int:
     return service.run(argv)
 
 
+def _completion(argv: Sequence[str]) -> int:
+    from container_desktop_relay import completion
+
+    return completion.run(argv)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "server": _config_command("server"),
     "keygen": _config_command("keygen"),
     "config-docs": _config_docs,
     "install-service": _install_service,
+    "completion": _completion,
 }
 
 
@@ -178,6 +185,7 @@ def _usage() -> str:
 _EXTRA_HELP: dict[str, str] = {
     "config-docs": "print the configuration reference (docs/configuration.md)",
     "install-service": "write the systemd unit for the server role ([--user] [--print])",
+    "completion": "print the shell completion script (bash, zsh or fish)",
 }
 
 
