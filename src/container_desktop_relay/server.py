@@ -28,6 +28,8 @@ __all__ = ["RelayServer", "check_socket_path"]
 
 log = get_logger(__name__)
 _conn_ids = itertools.count(1)
+#: Rejected public keys allowed per connection before it is dropped (OpenSSH's MaxAuthTries).
+MAX_AUTH_TRIES = 6
 _ssh_ids = itertools.count(1)
 
 
@@ -189,6 +191,7 @@ class _ServerConnection(asyncssh.SSHServer):
         self.peer = "?"
         self.user = ""
         self.authenticated = False
+        self.failed_keys = 0
         self.lost = False
         self._conn: asyncssh.SSHServerConnection | None = None
 
@@ -239,6 +242,18 @@ class _ServerConnection(asyncssh.SSHServer):
 
     def public_key_auth_supported(self) -> bool:
         return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        # Reached only for keys that authorized_keys did not accept: count the failure.
+        self.failed_keys += 1
+        log.info("ssh_key_rejected", extra=self._extra(
+            user=username, fingerprint=key.get_fingerprint(), attempt=self.failed_keys))
+        if self.failed_keys >= MAX_AUTH_TRIES and self._conn is not None:
+            reason = f"too many authentication failures ({self.failed_keys})"
+            log.warning("ssh_auth_tries_exceeded", extra=self._extra(user=username))
+            asyncio.get_running_loop().call_soon(
+                self._conn.disconnect, asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, reason)
+        return False
 
     def password_auth_supported(self) -> bool:
         return False
