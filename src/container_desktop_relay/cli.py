@@ -159,12 +159,26 @@ def _completion(argv: Sequence[str]) -> int:
     return completion.run(argv)
 
 
+def _doctor(argv: Sequence[str]) -> int:
+    from container_desktop_relay import doctor
+
+    return doctor.main(argv)
+
+
+def _docker_context(argv: Sequence[str]) -> int:
+    from container_desktop_relay import dockerctx
+
+    return dockerctx.main(argv)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "server": _config_command("server"),
     "keygen": _config_command("keygen"),
     "config-docs": _config_docs,
     "install-service": _install_service,
     "completion": _completion,
+    "doctor": _doctor,
+    "docker-context": _docker_context,
 }
 
 
@@ -186,6 +200,8 @@ _EXTRA_HELP: dict[str, str] = {
     "config-docs": "print the configuration reference (docs/configuration.md)",
     "install-service": "write the systemd unit for the server role ([--user] [--print])",
     "completion": "print the shell completion script (bash, zsh or fish)",
+    "doctor": "check keys, server, channel and endpoints step by step (ok/FAIL + fix)",
+    "docker-context": "print or --create the Docker context for the client's endpoint",
 }
 
 

@@ -1,0 +1,473 @@
+"""``doctor``: check the client's set-up step by step, each ok/FAIL with the exact fix.
+
+Checks run in the order a connection travels: configuration, key files, known_hosts, the SSH
+server, authentication, the channel and the Docker API behind it, then the local endpoint end
+to end and the observability endpoints. A check whose prerequisite failed is skipped. Nothing
+is written: known_hosts, keys and sockets are only read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import stat
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import asyncssh
+
+from container_desktop_relay.config import Config, load_config
+from container_desktop_relay.durations import parse_duration
+from container_desktop_relay.errors import ConfigError, RelayError
+
+__all__ = ["Check", "Doctor", "build_parser", "main", "ping_stream"]
+
+PING = b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n"
+OK, FAIL, SKIP = "ok", "FAIL", "skip"
+
+
+@dataclass(slots=True)
+class Check:
+    """One step's outcome: ``status`` is ok, FAIL or skip; ``fix`` says what to do on FAIL."""
+
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+class Failed(Exception):
+    """A check failed: ``detail`` is what was found, ``fix`` what to do about it."""
+
+    def __init__(self, detail: str, fix: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.fix = fix
+
+
+async def ping_stream(reader: Any, writer: Any, timeout: float) -> str:
+    """Send ``GET /_ping`` on an open stream; return "" when the answer is 200 ``OK``.
+
+    Returns:
+        A short description of the wrong answer otherwise.
+    """
+    writer.write(PING)
+    data = b""
+    async with asyncio.timeout(timeout):
+        while chunk := await reader.read(65536):
+            data += chunk
+            if len(data) > 1 << 20:
+                break
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0].decode("latin-1")
+    if status.split(" ")[1:2] == ["200"] and body.rstrip().endswith(b"OK"):
+        return ""
+    if not data:
+        return "the connection closed without an answer"
+    return f"answered {status or data[:60].decode('latin-1')!r} instead of 200 OK"
+
+
+def _mode_problem(path: str) -> str:
+    st = os.stat(path)
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        return f"is owned by uid {st.st_uid}, not by you (uid {os.getuid()})"
+    mode = stat.S_IMODE(st.st_mode)
+    if os.name == "posix" and mode & 0o077:
+        return f"has mode {mode:04o}; it must be 0600"
+    return ""
+
+
+@dataclass
+class Doctor:
+    """Runs the checks for one configuration; ``checks`` fills in as they run."""
+
+    config: Config | None
+    config_error: str = ""
+    timeout: float = 5.0
+    checks: list[Check] = field(default_factory=list)
+    _identity: asyncssh.SSHKey | None = None
+    _host_key: asyncssh.SSHKey | None = None
+    _conn: asyncssh.SSHClientConnection | None = None
+    _stream: tuple[Any, Any] | None = None
+
+    async def run(self) -> list[Check]:
+        """Every check in order (dependent ones skipped after a failure)."""
+        steps: list[tuple[str, Callable[[], Awaitable[str]], tuple[str, ...]]] = [
+            ("config loads", self.check_config, ()),
+            ("identity key", self.check_identity, ("config loads",)),
+            ("authorized_keys", self.check_authorized, ("identity key",)),
+            ("known_hosts", self.check_known_hosts, ("config loads",)),
+            ("server answers SSH", self.check_server, ("known_hosts",)),
+            ("authentication", self.check_auth, ("server answers SSH", "identity key")),
+            ("remote socket channel", self.check_channel, ("authentication",)),
+            ("remote Docker API", self.check_remote_ping, ("remote socket channel",)),
+            ("local endpoint", self.check_local, ("config loads",)),
+            ("observability", self.check_observability, ("config loads",)),
+        ]
+        status: dict[str, str] = {}
+        try:
+            for name, step, needs in steps:
+                missing = [n for n in needs if status.get(n) != OK]
+                if missing:
+                    check = Check(name, SKIP, f"skipped: '{missing[0]}' did not pass")
+                else:
+                    check = await self._one(name, step)
+                status[name] = check.status
+                self.checks.append(check)
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+        return self.checks
+
+    async def _one(self, name: str, step: Callable[[], Awaitable[str]]) -> Check:
+        try:
+            async with asyncio.timeout(self.timeout * 3):
+                return Check(name, OK, await step())
+        except Failed as exc:
+            return Check(name, FAIL, exc.detail, exc.fix)
+        except TimeoutError:
+            return Check(name, FAIL, f"no answer within {self.timeout * 3:g}s",
+                         "check that the server and the network path are up")
+
+    # ------------------------------------------------------------------ checks
+    @property
+    def cfg(self) -> Config:
+        assert self.config is not None
+        return self.config
+
+    async def check_config(self) -> str:
+        if self.config is None:
+            raise Failed(self.config_error,
+                         "correct that value (every key: docs/configuration.md or "
+                         "container-desktop-relay config-docs)")
+        from container_desktop_relay.client import resolve_target
+
+        return f"server {resolve_target(self.cfg)}, local endpoint {self._endpoint_url()}"
+
+    async def check_identity(self) -> str:
+        from container_desktop_relay.errors import KeyFileError
+        from container_desktop_relay.keys import load_private_key
+
+        path = self.cfg.path("identity_path")
+        try:
+            self._identity = load_private_key(path)
+        except KeyFileError as exc:
+            if not path.exists():
+                fix = (f"create it: container-desktop-relay keygen --identity-path {path}")
+            elif "0600" in str(exc):
+                fix = f"chmod 600 {path}"
+            else:
+                fix = f"replace {path} with an unencrypted OpenSSH or PEM private key"
+            raise Failed(str(exc), fix) from None
+        return (f"{path} ({self._identity.get_algorithm()} "
+                f"{self._identity.get_fingerprint('sha256')}), mode 0600")
+
+    async def check_authorized(self) -> str:
+        from container_desktop_relay.keys import load_authorized_keys
+
+        assert self._identity is not None
+        path = self.cfg.path("authorized_keys_path")
+        keys = load_authorized_keys(path)
+        if any(k.public_data == self._identity.public_data for k in keys):
+            return f"{path} holds the identity's public key"
+        where = "does not exist" if not path.exists() else "does not hold the identity's key"
+        raise Failed(
+            f"{path} {where}",
+            f"container-desktop-relay keygen --identity-path {self.cfg.path('identity_path')} "
+            f"--authorized-keys-path {path} (keeps the key, appends its public half)",
+        )
+
+    async def check_known_hosts(self) -> str:
+        from container_desktop_relay.client import resolve_target
+        from container_desktop_relay.hostkeys import HostKeyPolicy, fingerprint, host_label
+
+        target = resolve_target(self.cfg)
+        if self.cfg.distribution:
+            return ("not used: the server this client spawns presents the identity key, "
+                    "which is expected instead")
+        path = self.cfg.path("known_hosts_path")
+        policy = HostKeyPolicy(path, secure=self.cfg.secure_host_key)
+        entries = [e for e in policy.entries_for(target.host, target.port) if not e.revoked]
+        label = host_label(target.host, target.port)
+        if entries:
+            shown = ", ".join(f"line {e.line}: {fingerprint(e.key)}" for e in entries)
+            return f"{path} pins {label} ({shown})"
+        if self.cfg.secure_host_key:
+            raise Failed(
+                f"{path} has no key for {label} and --secure-host-key is on",
+                f"ssh-keyscan -p {target.port} {target.host} >> {path} (then compare the "
+                "fingerprint with the server's), or turn --secure-host-key off to trust on "
+                "first use",
+            )
+        return (f"{path} has no key for {label} yet; the client records it on first connect "
+                "(trust on first use)")
+
+    def _pinned(self) -> list[asyncssh.SSHKey]:
+        from container_desktop_relay.client import resolve_target
+        from container_desktop_relay.hostkeys import HostKeyPolicy
+
+        target = resolve_target(self.cfg)
+        if self.cfg.distribution:
+            return [self._identity] if self._identity is not None else []
+        policy = HostKeyPolicy(self.cfg.path("known_hosts_path"),
+                               secure=self.cfg.secure_host_key)
+        return [e.key for e in policy.entries_for(target.host, target.port) if not e.revoked]
+
+    async def check_server(self) -> str:
+        from container_desktop_relay.client import resolve_target
+        from container_desktop_relay.hostkeys import fingerprint, host_key_algs, host_label
+
+        target = resolve_target(self.cfg)
+        where = f"{target.host}:{target.port}"
+        pinned = self._pinned()
+        try:
+            key = await asyncssh.get_server_host_key(
+                target.host, target.port, server_host_key_algs=host_key_algs(pinned),
+                login_timeout=self.timeout, config=None)
+        except ConnectionRefusedError:
+            raise Failed(f"nothing listens on {where} (connection refused)",
+                         self._start_server_fix()) from None
+        except (OSError, asyncssh.Error, TimeoutError) as exc:
+            raise Failed(f"{where} did not complete an SSH handshake: "
+                         f"{_reason(exc)}", self._start_server_fix()) from None
+        if key is None:
+            raise Failed(f"{where} offered no host key", self._start_server_fix())
+        self._host_key = key
+        if pinned and not any(k.public_data == key.public_data for k in pinned):
+            label = host_label(target.host, target.port)
+            source = ("the identity key (the server this client spawns must present it)"
+                      if self.cfg.distribution else
+                      f"the key pinned in {self.cfg.path('known_hosts_path')}")
+            raise Failed(
+                f"host key of {label} changed: the server presents {fingerprint(key)}, not "
+                f"{fingerprint(pinned[0])}, {source}",
+                "if the server was re-keyed on purpose: ssh-keygen -R "
+                f"'{label}' -f {self.cfg.path('known_hosts_path')}; otherwise find out who "
+                f"answers on {where} before connecting",
+            )
+        return f"{where} presents {fingerprint(key)}" + (" (matches the pinned key)"
+                                                         if pinned else "")
+
+    def _start_server_fix(self) -> str:
+        from container_desktop_relay.client import resolve_target
+
+        target = resolve_target(self.cfg)
+        return (f"start the server: container-desktop-relay server --host {target.host} "
+                f"--port {target.port} (or systemctl start container-desktop-relay), or "
+                "correct --ssh-connection / --port")
+
+    async def check_auth(self) -> str:
+        from container_desktop_relay.client import resolve_target
+
+        target = resolve_target(self.cfg)
+        assert self._host_key is not None and self._identity is not None
+        identity = self.cfg.path("identity_path")
+        try:
+            self._conn = await asyncssh.connect(
+                target.host, target.port, username=target.user,
+                client_keys=[self._identity], known_hosts=([self._host_key], [], []),
+                agent_path=None, config=None, preferred_auth="publickey",
+                x509_trusted_certs=None, login_timeout=self.timeout,
+            )
+        except asyncssh.PermissionDenied:
+            raise Failed(
+                f"the server refused the key {identity} for user {target.user}",
+                "authorize it where the server runs: container-desktop-relay keygen "
+                f"--identity-path {identity} --authorized-keys-path <the server's "
+                "--authorized-keys-path> (same key file), or append the OpenSSH line of "
+                f"{identity} to the server's authorized_keys",
+            ) from None
+        except (OSError, asyncssh.Error) as exc:
+            raise Failed(f"SSH login failed: {_reason(exc)}", self._start_server_fix()) from None
+        return f"logged in as {target.user} with {identity}"
+
+    async def check_channel(self) -> str:
+        from container_desktop_relay.client import resolve_target
+
+        assert self._conn is not None
+        path = resolve_target(self.cfg).socket_path
+        try:
+            reader, writer = await self._conn.open_unix_connection(path)
+        except asyncssh.ChannelOpenError as exc:
+            raise Failed(
+                f"the server refused a channel to {path}: {exc.reason}",
+                "start the container engine that owns that socket (e.g. systemctl start "
+                "docker, or podman system service) or point --ssh-connection "
+                "ssh://user@host:port/path at its socket",
+            ) from None
+        self._stream = (reader, writer)
+        return f"a direct-streamlocal channel to {path} opened"
+
+    async def check_remote_ping(self) -> str:
+        from container_desktop_relay.client import resolve_target
+
+        assert self._stream is not None
+        path = resolve_target(self.cfg).socket_path
+        reader, writer = self._stream
+        try:
+            wrong = await ping_stream(reader, writer, self.timeout)
+        finally:
+            writer.close()
+        if wrong:
+            raise Failed(f"{path} {wrong} to GET /_ping",
+                         f"point --ssh-connection at the Docker API socket; {path} is "
+                         "something else")
+        return f"{path} answers GET /_ping with OK"
+
+    def _endpoint_url(self) -> str:
+        return self.cfg.listen or self.cfg.named_pipe
+
+    async def check_local(self) -> str:
+        from container_desktop_relay.endpoints import parse_endpoint
+
+        endpoint = parse_endpoint(self._endpoint_url())
+        start = ("start the client: container-desktop-relay client --listen "
+                 f"{endpoint.url} --ssh-connection ...")
+        if endpoint.scheme == "npipe":
+            if sys.platform != "win32":
+                raise Failed(f"{endpoint.url} is a Windows named pipe; this is not Windows",
+                             "check a Unix socket instead: --listen unix:///path/relay.sock")
+            return await self._ping_pipe(endpoint.address, start)
+        path = endpoint.address
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise Failed(f"{path} does not exist (no client is running)", start) from None
+        if not stat.S_ISSOCK(st.st_mode):
+            raise Failed(f"{path} is not a socket", f"remove {path}, then {start}")
+        try:
+            reader, writer = await asyncio.open_unix_connection(path)
+        except ConnectionRefusedError:
+            raise Failed(f"{path} is a stale socket file: nothing listens on it",
+                         f"{start} (it replaces the stale file)") from None
+        except OSError as exc:
+            raise Failed(f"cannot connect to {path}: {_reason(exc)}", start) from None
+        try:
+            wrong = await ping_stream(reader, writer, self.timeout)
+        finally:
+            writer.close()
+        problem = _mode_problem(path)
+        if problem:
+            raise Failed(f"{path} {problem}",
+                         f"chmod 600 {path} (a current client creates it 0600), or restart "
+                         "the client as the owner")
+        if wrong:
+            raise Failed(f"{path} {wrong} to GET /_ping end to end",
+                         "see the client's log (connection_closed events) and the checks "
+                         "above")
+        return f"{path} is yours, mode 0600, and answers GET /_ping end to end"
+
+    async def _ping_pipe(self, address: str, start: str) -> str:
+        def ping() -> str:
+            try:
+                with open(address, "r+b", buffering=0) as pipe:
+                    pipe.write(PING)
+                    data = pipe.read(65536)
+            except FileNotFoundError:
+                return "missing"
+            except OSError as exc:
+                return _reason(exc)
+            return "" if data.startswith(b"HTTP/1.1 200") else f"answered {data[:40]!r}"
+
+        wrong = await asyncio.to_thread(ping)
+        if wrong == "missing":
+            raise Failed(f"{address} does not exist (no client is running)", start)
+        if wrong:
+            raise Failed(f"{address}: {wrong}", start)
+        return f"{address} answers GET /_ping end to end"
+
+    async def check_observability(self) -> str:
+        cfg = self.cfg
+        urls = []
+        if cfg.effective_health_enabled("client"):
+            port = cfg.effective_health_port("client")
+            urls += [f"http://{cfg.health_check_host}:{port}/health",
+                     f"http://{cfg.health_check_host}:{port}/ready"]
+        if cfg.effective_metrics_enabled("client"):
+            urls.append(f"http://{cfg.health_check_host}:"
+                        f"{cfg.effective_metrics_port('client')}/metrics")
+        if not urls:
+            return "not enabled for the client (--health-check-enabled, --metrics-enabled)"
+        import aiohttp
+
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for url in urls:
+                try:
+                    async with session.get(url) as response:
+                        if response.status != 200:
+                            raise Failed(f"{url} answered {response.status}",
+                                         "see the client's log; /ready is 503 while the SSH "
+                                         "link is down")
+                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    raise Failed(f"{url} does not answer: {_reason(exc)}",
+                                 "check --health-check-port/--metrics-port match the running "
+                                 "client") from None
+        return ", ".join(urls) + " answer 200"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``doctor``'s flags: every client setting, plus --json and --timeout."""
+    from container_desktop_relay.cli import PROG, _new_parser, add_config_flags
+
+    parser = _new_parser(f"{PROG} doctor",
+                         "Check the client's configuration, keys, server, channel and "
+                         "endpoints in order; print each step ok/FAIL with the fix.")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--timeout", metavar="DURATION", default="5s",
+                        help="bound on each network step (default: 5s)")
+    add_config_flags(parser, ("client",))
+    return parser
+
+
+def render(checks: Sequence[Check]) -> str:
+    """The human report: one line per check, the fix indented under a failure."""
+    lines = []
+    for check in checks:
+        lines.append(f"{check.status:<4}  {check.name}: {check.detail}")
+        if check.fix:
+            lines.append(f"      fix: {check.fix}")
+    passed = all(c.status == OK for c in checks)
+    failed = sum(c.status == FAIL for c in checks)
+    lines.append("all checks passed" if passed else f"{failed} check(s) failed")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str], environ: dict[str, str] | None = None) -> int:
+    """Run the doctor; exit status 0 when every check passes, 1 otherwise.
+
+    Raises:
+        ArgumentError/ConfigError: bad doctor flags (exit 2).
+    """
+    args = vars(build_parser().parse_args(list(argv)))
+    as_json = args.pop("json")
+    try:
+        timeout = parse_duration(args.pop("timeout"))
+    except ValueError:
+        raise ConfigError("invalid --timeout: must be a duration like \"5s\"") from None
+    config_path = args.pop("config_file", None)
+    try:
+        config: Config | None = load_config(args, config_path=config_path, environ=environ)
+        error = ""
+    except RelayError as exc:
+        config, error = None, str(exc)
+    doctor = Doctor(config, error, timeout=timeout)
+    checks = asyncio.run(doctor.run())
+    if as_json:
+        ok = all(c.status == OK for c in checks)
+        print(json.dumps({"ok": ok, "checks": [asdict(c) for c in checks]}, indent=2))
+    else:
+        sys.stdout.write(render(checks))
+    return 0 if all(c.status == OK for c in checks) else 1
