@@ -52,23 +52,37 @@ class Failed(Exception):
 async def ping_stream(reader: Any, writer: Any, timeout: float) -> str:
     """Send ``GET /_ping`` on an open stream; return "" when the answer is 200 ``OK``.
 
+    Reads one HTTP response (headers, then Content-Length bytes or up to EOF), so a peer that
+    keeps the connection open is fine; one that does not answer HTTP is told apart at once.
+
     Returns:
         A short description of the wrong answer otherwise.
     """
     writer.write(PING)
     data = b""
     async with asyncio.timeout(timeout):
-        while chunk := await reader.read(65536):
-            data += chunk
-            if len(data) > 1 << 20:
+        while b"\r\n\r\n" not in data and len(data) < 65536:
+            chunk = await reader.read(65536)
+            if not chunk:
                 break
-    head, _, body = data.partition(b"\r\n\r\n")
-    status = head.split(b"\r\n", 1)[0].decode("latin-1")
-    if status.split(" ")[1:2] == ["200"] and body.rstrip().endswith(b"OK"):
-        return ""
+            data += chunk
+            if len(data) >= 5 and not data.startswith(b"HTTP/"):
+                return f"answered {data[:40].decode('latin-1')!r}, not HTTP,"
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        length = next((int(v) for k, _, v in (ln.partition(":") for ln in lines[1:])
+                       if k.strip().lower() == "content-length" and v.strip().isdigit()), None)
+        while head and (length is None or len(body) < length) and len(body) < 65536:
+            chunk = await reader.read(65536)
+            if not chunk:
+                break
+            body += chunk
     if not data:
-        return "the connection closed without an answer"
-    return f"answered {status or data[:60].decode('latin-1')!r} instead of 200 OK"
+        return "closed the connection without an answer"
+    status = lines[0]
+    if status.split(" ")[1:2] == ["200"] and body.strip() == b"OK":
+        return ""
+    return f"answered {status!r} {body[:40]!r} instead of 200 OK"
 
 
 def _mode_problem(path: str) -> str:
@@ -94,8 +108,9 @@ class Doctor:
     _conn: asyncssh.SSHClientConnection | None = None
     _stream: tuple[Any, Any] | None = None
 
-    async def run(self) -> list[Check]:
-        """Every check in order (dependent ones skipped after a failure)."""
+    async def run(self, report: Callable[[Check], None] | None = None) -> list[Check]:
+        """Every check in order (dependent ones skipped after a failure); ``report`` sees each
+        check as soon as it is done."""
         steps: list[tuple[str, Callable[[], Awaitable[str]], tuple[str, ...]]] = [
             ("config loads", self.check_config, ()),
             ("identity key", self.check_identity, ("config loads",)),
@@ -118,6 +133,8 @@ class Doctor:
                     check = await self._one(name, step)
                 status[name] = check.status
                 self.checks.append(check)
+                if report is not None:
+                    report(check)
         finally:
             if self._conn is not None:
                 self._conn.close()
@@ -125,12 +142,12 @@ class Doctor:
 
     async def _one(self, name: str, step: Callable[[], Awaitable[str]]) -> Check:
         try:
-            async with asyncio.timeout(self.timeout * 3):
+            async with asyncio.timeout(self.timeout * 2):
                 return Check(name, OK, await step())
         except Failed as exc:
             return Check(name, FAIL, exc.detail, exc.fix)
         except TimeoutError:
-            return Check(name, FAIL, f"no answer within {self.timeout * 3:g}s",
+            return Check(name, FAIL, f"no answer within {self.timeout * 2:g}s",
                          "check that the server and the network path are up")
 
     # ------------------------------------------------------------------ checks
@@ -227,7 +244,7 @@ class Doctor:
         try:
             key = await asyncssh.get_server_host_key(
                 target.host, target.port, server_host_key_algs=host_key_algs(pinned),
-                login_timeout=self.timeout, config=None)
+                config=None)
         except ConnectionRefusedError:
             raise Failed(f"nothing listens on {where} (connection refused)",
                          self._start_server_fix()) from None
@@ -432,17 +449,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def render(checks: Sequence[Check]) -> str:
-    """The human report: one line per check, the fix indented under a failure."""
-    lines = []
-    for check in checks:
-        lines.append(f"{check.status:<4}  {check.name}: {check.detail}")
-        if check.fix:
-            lines.append(f"      fix: {check.fix}")
-    passed = all(c.status == OK for c in checks)
+def render(check: Check) -> str:
+    """One check for people: a status line, the fix indented under a failure."""
+    text = f"{check.status:<4}  {check.name}: {check.detail}\n"
+    return text + (f"      fix: {check.fix}\n" if check.fix else "")
+
+
+def _print(check: Check) -> None:
+    sys.stdout.write(render(check))
+    sys.stdout.flush()
+
+
+def summary(checks: Sequence[Check]) -> str:
+    """The last line: all passed, or how many failed and were skipped."""
+    if all(c.status == OK for c in checks):
+        return "all checks passed"
     failed = sum(c.status == FAIL for c in checks)
-    lines.append("all checks passed" if passed else f"{failed} check(s) failed")
-    return "\n".join(lines) + "\n"
+    skipped = sum(c.status == SKIP for c in checks)
+    return f"{failed} check(s) failed, {skipped} skipped"
 
 
 def main(argv: Sequence[str], environ: dict[str, str] | None = None) -> int:
@@ -464,10 +488,10 @@ def main(argv: Sequence[str], environ: dict[str, str] | None = None) -> int:
     except RelayError as exc:
         config, error = None, str(exc)
     doctor = Doctor(config, error, timeout=timeout)
-    checks = asyncio.run(doctor.run())
+    checks = asyncio.run(doctor.run(None if as_json else _print))
+    ok = all(c.status == OK for c in checks)
     if as_json:
-        ok = all(c.status == OK for c in checks)
         print(json.dumps({"ok": ok, "checks": [asdict(c) for c in checks]}, indent=2))
     else:
-        sys.stdout.write(render(checks))
-    return 0 if all(c.status == OK for c in checks) else 1
+        print(summary(checks))
+    return 0 if ok else 1
