@@ -96,6 +96,7 @@ class RelayServer:
             if config.host_key_path
             else self._identity
         )
+        self.authorized_keys()  # unsafe or unreadable authorized_keys: fail at start, clearly
         try:
             self._acceptor = await asyncssh.listen(
                 config.host,
@@ -127,7 +128,7 @@ class RelayServer:
 
     def authorized_keys(self) -> list[asyncssh.SSHKey]:
         """The keys allowed in now: authorized_keys (re-read) plus the identity's public half."""
-        keys = load_authorized_keys(self.config.path("authorized_keys_path"))
+        keys = load_authorized_keys(self.config.path("authorized_keys_path"), strict=True)
         if self._identity is not None:
             keys.append(self._identity)
         return keys
@@ -234,7 +235,7 @@ class _ServerConnection(asyncssh.SSHServer):
         try:
             keys = self.relay.authorized_keys()
         except Exception as exc:  # a broken file must not crash the server
-            log.error("authorized_keys_unreadable", extra=self._extra(error=str(exc)))
+            log.error("authorized_keys_refused", extra=self._extra(error=str(exc)))
             keys = [self.relay._identity] if self.relay._identity else []
         text = "".join(k.export_public_key("openssh").decode() for k in keys if k)
         self._conn.set_authorized_keys(asyncssh.import_authorized_keys(text))
