@@ -184,11 +184,17 @@ class Doctor:
                 f"{self._identity.get_fingerprint('sha256')}), mode 0600")
 
     async def check_authorized(self) -> str:
-        from container_desktop_relay.keys import load_authorized_keys
+        from container_desktop_relay.errors import KeyFileError
+        from container_desktop_relay.keys import check_not_writable_by_others, load_authorized_keys
 
         assert self._identity is not None
         path = self.cfg.path("authorized_keys_path")
-        keys = load_authorized_keys(path)
+        try:
+            check_not_writable_by_others(path, "authorized keys")
+            keys = load_authorized_keys(path)
+        except KeyFileError as exc:
+            fix = f"chmod go-w {path}" if "writable" in str(exc) else f"chown $USER {path}"
+            raise Failed(str(exc), fix) from None
         if any(k.public_data == self._identity.public_data for k in keys):
             return f"{path} holds the identity's public key"
         where = "does not exist" if not path.exists() else "does not hold the identity's key"
