@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -35,10 +36,14 @@ def dist() -> Iterator[Path]:
         message = "the 'build' package is not installed (pip install '.[test]')"
         pytest.fail(message) if CI else pytest.skip(message)
     out = short_tmpdir()
-    result = _run([sys.executable, "-m", "build", "--outdir", str(out), str(REPO)], cwd=out)
+    # A copy of the tree, so the build's egg-info and build/ never land in the checkout.
+    tree = out / "tree"
+    shutil.copytree(REPO, tree, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "__pycache__", "*.egg-info", "build", "dist", ".*_cache"))
+    result = _run([sys.executable, "-m", "build", "--outdir", str(out), str(tree)], cwd=out)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     yield out
-    subprocess.run(["rm", "-rf", str(out)], check=False)
+    shutil.rmtree(out, ignore_errors=True)
 
 
 def _one(directory: Path, pattern: str) -> Path:
