@@ -279,6 +279,10 @@ class Doctor:
         from container_desktop_relay.client import resolve_target
 
         target = resolve_target(self.cfg)
+        if self.cfg.distribution:
+            return (f"start the client; it spawns the server in WSL distribution "
+                    f"{self.cfg.distribution} ({self.cfg.relay_program_path} server --port "
+                    f"{target.port}); its log says why the server did not come up")
         return (f"start the server: container-desktop-relay server --host {target.host} "
                 f"--port {target.port} (or systemctl start container-desktop-relay), or "
                 "correct --ssh-connection / --port")
