@@ -389,22 +389,32 @@ class Doctor:
         return f"{path} is yours, mode 0600, and answers GET /_ping end to end"
 
     async def _ping_pipe(self, address: str, start: str) -> str:
-        def ping() -> str:
-            try:
-                with open(address, "r+b", buffering=0) as pipe:
-                    pipe.write(PING)
-                    data = pipe.read(65536)
-            except FileNotFoundError:
-                return "missing"
-            except OSError as exc:
-                return _reason(exc)
-            return "" if data.startswith(b"HTTP/1.1 200") else f"answered {data[:40]!r}"
-
-        wrong = await asyncio.to_thread(ping)
-        if wrong == "missing":
-            raise Failed(f"{address} does not exist (no client is running)", start)
+        """Open the named pipe as a client (proactor loop) and ping through it."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        protocol = asyncio.StreamReaderProtocol(reader)
+        create = getattr(loop, "create_pipe_connection", None)
+        if create is None:
+            raise Failed("this event loop cannot open named pipes",
+                         "run doctor with the default (proactor) event loop on Windows")
+        try:
+            transport, _ = await create(lambda: protocol, address)
+        except FileNotFoundError:
+            raise Failed(f"{address} does not exist (no client is running)", start) from None
+        except OSError as exc:
+            if getattr(exc, "winerror", None) == 231:  # ERROR_PIPE_BUSY
+                raise Failed(f"{address}: All pipe instances are busy",
+                             "the client is not accepting: see its log, restart it") from None
+            raise Failed(f"cannot open {address}: {_reason(exc)}", start) from None
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        try:
+            wrong = await ping_stream(reader, writer, self.timeout)
+        finally:
+            writer.close()
         if wrong:
-            raise Failed(f"{address}: {wrong}", start)
+            raise Failed(f"{address} {wrong} to GET /_ping end to end",
+                         "see the client's log (connection_closed events) and the checks "
+                         "above")
         return f"{address} answers GET /_ping end to end"
 
     async def check_observability(self) -> str:
