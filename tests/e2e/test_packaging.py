@@ -121,6 +121,12 @@ def test_installed_wheel_runs_outside_the_source_tree(dist: Path, tmp: Path) -> 
     assert identity.read_text().startswith("-----BEGIN RSA PRIVATE KEY-----")
     assert authorized.read_text().startswith("ssh-rsa ")
 
+    unit = _run([str(script), "install-service", "--print"], cwd=tmp)
+    assert unit.returncode == 0, unit.stderr
+    assert f"ExecStart={script} server\n" in unit.stdout
+    completion = _run([str(script), "completion", "bash"], cwd=tmp)
+    assert completion.returncode == 0 and "install-service" in completion.stdout
+
     bad = _run([str(script), "server", "--port", "0"], cwd=tmp)
     assert bad.returncode == 2 and "invalid port=0" in bad.stderr
     assert "Traceback" not in bad.stderr
