@@ -146,6 +146,8 @@ class Doctor:
                 return Check(name, OK, await step())
         except Failed as exc:
             return Check(name, FAIL, exc.detail, exc.fix)
+        except RelayError as exc:  # e.g. an unreadable known_hosts: the relay's own message
+            return Check(name, FAIL, str(exc), "see docs/troubleshooting.md for this message")
         except TimeoutError:
             return Check(name, FAIL, f"no answer within {self.timeout * 2:g}s",
                          "check that the server and the network path are up")
