@@ -14,10 +14,10 @@ Policy, in order:
 from __future__ import annotations
 
 import base64
-import fnmatch
 import hashlib
 import hmac
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +97,12 @@ def _hashed_match(pattern: str, name: str) -> bool:
     return hmac.compare_digest(digest, expected)
 
 
+def _glob(pattern: str, name: str) -> bool:
+    """OpenSSH wildcard match: only ``*`` and ``?`` are special (brackets are literal)."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, name, re.IGNORECASE | re.DOTALL) is not None
+
+
 def _matches(patterns: tuple[str, ...], names: list[str]) -> bool:
     """OpenSSH host-pattern matching: any positive match and no negated match."""
     positive = False
@@ -106,7 +112,7 @@ def _matches(patterns: tuple[str, ...], names: list[str]) -> bool:
         if body.startswith("|"):
             hit = any(_hashed_match(body, n) for n in names)
         else:
-            hit = any(fnmatch.fnmatchcase(n.lower(), body.lower()) for n in names)
+            hit = any(_glob(body, n) for n in names)
         if hit and negated:
             return False
         positive = positive or hit
@@ -120,7 +126,7 @@ class HostKeyPolicy:
                  expected: asyncssh.SSHKey | None = None, expected_source: str = "") -> None:
         self.known_hosts = known_hosts
         self.secure = secure
-        self.expected = expected
+        self.expected = expected.convert_to_public() if expected is not None else None
         self.expected_source = expected_source
         self.refusal: Exception | None = None
         self.pending_record: tuple[str, asyncssh.SSHKey] | None = None
@@ -156,7 +162,7 @@ class HostKeyPolicy:
             return False
         entries = self.entries_for(host, port, addr)
         for entry in entries:
-            if entry.revoked and entry.key == key:
+            if entry.revoked and entry.key.public_data == key.public_data:
                 self.refusal = HostKeyMismatch(
                     f"host key {fingerprint(key)} of {label} is marked @revoked in "
                     f"{self.known_hosts} line {entry.line}"
