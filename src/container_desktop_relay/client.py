@@ -38,7 +38,7 @@ from container_desktop_relay.errors import (
     RelayError,
     TunnelUnavailable,
 )
-from container_desktop_relay.hostkeys import HostKeyPolicy
+from container_desktop_relay.hostkeys import HostKeyPolicy, host_key_algs
 from container_desktop_relay.keys import load_private_key
 from container_desktop_relay.log import get_logger
 from container_desktop_relay.metrics import Metrics
@@ -222,6 +222,7 @@ class RelayClient:
                     client_factory=lambda: client,
                     client_keys=[self._identity],
                     known_hosts=(trusted, [], []),
+                    server_host_key_algs=host_key_algs(trusted),
                     agent_path=None,
                     config=None,
                     preferred_auth="publickey",

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
+from asyncssh.public_key import get_default_public_key_algs
 
 from container_desktop_relay.errors import HostKeyMismatch, HostKeyUnknown, KeyFileError
 from container_desktop_relay.keys import atomic_write
 from container_desktop_relay.log import get_logger
 
-__all__ = ["HostKeyPolicy", "KnownHost", "host_label", "read_known_hosts"]
+__all__ = ["HostKeyPolicy", "KnownHost", "host_key_algs", "host_label", "read_known_hosts"]
 
 log = get_logger(__name__)
 
@@ -50,6 +51,19 @@ def host_label(host: str, port: int) -> str:
 def fingerprint(key: asyncssh.SSHKey) -> str:
     """``ssh-rsa SHA256:...`` for messages."""
     return f"{key.get_algorithm()} {key.get_fingerprint('sha256')}"
+
+
+def host_key_algs(trusted: list[asyncssh.SSHKey]) -> list[str]:
+    """Host-key algorithms to offer: those of the pinned keys first, then every default one.
+
+    Offering the others too (as OpenSSH does) lets a server whose key *type* changed be
+    reported as a changed key rather than as a failed key exchange.
+    """
+    algs: list[bytes] = []
+    for key in trusted:
+        algs.extend(a for a in key.sig_algorithms if a not in algs)
+    algs.extend(a for a in get_default_public_key_algs() if a not in algs)
+    return [a.decode("ascii") for a in algs]
 
 
 def read_known_hosts(path: Path) -> list[KnownHost]:
