@@ -61,8 +61,11 @@ class ClientProc:
 
     def wait_ready(self, timeout: float = 30) -> None:
         """Wait for the tid file (written only once the client is ready)."""
-        wait_for(lambda: self.tid.exists() or not self.proc.alive(), timeout,
-                 "client readiness (tid file)")
+        try:
+            wait_for(lambda: self.tid.exists() or not self.proc.alive(), timeout,
+                     "client readiness (tid file)")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; client log tail:\n{self.log()[-3000:]}") from None
         assert self.proc.alive(), f"client exited:\n{self.proc.log()}"
 
     def log(self) -> str:

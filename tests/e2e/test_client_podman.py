@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def chain(podman: Podman, relay_server: RelayServer, keys: Keys, tmp: Path) -> ClientProc:
+def chain(podman: Podman, relay_server: RelayServer, keys: Keys, tmp: Path) -> Iterator[ClientProc]:
     """A client whose socket reaches Podman's API through the relay server."""
     client = ClientProc(keys, tmp, relay_server.port, str(podman.socket))
     yield client
