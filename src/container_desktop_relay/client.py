@@ -39,6 +39,7 @@ from container_desktop_relay.errors import (
     TunnelUnavailable,
 )
 from container_desktop_relay.hostkeys import HostKeyPolicy, host_key_algs
+from container_desktop_relay.idle import sweep_idle
 from container_desktop_relay.keys import load_private_key
 from container_desktop_relay.log import get_logger
 from container_desktop_relay.metrics import Metrics
@@ -113,6 +114,7 @@ class RelayClient:
         self._identity: asyncssh.SSHKey | None = None
         self._listener: Listener | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._linked: set[Pump] = set()
         self._idle = asyncio.Event()
@@ -154,6 +156,10 @@ class RelayClient:
             raise
         self._link_up(conn)
         self._supervisor = asyncio.create_task(self._supervise(conn), name="ssh-link")
+        self._sweeper = asyncio.create_task(
+            sweep_idle(lambda: self.metrics.active, config.read_timeout, config.write_timeout),
+            name="idle-sweeper",
+        )
 
     def stop_accepting(self) -> None:
         """Stop listening (the socket file is removed); forwarded connections go on."""
@@ -178,8 +184,9 @@ class RelayClient:
             task.cancel()
         for pump in list(self.metrics.active):
             pump.close("shutdown", abort=True)
-        if self._supervisor is not None:
-            self._supervisor.cancel()
+        for task in (self._supervisor, self._sweeper):
+            if task is not None:
+                task.cancel()
         if self.conn is not None:
             self.conn.close()
         if self.spawner is not None:
@@ -188,7 +195,7 @@ class RelayClient:
     async def aclose(self) -> None:
         """:meth:`close_all`, then wait for the link to close and the server to exit."""
         self.close_all()
-        tasks = [t for t in (*self._handlers, self._supervisor) if t is not None]
+        tasks = [t for t in (*self._handlers, self._supervisor, self._sweeper) if t is not None]
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task

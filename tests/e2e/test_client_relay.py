@@ -260,3 +260,15 @@ def test_stale_socket_is_replaced(relay_server: RelayServer, keys: Keys, echo: E
                        "--identity-path", str(keys.identity), "--log-level", "error")
     assert result.returncode == 1 and "not a socket" in result.stderr
     assert stale.read_text() == "precious"
+
+
+def test_read_timeout_applies_to_client_connections(relay_server: RelayServer, keys: Keys,
+                                                    echo: EchoTarget, tmp: Path) -> None:
+    """--read-timeout closes an idle forwarded connection on the client side too."""
+    client = ClientProc(keys, tmp, relay_server.port, str(echo.path), "--read-timeout", "500ms")
+    with stopping(client):
+        with _connect(client.socket) as s:
+            s.sendall(b"hi")
+            assert s.recv(2) == b"hi"
+            assert s.recv(1) == b""  # closed by the client role, not by us
+        wait_for(lambda: "read_timeout" in client.log(), 5, "timeout log")
