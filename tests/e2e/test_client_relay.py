@@ -272,3 +272,25 @@ def test_read_timeout_applies_to_client_connections(relay_server: RelayServer, k
             assert s.recv(2) == b"hi"
             assert s.recv(1) == b""  # closed by the client role, not by us
         wait_for(lambda: "read_timeout" in client.log(), 5, "timeout log")
+
+
+def test_frozen_server_detected_by_keepalive(keys: Keys, echo: EchoTarget, tmp: Path) -> None:
+    """A SIGSTOPped server is declared dead by keepalives; open connections are closed, and
+    the client links up again once the server runs again."""
+    server = RelayServer(keys, tmp)
+    client = ClientProc(keys, tmp, server.port, str(echo.path),
+                        "--keepalive-interval", "300ms", "--keepalive-count-max", "2")
+    with stopping(server, client):
+        s = _connect(client.socket, 30)
+        s.sendall(b"hi")
+        assert s.recv(2) == b"hi"
+        server.proc.signal(signal.SIGSTOP)
+        frozen = time.monotonic()
+        assert s.recv(1) == b""  # (the helper's stop() sends SIGCONT before SIGTERM)
+        detected = time.monotonic() - frozen
+        s.close()
+        assert detected < 4 * FACTOR, f"frozen server noticed after {detected:.2f}s"
+        assert '"ssh_link_down"' in client.log()
+        server.proc.signal(signal.SIGCONT)
+        wait_for(lambda: client.log().count('"client_ready"') >= 2, 20, "relink after SIGCONT")
+        assert _roundtrip(client.socket, b"back") == b"back"
