@@ -11,16 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from clienthelp import ClientProc
+from clienthelp import ClientProc, owned
 from helpers import FACTOR, Keys, Podman, RelayServer, stopping
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def chain(podman: Podman, relay_server: RelayServer, keys: Keys, tmp: Path) -> Iterator[ClientProc]:
+def chain(
+    request: pytest.FixtureRequest, podman: Podman, relay_server: RelayServer, keys: Keys, tmp: Path
+) -> Iterator[ClientProc]:
     """A client whose socket reaches Podman's API through the relay server."""
-    client = ClientProc(keys, tmp, relay_server.port, str(podman.socket))
+    client = owned(request, ClientProc(keys, tmp, relay_server.port, str(podman.socket)))
     yield client
     client.stop()
 
@@ -35,8 +37,18 @@ def test_docker_version(podman: Podman, chain: ClientProc) -> None:
 def test_docker_run_stdin_20mb(podman: Podman, chain: ClientProc) -> None:
     """20 MB piped into `docker run --rm -i ... wc -c` is counted exactly (stdin half-close)."""
     payload = os.urandom(20_000_000)
-    result = podman.docker_cli(chain.socket, "run", "--rm", "-i", "--network", "none",
-                               podman.IMAGE, "wc", "-c", input=payload)
+    result = podman.docker_cli(
+        chain.socket,
+        "run",
+        "--rm",
+        "-i",
+        "--network",
+        "none",
+        podman.IMAGE,
+        "wc",
+        "-c",
+        input=payload,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == b"20000000"
 
@@ -46,9 +58,13 @@ def test_docker_run_streams_output(podman: Podman, chain: ClientProc) -> None:
     env = dict(os.environ, DOCKER_HOST=f"unix://{chain.socket}")
     env.pop("DOCKER_CONTEXT", None)
     script = "echo first; sleep 2; echo second"
-    proc = subprocess.Popen([podman.docker, "run", "--rm", "--network", "none", podman.IMAGE,
-                             "sh", "-c", script], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [podman.docker, "run", "--rm", "--network", "none", podman.IMAGE, "sh", "-c", script],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
@@ -67,13 +83,15 @@ def test_docker_run_streams_output(podman: Podman, chain: ClientProc) -> None:
     assert second_at - first_at >= 1.5  # the first line came while the container slept
 
 
-def test_100_concurrent_docker_version(podman: Podman, chain: ClientProc,
-                                       relay_server: RelayServer) -> None:
+def test_100_concurrent_docker_version(
+    podman: Podman, chain: ClientProc, relay_server: RelayServer
+) -> None:
     """100 `docker version` at once all succeed, over a single SSH connection."""
 
     def one(_: int) -> subprocess.CompletedProcess[bytes]:
-        return podman.docker_cli(chain.socket, "version", "--format", "{{.Server.Version}}",
-                                 timeout=180)
+        return podman.docker_cli(
+            chain.socket, "version", "--format", "{{.Server.Version}}", timeout=180
+        )
 
     with ThreadPoolExecutor(max_workers=100) as pool:
         results = list(pool.map(one, range(100)))
@@ -90,24 +108,29 @@ def test_docker_py(podman: Podman, chain: ClientProc) -> None:
     try:
         assert client.ping() is True
         assert client.version()["Version"]
-        assert any(podman.IMAGE.split(":")[0] in tag for image in client.images.list()
-                   for tag in image.tags)
-        out = client.containers.run(podman.IMAGE, ["sh", "-c", "echo hello from busybox"],
-                                    remove=True, network_mode="none")
+        assert any(
+            podman.IMAGE.split(":")[0] in tag
+            for image in client.images.list()
+            for tag in image.tags
+        )
+        out = client.containers.run(
+            podman.IMAGE, ["sh", "-c", "echo hello from busybox"], remove=True, network_mode="none"
+        )
         assert out == b"hello from busybox\n"
     finally:
         client.close()
 
 
 def test_engine_reachable_across_server_restart(
-        podman: Podman, keys: Keys, tmp: Path) -> None:
+    request: pytest.FixtureRequest, podman: Podman, keys: Keys, tmp: Path
+) -> None:
     """The engine stays reachable through the same client socket across a server restart."""
-    server = RelayServer(keys, tmp)
-    client = ClientProc(keys, tmp, server.port, str(podman.socket))
+    server = owned(request, RelayServer(keys, tmp))
+    client = owned(request, ClientProc(keys, tmp, server.port, str(podman.socket)))
     with stopping(client):
         assert podman.docker_cli(client.socket, "version").returncode == 0
         server.stop()
-        server = RelayServer(keys, tmp, port=server.port)
+        server = owned(request, RelayServer(keys, tmp, port=server.port))
         with stopping(server):
             result = podman.docker_cli(client.socket, "version")
             assert result.returncode == 0, result.stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from clienthelp import ClientProc
+from clienthelp import ClientProc, owned
 from helpers import (
     FACTOR,
     EchoTarget,
@@ -50,10 +50,15 @@ def _roundtrip(path: Path, data: bytes = b"ping") -> bytes:
     return got
 
 
-def test_forwards_over_one_ssh_connection(relay_server: RelayServer, keys: Keys,
-                                          echo: EchoTarget, tmp: Path) -> None:
+def test_forwards_over_one_ssh_connection(
+    request: pytest.FixtureRequest,
+    relay_server: RelayServer,
+    keys: Keys,
+    echo: EchoTarget,
+    tmp: Path,
+) -> None:
     """Ready file holds pid:tid, socket is 0600, many local connections share one SSH link."""
-    client = ClientProc(keys, tmp, relay_server.port, str(echo.path))
+    client = owned(request, ClientProc(keys, tmp, relay_server.port, str(echo.path)))
     with stopping(client):
         text = client.tid.read_text()
         pid, tid = text.split(":")
@@ -70,11 +75,12 @@ def test_forwards_over_one_ssh_connection(relay_server: RelayServer, keys: Keys,
     assert '"shutdown_complete"' in client.log() and "Traceback" not in client.log()
 
 
-def test_server_sigkill_closes_local_connection_fast(keys: Keys, echo: EchoTarget,
-                                                     tmp: Path) -> None:
+def test_server_sigkill_closes_local_connection_fast(
+    request: pytest.FixtureRequest, keys: Keys, echo: EchoTarget, tmp: Path
+) -> None:
     """SIGKILL of the server mid-transfer closes the local connection within 2 s."""
-    server = RelayServer(keys, tmp)
-    client = ClientProc(keys, tmp, server.port, str(echo.path))
+    server = owned(request, RelayServer(keys, tmp))
+    client = owned(request, ClientProc(keys, tmp, server.port, str(echo.path)))
     with stopping(server, client):
         s = _connect(client.socket, 30)
         stop = threading.Event()
@@ -105,29 +111,34 @@ def test_server_sigkill_closes_local_connection_fast(keys: Keys, echo: EchoTarge
         wait_for(lambda: '"ssh_link_down"' in client.log(), 5, "link-down log")
 
 
-def test_server_restart_is_picked_up(keys: Keys, echo: EchoTarget, tmp: Path) -> None:
+def test_server_restart_is_picked_up(
+    request: pytest.FixtureRequest, keys: Keys, echo: EchoTarget, tmp: Path
+) -> None:
     """After the server dies and comes back on the same port, new requests work again."""
     port = free_port()
-    server = RelayServer(keys, tmp, port=port)
-    client = ClientProc(keys, tmp, port, str(echo.path))
+    server = owned(request, RelayServer(keys, tmp, port=port))
+    client = owned(request, ClientProc(keys, tmp, port, str(echo.path)))
     with stopping(client):
         assert _roundtrip(client.socket) == b"ping"
         server.proc.signal(signal.SIGKILL)
         server.stop()
         wait_for(lambda: '"ssh_link_down"' in client.log(), 5, "link-down log")
-        restarted = RelayServer(keys, tmp, port=port)
+        restarted = owned(request, RelayServer(keys, tmp, port=port))
         with stopping(restarted):
             wait_for(lambda: client.log().count('"client_ready"') >= 2, 15, "reconnection")
             assert _roundtrip(client.socket, b"again") == b"again"
             assert client.proc.alive()
 
 
-def test_connection_while_link_down_waits_then_closes(keys: Keys, echo: EchoTarget,
-                                                      tmp: Path) -> None:
+def test_connection_while_link_down_waits_then_closes(
+    request: pytest.FixtureRequest, keys: Keys, echo: EchoTarget, tmp: Path
+) -> None:
     """With the server gone, a new local connection is closed after --ssh-timeout, with a
     logged reason."""
-    server = RelayServer(keys, tmp)
-    client = ClientProc(keys, tmp, server.port, str(echo.path), "--ssh-timeout", "1s")
+    server = owned(request, RelayServer(keys, tmp))
+    client = owned(
+        request, ClientProc(keys, tmp, server.port, str(echo.path), "--ssh-timeout", "1s")
+    )
     with stopping(client):
         server.proc.signal(signal.SIGKILL)
         server.stop()
@@ -141,12 +152,13 @@ def test_connection_while_link_down_waits_then_closes(keys: Keys, echo: EchoTarg
         wait_for(lambda: "not available within 1s" in client.log(), 5, "refusal reason")
 
 
-def test_connection_waiting_for_link_is_served_when_it_returns(keys: Keys, echo: EchoTarget,
-                                                               tmp: Path) -> None:
+def test_connection_waiting_for_link_is_served_when_it_returns(
+    request: pytest.FixtureRequest, keys: Keys, echo: EchoTarget, tmp: Path
+) -> None:
     """A local connection accepted while the link is down is served once the server is back."""
     port = free_port()
-    server = RelayServer(keys, tmp, port=port)
-    client = ClientProc(keys, tmp, port, str(echo.path), "--ssh-timeout", "30s")
+    server = owned(request, RelayServer(keys, tmp, port=port))
+    client = owned(request, ClientProc(keys, tmp, port, str(echo.path), "--ssh-timeout", "30s"))
     with stopping(client):
         server.proc.signal(signal.SIGKILL)
         server.stop()
@@ -155,7 +167,7 @@ def test_connection_waiting_for_link_is_served_when_it_returns(keys: Keys, echo:
         waiting.sendall(b"late")
         waiting.shutdown(socket.SHUT_WR)
         wait_for(lambda: '"connection_waiting_for_link"' in client.log(), 5, "waiting log")
-        restarted = RelayServer(keys, tmp, port=port)
+        restarted = owned(request, RelayServer(keys, tmp, port=port))
         with stopping(restarted):
             got = b""
             while chunk := waiting.recv(100):
@@ -164,19 +176,30 @@ def test_connection_waiting_for_link_is_served_when_it_returns(keys: Keys, echo:
             assert got == b"late"
 
 
-def test_changed_host_key_is_refused(keys: Keys, echo: EchoTarget, tmp: Path) -> None:
+def test_changed_host_key_is_refused(
+    request: pytest.FixtureRequest, keys: Keys, echo: EchoTarget, tmp: Path
+) -> None:
     """A host key that differs from known_hosts stops the client with file and line named."""
-    server = RelayServer(keys, tmp)
+    server = owned(request, RelayServer(keys, tmp))
     with stopping(server):
         other = asyncssh.read_private_key(str(make_ed25519(tmp / "impostor")))
         known = tmp / "known_hosts"
         line = other.export_public_key("openssh").decode().split()[:2]
         known.write_text(f"# pinned earlier\n[127.0.0.1]:{server.port} {' '.join(line)}\n")
         before = known.read_bytes()
-        result = run_relay("client", "--listen", f"unix://{tmp}/c.sock",
-                           "--ssh-connection", f"ssh://tester@127.0.0.1:{server.port}/x",
-                           "--identity-path", str(keys.identity),
-                           "--known-hosts-path", str(known), "--log-level", "error")
+        result = run_relay(
+            "client",
+            "--listen",
+            f"unix://{tmp}/c.sock",
+            "--ssh-connection",
+            f"ssh://tester@127.0.0.1:{server.port}/x",
+            "--identity-path",
+            str(keys.identity),
+            "--known-hosts-path",
+            str(known),
+            "--log-level",
+            "error",
+        )
         assert result.returncode == 1
         assert f"{known} line 2" in result.stderr and "changed" in result.stderr
         assert "Traceback" not in result.stderr
@@ -185,15 +208,27 @@ def test_changed_host_key_is_refused(keys: Keys, echo: EchoTarget, tmp: Path) ->
         assert '"ssh_authenticated"' not in server.proc.log()
 
 
-def test_secure_host_key_refuses_unknown(keys: Keys, tmp: Path) -> None:
+def test_secure_host_key_refuses_unknown(
+    request: pytest.FixtureRequest, keys: Keys, tmp: Path
+) -> None:
     """--secure-host-key: a server not in known_hosts is refused and nothing is recorded."""
-    server = RelayServer(keys, tmp)
+    server = owned(request, RelayServer(keys, tmp))
     with stopping(server):
         known = tmp / "known_hosts"
-        result = run_relay("client", "--listen", f"unix://{tmp}/c.sock",
-                           "--ssh-connection", f"ssh://tester@127.0.0.1:{server.port}/x",
-                           "--identity-path", str(keys.identity), "--secure-host-key",
-                           "--known-hosts-path", str(known), "--log-level", "error")
+        result = run_relay(
+            "client",
+            "--listen",
+            f"unix://{tmp}/c.sock",
+            "--ssh-connection",
+            f"ssh://tester@127.0.0.1:{server.port}/x",
+            "--identity-path",
+            str(keys.identity),
+            "--secure-host-key",
+            "--known-hosts-path",
+            str(known),
+            "--log-level",
+            "error",
+        )
         assert result.returncode == 1
         assert "is not in" in result.stderr and "--secure-host-key" in result.stderr
         assert not known.exists()
@@ -203,10 +238,21 @@ def test_start_gives_up_after_max_retries(keys: Keys, tmp: Path) -> None:
     """No server: the client tries --max-retries times with backoff, then exits 1."""
     port = free_port()
     started = time.monotonic()
-    result = run_relay("client", "--listen", f"unix://{tmp}/c.sock",
-                       "--ssh-connection", f"ssh://tester@127.0.0.1:{port}/x",
-                       "--identity-path", str(keys.identity), "--max-retries", "4",
-                       "--known-hosts-path", str(tmp / "kh"), "--log-level", "warn")
+    result = run_relay(
+        "client",
+        "--listen",
+        f"unix://{tmp}/c.sock",
+        "--ssh-connection",
+        f"ssh://tester@127.0.0.1:{port}/x",
+        "--identity-path",
+        str(keys.identity),
+        "--max-retries",
+        "4",
+        "--known-hosts-path",
+        str(tmp / "kh"),
+        "--log-level",
+        "warn",
+    )
     elapsed = time.monotonic() - started
     assert result.returncode == 1
     assert "gave up after 4 attempts" in result.stderr
@@ -215,57 +261,95 @@ def test_start_gives_up_after_max_retries(keys: Keys, tmp: Path) -> None:
     assert not (tmp / "c.sock").exists()
 
 
-def test_start_waits_for_a_late_server(keys: Keys, echo: EchoTarget, tmp: Path) -> None:
+def test_start_waits_for_a_late_server(
+    request: pytest.FixtureRequest, keys: Keys, echo: EchoTarget, tmp: Path
+) -> None:
     """A server that comes up during the start-up retries is connected to."""
     port = free_port()
-    client = ClientProc(keys, tmp, port, str(echo.path), "--max-retries", "40", wait=False)
+    client = owned(
+        request, ClientProc(keys, tmp, port, str(echo.path), "--max-retries", "40", wait=False)
+    )
     with stopping(client):
         wait_for(lambda: '"ssh_connect_retry"' in client.log(), 10, "a failed first attempt")
-        server = RelayServer(keys, tmp, port=port)
+        server = owned(request, RelayServer(keys, tmp, port=port))
         with stopping(server):
             client.wait_ready()
             assert _roundtrip(client.socket) == b"ping"
 
 
-def test_live_socket_is_never_stolen(relay_server: RelayServer, keys: Keys, echo: EchoTarget,
-                                     tmp: Path) -> None:
+def test_live_socket_is_never_stolen(
+    request: pytest.FixtureRequest,
+    relay_server: RelayServer,
+    keys: Keys,
+    echo: EchoTarget,
+    tmp: Path,
+) -> None:
     """A second client on the same socket path refuses to start; the first keeps working."""
-    first = ClientProc(keys, tmp, relay_server.port, str(echo.path))
+    first = owned(request, ClientProc(keys, tmp, relay_server.port, str(echo.path)))
     with stopping(first):
-        result = run_relay("client", "--listen", f"unix://{first.socket}",
-                           "--ssh-connection", f"ssh://t@127.0.0.1:{relay_server.port}/x",
-                           "--identity-path", str(keys.identity),
-                           "--known-hosts-path", str(first.known_hosts), "--log-level", "error")
+        result = run_relay(
+            "client",
+            "--listen",
+            f"unix://{first.socket}",
+            "--ssh-connection",
+            f"ssh://t@127.0.0.1:{relay_server.port}/x",
+            "--identity-path",
+            str(keys.identity),
+            "--known-hosts-path",
+            str(first.known_hosts),
+            "--log-level",
+            "error",
+        )
         assert result.returncode == 1
         assert "another process is already listening" in result.stderr
         assert _roundtrip(first.socket) == b"ping"
 
 
-def test_stale_socket_is_replaced(relay_server: RelayServer, keys: Keys, echo: EchoTarget,
-                                  tmp: Path) -> None:
+def test_stale_socket_is_replaced(
+    request: pytest.FixtureRequest,
+    relay_server: RelayServer,
+    keys: Keys,
+    echo: EchoTarget,
+    tmp: Path,
+) -> None:
     """A socket file left by a dead process is replaced; a regular file is not touched."""
     stale = tmp / "client.sock"
     s = socket.socket(socket.AF_UNIX)
     s.bind(str(stale))
     s.close()  # the file stays, nobody listens
     assert stale.exists()
-    client = ClientProc(keys, tmp, relay_server.port, str(echo.path))
+    client = owned(request, ClientProc(keys, tmp, relay_server.port, str(echo.path)))
     with stopping(client):
         assert _roundtrip(client.socket) == b"ping"
         assert '"stale_socket_removed"' in client.log()
     assert not stale.exists()
     stale.write_text("precious")
-    result = run_relay("client", "--listen", f"unix://{stale}",
-                       "--ssh-connection", f"ssh://t@127.0.0.1:{relay_server.port}/x",
-                       "--identity-path", str(keys.identity), "--log-level", "error")
+    result = run_relay(
+        "client",
+        "--listen",
+        f"unix://{stale}",
+        "--ssh-connection",
+        f"ssh://t@127.0.0.1:{relay_server.port}/x",
+        "--identity-path",
+        str(keys.identity),
+        "--log-level",
+        "error",
+    )
     assert result.returncode == 1 and "not a socket" in result.stderr
     assert stale.read_text() == "precious"
 
 
-def test_read_timeout_applies_to_client_connections(relay_server: RelayServer, keys: Keys,
-                                                    echo: EchoTarget, tmp: Path) -> None:
+def test_read_timeout_applies_to_client_connections(
+    request: pytest.FixtureRequest,
+    relay_server: RelayServer,
+    keys: Keys,
+    echo: EchoTarget,
+    tmp: Path,
+) -> None:
     """--read-timeout closes an idle forwarded connection on the client side too."""
-    client = ClientProc(keys, tmp, relay_server.port, str(echo.path), "--read-timeout", "500ms")
+    client = owned(
+        request, ClientProc(keys, tmp, relay_server.port, str(echo.path), "--read-timeout", "500ms")
+    )
     with stopping(client):
         with _connect(client.socket) as s:
             s.sendall(b"hi")
@@ -274,12 +358,25 @@ def test_read_timeout_applies_to_client_connections(relay_server: RelayServer, k
         wait_for(lambda: "read_timeout" in client.log(), 5, "timeout log")
 
 
-def test_frozen_server_detected_by_keepalive(keys: Keys, echo: EchoTarget, tmp: Path) -> None:
+def test_frozen_server_detected_by_keepalive(
+    request: pytest.FixtureRequest, keys: Keys, echo: EchoTarget, tmp: Path
+) -> None:
     """A SIGSTOPped server is declared dead by keepalives; open connections are closed, and
     the client links up again once the server runs again."""
-    server = RelayServer(keys, tmp)
-    client = ClientProc(keys, tmp, server.port, str(echo.path),
-                        "--keepalive-interval", "300ms", "--keepalive-count-max", "2")
+    server = owned(request, RelayServer(keys, tmp))
+    client = owned(
+        request,
+        ClientProc(
+            keys,
+            tmp,
+            server.port,
+            str(echo.path),
+            "--keepalive-interval",
+            "300ms",
+            "--keepalive-count-max",
+            "2",
+        ),
+    )
     with stopping(server, client):
         s = _connect(client.socket, 30)
         s.sendall(b"hi")
@@ -290,7 +387,7 @@ def test_frozen_server_detected_by_keepalive(keys: Keys, echo: EchoTarget, tmp: 
         detected = time.monotonic() - frozen
         s.close()
         assert detected < 4 * FACTOR, f"frozen server noticed after {detected:.2f}s"
-        assert '"ssh_link_down"' in client.log()
+        wait_for(lambda: '"ssh_link_down"' in client.log(), 5, "link-down log")
         server.proc.signal(signal.SIGCONT)
         wait_for(lambda: client.log().count('"client_ready"') >= 2, 20, "relink after SIGCONT")
         assert _roundtrip(client.socket, b"back") == b"back"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clienthelp import install_wsl_standin, pid_alive
+from clienthelp import install_wsl_standin, owned, pid_alive
 from helpers import (
     EchoTarget,
     Keys,
@@ -30,8 +30,9 @@ pytestmark = pytest.mark.e2e
 class SpawningClient:
     """The client started with the desktop app's own flags plus a Unix socket to listen on."""
 
-    def __init__(self, tmp: Path, echo: EchoTarget, *, identity: Path | None = None,
-                 program_args: str = "") -> None:
+    def __init__(
+        self, tmp: Path, echo: EchoTarget, *, identity: Path | None = None, program_args: str = ""
+    ) -> None:
         self.home = tmp / "home"
         self.home.mkdir(exist_ok=True)
         bindir, program = install_wsl_standin(tmp)
@@ -43,19 +44,42 @@ class SpawningClient:
         self.socket = tmp / "c.sock"
         self.tid = tmp / "c.tid"
         self.identity = identity or self.home / ".ssh" / "id_rsa"
-        env = relay_env(PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}", HOME=str(self.home),
-                        CDR_HEALTH_CHECK_ENABLED="false", CDR_METRICS_ENABLED="false")
+        env = relay_env(
+            PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}",
+            HOME=str(self.home),
+            CDR_HEALTH_CHECK_ENABLED="false",
+            CDR_METRICS_ENABLED="false",
+        )
         args = [
             # the desktop app's invocation, unchanged ...
-            "client", "--named-pipe", "npipe:////./pipe/container-desktop",
-            "--ssh-connection", f"ssh://user@localhost:{self.port}{echo.path}",
-            "--ssh-timeout", "15", "--identity-path", str(self.identity),
-            "--distribution", "Test-Distro", "--relay-program-path", str(program),
-            "--watch-process-termination", "--generate-key-pair",
-            "--host", "localhost", "--port", str(self.port),
+            "client",
+            "--named-pipe",
+            "npipe:////./pipe/container-desktop",
+            "--ssh-connection",
+            f"ssh://user@localhost:{self.port}{echo.path}",
+            "--ssh-timeout",
+            "15",
+            "--identity-path",
+            str(self.identity),
+            "--distribution",
+            "Test-Distro",
+            "--relay-program-path",
+            str(program),
+            "--watch-process-termination",
+            "--generate-key-pair",
+            "--host",
+            "localhost",
+            "--port",
+            str(self.port),
             # ... plus what a POSIX test needs
-            "--listen", f"unix://{self.socket}", "--tid-path", str(self.tid),
-            "--poll-interval", "200ms", "--log-level", "debug",
+            "--listen",
+            f"unix://{self.socket}",
+            "--tid-path",
+            str(self.tid),
+            "--poll-interval",
+            "200ms",
+            "--log-level",
+            "debug",
         ]
         self.proc = Proc(relay_cmd(*args), tmp / "client.log", env=env)
 
@@ -83,11 +107,12 @@ class SpawningClient:
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_spawned_server_serves_and_dies_with_killed_client(echo: EchoTarget,
-                                                           tmp: Path) -> None:
+def test_spawned_server_serves_and_dies_with_killed_client(
+    request: pytest.FixtureRequest, echo: EchoTarget, tmp: Path
+) -> None:
     """With --distribution/--relay-program-path the client runs the server via wsl.exe;
     SIGKILL of the client takes the server down too."""
-    client = SpawningClient(tmp, echo)
+    client = owned(request, SpawningClient(tmp, echo))
     with stopping(client):
         client.wait_ready()
         assert (client.bindir / "distribution").read_text().strip() == "Test-Distro"
@@ -107,9 +132,11 @@ def test_spawned_server_serves_and_dies_with_killed_client(echo: EchoTarget,
         wait_for(lambda: not pid_alive(server_pid), 15, "the server to exit after the client")
 
 
-def test_spawned_server_stopped_on_graceful_exit(echo: EchoTarget, tmp: Path) -> None:
+def test_spawned_server_stopped_on_graceful_exit(
+    request: pytest.FixtureRequest, echo: EchoTarget, tmp: Path
+) -> None:
     """SIGTERM: the client exits 0 and its server is gone by then; files are cleaned up."""
-    client = SpawningClient(tmp, echo)
+    client = owned(request, SpawningClient(tmp, echo))
     with stopping(client):
         client.wait_ready()
         (server_pid,) = client.server_pids()
@@ -119,9 +146,11 @@ def test_spawned_server_stopped_on_graceful_exit(echo: EchoTarget, tmp: Path) ->
         assert not client.socket.exists() and not client.tid.exists()
 
 
-def test_spawned_server_respawned_after_it_dies(echo: EchoTarget, tmp: Path) -> None:
+def test_spawned_server_respawned_after_it_dies(
+    request: pytest.FixtureRequest, echo: EchoTarget, tmp: Path
+) -> None:
     """When the spawned server dies, the client reports it, starts a new one and reconnects."""
-    client = SpawningClient(tmp, echo)
+    client = owned(request, SpawningClient(tmp, echo))
     with stopping(client):
         client.wait_ready()
         (first,) = client.server_pids()
@@ -133,12 +162,15 @@ def test_spawned_server_respawned_after_it_dies(echo: EchoTarget, tmp: Path) -> 
         assert exchange(client.socket, b"after respawn") == (13, sha(b"after respawn"))
 
 
-def test_spawned_server_with_other_host_key_is_refused(keys: Keys, echo: EchoTarget,
-                                                      tmp: Path) -> None:
+def test_spawned_server_with_other_host_key_is_refused(
+    request: pytest.FixtureRequest, keys: Keys, echo: EchoTarget, tmp: Path
+) -> None:
     """A spawned server must present the shared identity as host key; another one is refused."""
     other = make_ed25519(tmp / "other_host_key")
-    client = SpawningClient(tmp, echo, identity=keys.identity,
-                            program_args=f"--host-key-path {other}")
+    client = owned(
+        request,
+        SpawningClient(tmp, echo, identity=keys.identity, program_args=f"--host-key-path {other}"),
+    )
     with stopping(client):
         assert client.proc.wait(60) == 1
         log = client.proc.log()
