@@ -146,10 +146,10 @@ class RelayClient:
             if self.spawning:
                 self.spawner = ServerProcess(config)
                 await self.spawner.start()
-                if not await self.spawner.wait_listening(config.ssh_timeout):
+                listening = await self.spawner.wait_listening(config.ssh_timeout)
+                if not listening and not self.spawner.exit_codes:
                     log.warning("server_not_listening_yet",
-                                extra={"waited_s": config.ssh_timeout,
-                                       "exit_code": self.spawner.exit_code})
+                                extra={"waited_s": config.ssh_timeout})
             conn = await self._connect_at_start()
         except BaseException:
             await self.aclose()
@@ -268,9 +268,17 @@ class RelayClient:
                 return await self._connect_once()
             except TunnelUnavailable as exc:
                 if attempt == attempts:
+                    spawner = self.spawner
+                    why = ""
+                    if spawner is not None and spawner.exit_codes:
+                        times = len(spawner.exit_codes)
+                        why = (f"; the spawned server exited with status "
+                               f"{spawner.exit_codes[-1]}"
+                               + (f" ({times} times)" if times > 1 else "")
+                               + " (its output is logged as server_output)")
                     raise TunnelUnavailable(
                         f"{exc} (gave up after {attempts} attempt"
-                        f"{'s' if attempts != 1 else ''})"
+                        f"{'s' if attempts != 1 else ''}){why}"
                     ) from None
                 delay = backoff.next()
                 log.warning("ssh_connect_retry",

@@ -117,6 +117,8 @@ class ServerProcess:
         self.listening = asyncio.Event()
         self.exited = asyncio.Event()
         self.exit_code: int | None = None
+        #: exit statuses of every spawned server that ended (kept across respawns)
+        self.exit_codes: list[int] = []
         self.spawns = 0
         self._job: Any = None
         self._stopping = False
@@ -196,6 +198,7 @@ class ServerProcess:
             started = time.monotonic()
             code = await proc.wait()
             self.exit_code = code
+            self.exit_codes.append(code)
             self.exited.set()
             if self._stopping:
                 return

@@ -31,7 +31,13 @@ class SpawningClient:
     """The client started with the desktop app's own flags plus a Unix socket to listen on."""
 
     def __init__(
-        self, tmp: Path, echo: EchoTarget, *, identity: Path | None = None, program_args: str = ""
+        self,
+        tmp: Path,
+        echo: EchoTarget,
+        *,
+        identity: Path | None = None,
+        program_args: str = "",
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.home = tmp / "home"
         self.home.mkdir(exist_ok=True)
@@ -80,6 +86,7 @@ class SpawningClient:
             "200ms",
             "--log-level",
             "debug",
+            *extra,
         ]
         self.proc = Proc(relay_cmd(*args), tmp / "client.log", env=env)
 
@@ -177,3 +184,19 @@ def test_spawned_server_with_other_host_key_is_refused(
         assert "must present its identity key" in log
         server_pids = client.server_pids()
         assert server_pids and not any(pid_alive(p) for p in server_pids)
+
+
+def test_spawned_server_that_cannot_start_is_reported(
+    request: pytest.FixtureRequest, keys: Keys, echo: EchoTarget, tmp: Path
+) -> None:
+    """A server that exits at once (here: a bad flag) makes the start-up fail with its status."""
+    client = owned(
+        request,
+        SpawningClient(
+            tmp, echo, identity=keys.identity, program_args="--port 0", extra=("--max-retries", "3")
+        ),
+    )
+    assert client.proc.wait(60) == 1
+    log = client.proc.log()
+    assert "the spawned server exited with status 2" in log
+    assert '"server_output"' in log and "invalid port=0" in log
