@@ -173,6 +173,7 @@ def _docker_context(argv: Sequence[str]) -> int:
 
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "server": _config_command("server"),
+    "client": _config_command("client"),
     "keygen": _config_command("keygen"),
     "config-docs": _config_docs,
     "install-service": _install_service,
