@@ -1,0 +1,190 @@
+"""`doctor` against real processes: a healthy chain, then each failure mode with its fix."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clienthelp import ClientProc
+from helpers import EchoTarget, Keys, Podman, RelayServer, free_port, make_ed25519, run_relay
+
+pytestmark = pytest.mark.e2e
+
+ORDER = ["config loads", "identity key", "authorized_keys", "known_hosts", "server answers SSH",
+         "authentication", "remote socket channel", "remote Docker API", "local endpoint",
+         "observability"]
+
+
+def doctor(keys: Keys, tmp: Path, port: int, remote: str, *extra: str,
+           env: dict[str, str] | None = None) -> tuple[int, dict[str, dict[str, Any]]]:
+    """Run ``doctor --json``; returns (exit status, checks by name)."""
+    args = ["doctor", "--json", "--timeout", "5s",
+            "--identity-path", str(keys.identity),
+            "--authorized-keys-path", str(keys.authorized_keys),
+            "--known-hosts-path", str(tmp / "known_hosts"),
+            "--listen", f"unix://{tmp / 'client.sock'}",
+            "--ssh-connection", f"ssh://tester@127.0.0.1:{port}{remote}", *extra]
+    kw: dict[str, Any] = {"env": env} if env is not None else {}
+    result = run_relay(*args, **kw)
+    assert result.returncode in (0, 1), result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    report = json.loads(result.stdout)
+    assert [c["name"] for c in report["checks"]] == ORDER
+    assert report["ok"] is (result.returncode == 0)
+    return result.returncode, {c["name"]: c for c in report["checks"]}
+
+
+def failed(checks: dict[str, dict[str, Any]]) -> list[str]:
+    return [name for name, c in checks.items() if c["status"] == "FAIL"]
+
+
+def test_healthy_chain_passes(podman: Podman, relay_server: RelayServer, keys: Keys,
+                              tmp: Path) -> None:
+    """Client → server → Podman: every check ok, exit 0, human output says so."""
+    client = ClientProc(keys, tmp, relay_server.port, str(podman.socket))
+    try:
+        code, checks = doctor(keys, tmp, relay_server.port, str(podman.socket))
+        assert code == 0, checks
+        assert all(c["status"] == "ok" for c in checks.values())
+        assert "pins [127.0.0.1]" in checks["known_hosts"]["detail"]
+        assert "answers GET /_ping with OK" in checks["remote Docker API"]["detail"]
+        assert "end to end" in checks["local endpoint"]["detail"]
+        human = run_relay("doctor", "--identity-path", str(keys.identity),
+                          "--authorized-keys-path", str(keys.authorized_keys),
+                          "--known-hosts-path", str(tmp / "known_hosts"),
+                          "--listen", f"unix://{client.socket}", "--ssh-connection",
+                          f"ssh://tester@127.0.0.1:{relay_server.port}{podman.socket}")
+        assert human.returncode == 0, human.stdout
+        lines = human.stdout.splitlines()
+        assert [ln.split(":")[0] for ln in lines[:-1]] == [f"ok    {n}" for n in ORDER]
+        assert lines[-1] == "all checks passed"
+
+        client.socket.chmod(0o666)
+        code, checks = doctor(keys, tmp, relay_server.port, str(podman.socket))
+        assert code == 1 and failed(checks) == ["local endpoint"]
+        assert "has mode 0666" in checks["local endpoint"]["detail"]
+        assert checks["local endpoint"]["fix"].startswith("chmod 600")
+    finally:
+        client.stop()
+
+
+def test_wrong_key(relay_server: RelayServer, echo: EchoTarget, tmp: Path) -> None:
+    """An identity the server does not authorize: authentication fails with the keygen fix."""
+    other = Keys(tmp / "other")
+    code, checks = doctor(other, tmp, relay_server.port, str(echo.path))
+    assert code == 1 and "authentication" in failed(checks)
+    assert checks["server answers SSH"]["status"] == "ok"
+    assert "refused the key" in checks["authentication"]["detail"]
+    assert "container-desktop-relay keygen" in checks["authentication"]["fix"]
+    assert checks["remote socket channel"]["status"] == "skip"
+
+
+def test_stopped_server(keys: Keys, tmp: Path) -> None:
+    """Nothing on the port: the SSH check fails with how to start the server."""
+    port = free_port()
+    code, checks = doctor(keys, tmp, port, "/run/x.sock")
+    assert code == 1 and "server answers SSH" in failed(checks)
+    assert "connection refused" in checks["server answers SSH"]["detail"]
+    assert f"container-desktop-relay server --host 127.0.0.1 --port {port}" in \
+        checks["server answers SSH"]["fix"]
+    assert all(checks[n]["status"] == "skip" for n in
+               ("authentication", "remote socket channel", "remote Docker API"))
+
+
+def test_missing_remote_socket(relay_server: RelayServer, keys: Keys, tmp: Path) -> None:
+    """The server logs in but the remote socket is absent: the channel check names it."""
+    missing = tmp / "gone.sock"
+    code, checks = doctor(keys, tmp, relay_server.port, str(missing))
+    assert code == 1 and "remote socket channel" in failed(checks)
+    assert checks["authentication"]["status"] == "ok"
+    assert f"target socket {missing} does not exist" in checks["remote socket channel"]["detail"]
+    assert "start the container engine" in checks["remote socket channel"]["fix"]
+
+
+def test_remote_socket_is_not_docker(relay_server: RelayServer, keys: Keys, echo: EchoTarget,
+                                     tmp: Path) -> None:
+    """A socket that is not a Docker API (an echo server) fails the /_ping check."""
+    code, checks = doctor(keys, tmp, relay_server.port, str(echo.path))
+    assert code == 1 and checks["remote socket channel"]["status"] == "ok"
+    assert checks["remote Docker API"]["status"] == "FAIL"
+    assert "not HTTP" in checks["remote Docker API"]["detail"]
+
+
+def test_stale_local_socket(relay_server: RelayServer, keys: Keys, echo: EchoTarget,
+                            tmp: Path) -> None:
+    """A socket file nobody listens on is reported stale, with the start command."""
+    stale = tmp / "client.sock"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(stale))
+    sock.close()
+    assert stale.exists()
+    code, checks = doctor(keys, tmp, relay_server.port, str(echo.path))
+    assert code == 1 and checks["local endpoint"]["status"] == "FAIL"
+    assert "stale socket file" in checks["local endpoint"]["detail"]
+    assert "container-desktop-relay client --listen" in checks["local endpoint"]["fix"]
+
+
+def test_changed_host_key(relay_server: RelayServer, keys: Keys, echo: EchoTarget,
+                          tmp: Path) -> None:
+    """known_hosts pins another key for [127.0.0.1]:port: the change is named with the fix."""
+    other = make_ed25519(tmp / "other_host_key")
+    blob = Path(f"{other}.pub").read_text().split()[:2]
+    (tmp / "known_hosts").write_text(f"[127.0.0.1]:{relay_server.port} {' '.join(blob)}\n")
+    code, checks = doctor(keys, tmp, relay_server.port, str(echo.path))
+    assert code == 1 and "server answers SSH" in failed(checks)
+    assert checks["known_hosts"]["status"] == "ok"
+    detail = checks["server answers SSH"]["detail"]
+    assert f"host key of [127.0.0.1]:{relay_server.port} changed" in detail
+    assert "ssh-keygen -R" in checks["server answers SSH"]["fix"]
+    assert checks["authentication"]["status"] == "skip"
+
+
+def test_unknown_host_under_secure_host_key(relay_server: RelayServer, keys: Keys,
+                                            echo: EchoTarget, tmp: Path) -> None:
+    """--secure-host-key with an empty known_hosts fails with the ssh-keyscan fix."""
+    code, checks = doctor(keys, tmp, relay_server.port, str(echo.path), "--secure-host-key")
+    assert code == 1 and "known_hosts" in failed(checks)
+    assert "ssh-keyscan -p" in checks["known_hosts"]["fix"]
+
+
+def test_key_problems(relay_server: RelayServer, keys: Keys, echo: EchoTarget,
+                      tmp: Path) -> None:
+    """An open private key and an authorized_keys without it are both reported with fixes."""
+    keys.identity.chmod(0o644)
+    keys.authorized_keys.write_text("")
+    code, checks = doctor(keys, tmp, relay_server.port, str(echo.path))
+    assert code == 1
+    assert checks["identity key"]["fix"] == f"chmod 600 {keys.identity}"
+    assert checks["authorized_keys"]["status"] == "skip"
+    keys.identity.chmod(0o600)
+    code, checks = doctor(keys, tmp, relay_server.port, str(echo.path))
+    assert checks["authorized_keys"]["status"] == "FAIL"
+    assert "--authorized-keys-path" in checks["authorized_keys"]["fix"]
+    keys.authorized_keys.chmod(0o666)
+    code, checks = doctor(keys, tmp, relay_server.port, str(echo.path))
+    assert "is writable by group/others" in checks["authorized_keys"]["detail"]
+    assert checks["authorized_keys"]["fix"] == f"chmod go-w {keys.authorized_keys}"
+
+
+def test_bad_config_and_dead_observability(keys: Keys, tmp: Path) -> None:
+    """A bad CDR_ value fails the first check (exit 1); a health port with nobody on it fails
+    the observability check; a bad doctor flag is exit 2."""
+    from helpers import relay_env
+
+    code, checks = doctor(keys, tmp, free_port(), "/x.sock", env=relay_env(CDR_BUFFER_SIZE="12"))
+    assert code == 1 and failed(checks) == ["config loads"]
+    assert "invalid buffer_size=12 from CDR_BUFFER_SIZE" in checks["config loads"]["detail"]
+    assert all(c["status"] == "skip" for n, c in checks.items() if n != "config loads")
+
+    port = free_port()
+    code, checks = doctor(keys, tmp, free_port(), "/x.sock", "--health-check-enabled",
+                          "--health-check-port", str(port))
+    assert checks["observability"]["status"] == "FAIL"
+    assert f"127.0.0.1:{port}/health does not answer" in checks["observability"]["detail"]
+
+    bad = run_relay("doctor", "--bogus")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
