@@ -354,8 +354,10 @@ class Doctor:
         from container_desktop_relay.endpoints import parse_endpoint
 
         endpoint = parse_endpoint(self._endpoint_url())
+        from container_desktop_relay.client import resolve_target
+
         start = ("start the client: container-desktop-relay client --listen "
-                 f"{endpoint.url} --ssh-connection ...")
+                 f"{endpoint.url} --ssh-connection {resolve_target(self.cfg)}")
         if endpoint.scheme == "npipe":
             if sys.platform != "win32":
                 raise Failed(f"{endpoint.url} is a Windows named pipe; this is not Windows",
