@@ -184,14 +184,16 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
 
 
 def _usage() -> str:
+    roles = {
+        "server": "run the server role (inside Linux/WSL)",
+        "client": "run the client role (desktop side: Unix socket or named pipe)",
+        "keygen": "create and authorize the RSA 4096 key pair",
+    }
+    lines = {**roles, **{n: _EXTRA_HELP.get(n, "") for n in COMMANDS if n not in roles}}
+    width = max(map(len, lines)) + 2
     return (
-        f"usage: {PROG} [COMMAND] [FLAGS]\n\n"
-        f"commands:\n"
-        f"  server   run the server role (inside Linux/WSL)\n"
-        f"  client   run the client role (desktop side: Unix socket or named pipe)\n"
-        f"  keygen   create and authorize the RSA 4096 key pair\n"
-        + "".join(f"  {name:<8} {_EXTRA_HELP.get(name, '')}\n" for name in COMMANDS
-                  if name not in ("server", "client", "keygen"))
+        f"usage: {PROG} [COMMAND] [FLAGS]\n\ncommands:\n"
+        + "".join(f"  {name:<{width}} {text}\n" for name, text in lines.items())
         + f"\nWithout a command, runs the platform's role ({_platform_role()} here) with the "
         f"given flags.\n'{PROG} COMMAND --help' lists every flag.\n"
     )
