@@ -5,6 +5,7 @@ from __future__ import annotations
 from container_desktop_relay.app import run_loop, serve
 from container_desktop_relay.config import Config
 from container_desktop_relay.metrics import Metrics
+from container_desktop_relay.observe import observability_extra
 from container_desktop_relay.server import RelayServer
 from container_desktop_relay.state import RoleState
 
@@ -18,6 +19,6 @@ def run_server(config: Config) -> int:
         state = RoleState("server")
         metrics = Metrics("server")
         server = RelayServer(config, metrics, state)
-        return await serve(server, config)
+        return await serve(server, config, extras=[observability_extra(config)])
 
     return run_loop(main)
