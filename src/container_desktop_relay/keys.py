@@ -103,7 +103,7 @@ def public_pem(key: asyncssh.SSHKey) -> bytes:
 
 def authorized_key_line(key: asyncssh.SSHKey, comment: str = "container-desktop-relay") -> bytes:
     """The OpenSSH authorized_keys line for ``key``."""
-    blob = key.export_public_key("openssh").split(b" ")[:2]
+    blob = key.export_public_key("openssh").strip().split()[:2]
     return b" ".join([*blob, comment.encode()]) + b"\n"
 
 
