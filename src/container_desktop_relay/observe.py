@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -275,10 +276,9 @@ class Observability:
                                    for p in paths))
         try:
             await web.TCPSite(runner, self.host, port).start()
-        except OSError as exc:
-            raise ListenError(
-                f"cannot listen for {what} on {self.host}:{port}: {exc.strerror or exc}"
-            ) from None
+        except OSError as exc:  # asyncio rewrites strerror; the errno says it plainly
+            why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            raise ListenError(f"cannot listen for {what} on {self.host}:{port}: {why}") from None
         return int(runner.addresses[0][1])
 
     async def stop(self) -> None:
