@@ -17,6 +17,7 @@ from container_desktop_relay import sshtune
 from container_desktop_relay.config import Config
 from container_desktop_relay.ends import ChannelEnd, TransportEnd
 from container_desktop_relay.errors import ListenError
+from container_desktop_relay.idle import sweep_idle
 from container_desktop_relay.keys import load_authorized_keys, load_private_key
 from container_desktop_relay.log import get_logger
 from container_desktop_relay.metrics import Metrics
@@ -76,6 +77,7 @@ class RelayServer:
         self._identity: asyncssh.SSHKey | None = None
         self.port = 0
         self._idle = asyncio.Event()
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Load keys and start listening.
@@ -114,6 +116,10 @@ class RelayServer:
                 f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
             ) from None
         self.port = self._acceptor.get_port()
+        self._sweeper = asyncio.create_task(
+            sweep_idle(lambda: self.metrics.active, config.read_timeout, config.write_timeout),
+            name="idle-sweeper",
+        )
         self.state.set_ready("listening")
         log.info("server_listening", extra={"host": config.host, "port": self.port})
 
@@ -141,6 +147,8 @@ class RelayServer:
 
     def close_all(self) -> None:
         """Close every forwarded connection and SSH connection now."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for pump in list(self.metrics.active):
             pump.close("shutdown", abort=True)
         for conn in list(self.connections):

@@ -290,3 +290,39 @@ def test_busy_port_is_a_clear_error(relay_server: RelayServer, keys: Keys, tmp: 
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{relay_server.port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_read_timeout_closes_idle_connection(keys: Keys, echo: EchoTarget, tmp: Path) -> None:
+    """A forwarded connection idle past read_timeout is closed and the reason logged."""
+    server = RelayServer(keys, tmp, "--read-timeout", "500ms")
+    fwd = ssh_forward(server.port, keys.identity, tmp / "l.sock", str(echo.path), tmp)
+    with stopping(server, fwd):
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(15)
+        s.connect(str(tmp / "l.sock"))
+        s.sendall(b"hi")
+        assert s.recv(2) == b"hi"
+        assert s.recv(1) == b""  # closed by the relay, not by us
+        s.close()
+        wait_for(lambda: "read_timeout" in server.proc.log(), 10, "timeout log")
+
+
+def test_write_timeout_closes_stuck_peer(keys: Keys, tmp: Path) -> None:
+    """A target that stops reading is cut off after write_timeout; memory stays bounded."""
+    stuck = socket.socket(socket.AF_UNIX)
+    stuck.bind(str(tmp / "stuck.sock"))
+    stuck.listen(1)
+    server = RelayServer(keys, tmp, "--write-timeout", "1s")
+    fwd = ssh_forward(server.port, keys.identity, tmp / "l.sock", str(tmp / "stuck.sock"), tmp)
+    with stopping(server, fwd, stuck):
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(30)
+        s.connect(str(tmp / "l.sock"))
+        accepted, _ = stuck.accept()
+        chunk = b"w" * 65536
+        with pytest.raises(OSError):
+            for _ in range(4096):  # 256 MiB at most; the relay must cut us off first
+                s.sendall(chunk)
+        wait_for(lambda: "write_timeout" in server.proc.log(), 15, "write timeout log")
+        s.close()
+        accepted.close()
