@@ -83,12 +83,30 @@ def test_exact_counters_after_concurrent_connections(keys: Keys, echo: EchoTarge
             except BaseException as exc:  # reported by the assertion below
                 results[i] = exc
 
+        seen: list[tuple[int, int]] = []
+        done = threading.Event()
+
+        def scrape() -> None:  # scrapes while data flows: live bytes, never going down
+            while not done.is_set():
+                body = get_json(port, "/metrics")[1]
+                seen.append((body["total_bytes_read"], body["total_bytes_written"]))
+                get(port, "/metrics?format=prometheus")
+
         threads = [threading.Thread(target=run, args=(i,)) for i in range(len(sizes))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120 * FACTOR)
+        scraper = threading.Thread(target=scrape)
+        scraper.start()
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120 * FACTOR)
+        finally:
+            done.set()
+            scraper.join(30 * FACTOR)
         assert results == [(len(p), sha(p)) for p in payloads]
+        reads, writes = [r for r, _ in seen], [w for _, w in seen]
+        assert len(seen) > 1 and reads == sorted(reads) and writes == sorted(writes)
+        assert all(r <= sum(sizes) and w <= sum(sizes) for r, w in seen)
 
         def settled() -> dict[str, Any] | None:
             body = get_json(port, "/metrics")[1]
@@ -152,8 +170,12 @@ def test_ready_turns_503_first_during_shutdown(keys: Keys, echo: EchoTarget, tmp
         with held:
             held.sendall(b"ping")
             assert held.recv(4) == b"ping"
-            wait_for(lambda: get_json(port, "/metrics")[1]["active_connections"] == 1, 10,
-                     "the held connection to count")
+            def one_active() -> dict[str, Any] | None:
+                body = get_json(port, "/metrics")[1]
+                return body if body["active_connections"] == 1 else None
+
+            live = wait_for(one_active, 10, "the held connection to count")
+            assert (live["total_bytes_read"], live["total_bytes_written"]) == (4, 4)
             server.proc.signal(signal.SIGTERM)
             wait_for(lambda: get_json(port, "/ready")[0] == 503, 10, "/ready to turn 503")
             assert get_json(port, "/ready")[1] == {"status": "not ready",
