@@ -8,6 +8,7 @@ request's Accept header with prometheus_client's own negotiation.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -19,7 +20,6 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from container_desktop_relay._version import __version__
 from container_desktop_relay.metrics import Histogram, Metrics
@@ -31,9 +31,14 @@ __all__ = ["ERROR_KINDS", "RelayCollector", "make_registry", "render"]
 ERROR_KINDS = ("connection", "socket", "other")
 
 
+def _le(bound: float) -> str:
+    """A bucket bound as Prometheus writes it: "0.005", "1.0", "+Inf"."""
+    return "+Inf" if bound == math.inf else repr(float(bound))
+
+
 def _histogram(name: str, doc: str, role: str, hist: Histogram) -> HistogramMetricFamily:
     family = HistogramMetricFamily(name, doc, labels=["role"])
-    buckets = [(floatToGoString(bound), float(n)) for bound, n in hist.cumulative()]
+    buckets = [(_le(bound), float(n)) for bound, n in hist.cumulative()]
     family.add_metric([role], buckets, hist.total)
     return family
 

@@ -7,6 +7,7 @@ bad usage).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -18,6 +19,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from container_desktop_relay.cli import PROG, _Parser, _platform_role
 from container_desktop_relay.config import load_config
 from container_desktop_relay.durations import parse_duration
 from container_desktop_relay.errors import ConfigError
@@ -181,13 +183,11 @@ def render_table(report: Report) -> str:
     return "".join(f"{name:<{width}}  {value}\n" for name, value in rows)
 
 
-def build_status_parser() -> Any:
+def build_status_parser() -> argparse.ArgumentParser:
     """The ``status`` parser (bad flags: one line, exit 2)."""
-    from container_desktop_relay.cli import PROG, _new_parser
-
-    parser = _new_parser(f"{PROG} status",
-                         "Query a running relay's /health, /ready and /metrics. Exit 0 when "
-                         "healthy and ready, 1 otherwise, 2 when nothing answers.")
+    parser = _Parser(prog=f"{PROG} status", allow_abbrev=False,
+                     description="Query a running relay's /health, /ready and /metrics. Exit 0 "
+                                 "when healthy and ready, 1 otherwise, 2 when nothing answers.")
     parser.add_argument("--host", "-host", dest="health_check_host", metavar="ADDRESS",
                         help="address the endpoints listen on (default: health_check_host, "
                              "127.0.0.1)")
@@ -213,8 +213,6 @@ def main(argv: Sequence[str]) -> int:
     Raises:
         ArgumentError / ConfigError: bad flags or configuration (exit 2).
     """
-    from container_desktop_relay.cli import _platform_role
-
     args = build_status_parser().parse_args(list(argv))
     try:
         timeout = parse_duration(args.timeout)
