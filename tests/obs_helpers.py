@@ -1,9 +1,15 @@
-"""Feeding real Metrics through real Pumps with in-memory ends, for observability tests."""
+"""Observability test helpers: real Metrics fed through real Pumps, HTTP gets, bound ports."""
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
 from container_desktop_relay.metrics import Metrics
 from container_desktop_relay.pump import CLIENT, TARGET, Pump
+from helpers import FACTOR, Proc, wait_for
 
 
 class Sink:
@@ -55,3 +61,35 @@ def finish(pump: Pump) -> None:
     """End ``pump`` (both sides lost), which reports it to its Metrics."""
     pump.lost(CLIENT)
     pump.lost(TARGET)
+
+
+# ---------------------------------------------------------------- real processes over HTTP
+def bound_ports(proc: Proc) -> dict[str, Any]:
+    """The ``observability_listening`` log record of a relay process (waits for it)."""
+    def find() -> dict[str, Any] | None:
+        for line in proc.log().splitlines():
+            if '"observability_listening"' in line:
+                return json.loads(line)  # type: ignore[no-any-return]
+        if not proc.alive():
+            raise AssertionError(f"relay exited before listening:\n{proc.log()}")
+        return None
+
+    return wait_for(find, 20, "observability_listening log line")  # type: ignore[no-any-return]
+
+
+def get(port: int, path: str, accept: str | None = None) -> tuple[int, str, str]:
+    """GET http://127.0.0.1:port/path: (status, content type, body), 4xx/5xx included."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                     headers={"Accept": accept} if accept else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10 * FACTOR) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.headers["Content-Type"], exc.read().decode()
+
+
+def get_json(port: int, path: str) -> tuple[int, dict[str, Any]]:
+    """GET and decode a JSON answer: (status, body)."""
+    code, _, body = get(port, path)
+    return code, json.loads(body)

@@ -28,6 +28,7 @@ from helpers import (
     stopping,
     wait_for,
 )
+from obs_helpers import bound_ports, get, get_json
 
 pytestmark = pytest.mark.e2e
 
@@ -38,41 +39,13 @@ def observed_server(keys: Keys, tmp: Path, *extra: str) -> RelayServer:
                        "--health-check-port=0", "--metrics-port=0", *extra)
 
 
-def bound_ports(server: RelayServer) -> dict[str, Any]:
-    """The ``observability_listening`` log record of ``server``."""
-    def find() -> dict[str, Any] | None:
-        for line in server.proc.log().splitlines():
-            if '"observability_listening"' in line:
-                return json.loads(line)  # type: ignore[no-any-return]
-        return None
-
-    return wait_for(find, 20, "observability_listening log line")  # type: ignore[no-any-return]
-
-
-def get(port: int, path: str, accept: str | None = None) -> tuple[int, str, str]:
-    """GET http://127.0.0.1:port/path: (status, content type, body), 4xx/5xx included."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
-                                     headers={"Accept": accept} if accept else {})
-    try:
-        with urllib.request.urlopen(request, timeout=10 * FACTOR) as response:
-            return response.status, response.headers["Content-Type"], response.read().decode()
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, exc.headers["Content-Type"], exc.read().decode()
-
-
-def get_json(port: int, path: str) -> tuple[int, dict[str, Any]]:
-    code, _, body = get(port, path)
-    return code, json.loads(body)
-
-
 def test_exact_counters_after_concurrent_connections(keys: Keys, echo: EchoTarget,
                                                      tmp: Path) -> None:
     """N concurrent connections through ssh -L: counts match to the byte, JSON and Prometheus."""
     server = observed_server(keys, tmp)
     fwd = ssh_forward(server.port, keys.identity, tmp / "l.sock", str(echo.path), tmp)
     with stopping(server, fwd):
-        port = bound_ports(server)["health_port"]
+        port = bound_ports(server.proc)["health_port"]
         sizes = [1 + 37_171 * i for i in range(24)]  # 1 byte .. ~0.85 MB, all different
         payloads = [os.urandom(n) for n in sizes]
         results: list[tuple[int, str] | BaseException] = [ValueError("not run")] * len(sizes)
@@ -142,7 +115,7 @@ def test_separate_ports_and_404_405(keys: Keys, tmp: Path) -> None:
     server = observed_server(keys, tmp, f"--health-check-port={health_port}",
                              f"--metrics-port={metrics_port}")
     with stopping(server):
-        ports = bound_ports(server)
+        ports = bound_ports(server.proc)
         assert (ports["health_port"], ports["metrics_port"]) == (health_port, metrics_port)
         assert get(health_port, "/ready")[0] == 200
         assert get(health_port, "/metrics")[0] == 404
@@ -161,7 +134,7 @@ def test_ready_turns_503_first_during_shutdown(keys: Keys, echo: EchoTarget, tmp
     server = observed_server(keys, tmp, "--shutdown-timeout=60s")
     fwd = ssh_forward(server.port, keys.identity, tmp / "l.sock", str(echo.path), tmp)
     with stopping(server, fwd):
-        port = bound_ports(server)["health_port"]
+        port = bound_ports(server.proc)["health_port"]
         assert get_json(port, "/ready") == (200, {"status": "ready", "reason": "listening",
                                                   "role": "server", "link_up": None})
         held = socket.socket(socket.AF_UNIX)
@@ -200,7 +173,7 @@ def test_status_exit_codes_healthy_then_degraded(keys: Keys, echo: EchoTarget,
     server = observed_server(keys, tmp, "--degraded-threshold=1")
     fwd = ssh_forward(server.port, keys.identity, tmp / "l.sock", str(echo.path), tmp)
     with stopping(server, fwd):
-        port = bound_ports(server)["health_port"]
+        port = bound_ports(server.proc)["health_port"]
         args = ("status", f"--health-check-port={port}", f"--metrics-port={port}")
         result = run_relay(*args)
         assert result.returncode == 0, result.stdout + result.stderr
