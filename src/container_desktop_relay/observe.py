@@ -13,7 +13,6 @@ import contextlib
 import datetime
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -154,14 +153,6 @@ def metrics_format(accept: str | None, fmt: str | None) -> str:
 
 
 # --------------------------------------------------------------------------- aiohttp app
-@dataclass(slots=True)
-class _Context:
-    metrics: Metrics
-    state: RoleState
-    threshold: int
-    registry: Any
-
-
 @web.middleware
 async def _json_errors(request: web.Request,
                        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
@@ -182,14 +173,14 @@ async def _json_errors(request: web.Request,
 def make_app(metrics: Metrics, state: RoleState, *, threshold: int,
              paths: frozenset[str] = frozenset({HEALTH, METRICS})) -> web.Application:
     """An aiohttp application serving /health and /ready (``health``) and/or /metrics."""
-    ctx = _Context(metrics, state, threshold, prometheus.make_registry(metrics, state))
+    registry = prometheus.make_registry(metrics, state)
 
     async def health(request: web.Request) -> web.Response:
-        status, body = health_view(ctx.metrics.snapshot(), ctx.state, ctx.threshold)
+        status, body = health_view(metrics.snapshot(), state, threshold)
         return web.json_response(body, status=status, headers=_NO_STORE)
 
     async def ready(request: web.Request) -> web.Response:
-        status, body = ready_view(ctx.state)
+        status, body = ready_view(state)
         return web.json_response(body, status=status, headers=_NO_STORE)
 
     async def metrics_handler(request: web.Request) -> web.Response:
@@ -200,10 +191,10 @@ def make_app(metrics: Metrics, state: RoleState, *, threshold: int,
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400, headers=headers)
         if fmt == "json":
-            return web.json_response(metrics_view(ctx.metrics.snapshot()), headers=headers)
+            return web.json_response(metrics_view(metrics.snapshot()), headers=headers)
         if fmt == "openmetrics":
             accept = OPENMETRICS
-        payload, content_type = prometheus.render(ctx.registry, accept)
+        payload, content_type = prometheus.render(registry, accept)
         headers["Content-Type"] = content_type
         return web.Response(body=payload, headers=headers)
 
