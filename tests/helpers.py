@@ -203,7 +203,11 @@ class RelayServer:
         self.proc = Proc(relay_cmd(*args), workdir / f"server-{self.port}.log",
                          env=env or relay_env())
         if wait:
-            self.wait_listening()
+            try:
+                self.wait_listening()
+            except BaseException:
+                self.proc.stop()
+                raise
 
     def wait_listening(self, timeout: float = 20) -> None:
         wait_for(lambda: '"server_listening"' in self.proc.log() or not self.proc.alive(),
@@ -233,9 +237,13 @@ class Sshd:
             "MaxSessions 1000\nMaxStartups 100:30:200\n"
         )
         self.proc = Proc([sshd, "-D", "-e", "-f", str(config)], workdir / "sshd.log")
-        wait_for(lambda: tcp_open("127.0.0.1", self.port) or not self.proc.alive(), 10,
-                 "sshd to listen")
-        assert self.proc.alive(), self.proc.log()
+        try:
+            wait_for(lambda: tcp_open("127.0.0.1", self.port) or not self.proc.alive(), 10,
+                     "sshd to listen")
+            assert self.proc.alive(), self.proc.log()
+        except BaseException:
+            self.proc.stop()
+            raise
 
     def stop(self) -> None:
         self.proc.stop()
@@ -251,8 +259,12 @@ def ssh_forward(port: int, identity: Path, local: Path, remote: str, workdir: Pa
             "-o", "StreamLocalBindUnlink=yes", "-L", f"{local}:{remote}", *extra,
             f"{user}@127.0.0.1"]
     proc = Proc(argv, workdir / f"ssh-{local.name}.log")
-    wait_for(lambda: local.exists() or not proc.alive(), 20, "ssh -L socket")
-    assert proc.alive(), proc.log()
+    try:
+        wait_for(lambda: local.exists() or not proc.alive(), 20, "ssh -L socket")
+        assert proc.alive(), proc.log()
+    except BaseException:
+        proc.stop()
+        raise
     return proc
 
 
@@ -389,9 +401,13 @@ class Podman:
         self.proc = Proc([podman, "--root", str(workdir / "root"), "--runroot",
                           str(workdir / "runroot"), "system", "service", "--time=0",
                           f"unix://{self.socket}"], workdir / "podman.log", env=self.env)
-        wait_for(lambda: ping(self.socket) or not self.proc.alive(), 60, "podman API")
-        assert self.proc.alive(), self.proc.log()
-        self._import_busybox(busybox)
+        try:
+            wait_for(lambda: ping(self.socket) or not self.proc.alive(), 60, "podman API")
+            assert self.proc.alive(), self.proc.log()
+            self._import_busybox(busybox)
+        except BaseException:
+            self.proc.stop()
+            raise
 
     def _import_busybox(self, busybox: str) -> None:
         rootfs = self.workdir / "rootfs"

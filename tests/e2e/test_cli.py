@@ -95,3 +95,11 @@ def test_generate_key_pair_then_runs_on(tmp: Path) -> None:
     events = [json.loads(line)["event"] for line in result.stderr.splitlines()
               if line.startswith("{")]
     assert "key_pair_generated" in events
+
+
+def test_world_writable_authorized_keys_refused_at_start(keys: Keys) -> None:
+    """An authorized_keys anyone can write stops the server at start, exit 2, one line."""
+    keys.authorized_keys.chmod(0o666)
+    result = run_relay("server", "--identity-path", str(keys.identity), "--authorized-keys-path",
+                       str(keys.authorized_keys), "--log-level", "error")
+    assert result.returncode == 2 and "chmod go-w" in result.stderr

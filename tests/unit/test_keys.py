@@ -132,3 +132,16 @@ def test_authorized_keys_parsing_skips_bad_lines(tmp_path: Path, rsa_pem: bytes)
     found = keys.load_authorized_keys(ak)
     assert [k.public_data for k in found] == [key.public_data]
     assert keys.load_authorized_keys(tmp_path / "missing") == []
+
+
+def test_writable_authorized_keys_refused_by_server(tmp_path: Path, rsa_pem: bytes) -> None:
+    """The server refuses an authorized_keys others could write (OpenSSH StrictModes)."""
+    key = asyncssh.import_private_key(rsa_pem)
+    ak = tmp_path / "authorized_keys"
+    ak.write_bytes(keys.authorized_key_line(key))
+    ak.chmod(0o666)
+    with pytest.raises(KeyFileError, match=r"writable by group/others \(mode 0666\).*chmod go-w"):
+        keys.load_authorized_keys(ak, strict=True)
+    assert len(keys.load_authorized_keys(ak)) == 1  # non-strict readers (keygen) still read
+    ak.chmod(0o644)
+    assert len(keys.load_authorized_keys(ak, strict=True)) == 1
