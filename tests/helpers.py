@@ -228,11 +228,13 @@ class Sshd:
         self.workdir = workdir
         self.host_key = host_key or make_ed25519(workdir / "sshd_host_key")
         config = workdir / "sshd_config"
+        # sshd only allows direct-streamlocal opens when local TCP forwarding is allowed too
+        # (channel_permit_all(FORWARD_LOCAL) depends on AllowTcpForwarding), hence "local".
         config.write_text(
             f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.host_key}\n"
             f"AuthorizedKeysFile {authorized_keys}\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-            "AllowStreamLocalForwarding yes\nAllowTcpForwarding no\nPermitRootLogin yes\n"
+            "AllowStreamLocalForwarding yes\nAllowTcpForwarding local\nPermitRootLogin yes\n"
             f"PidFile {workdir}/sshd.pid\nLogLevel VERBOSE\nStreamLocalBindUnlink yes\n"
             "MaxSessions 1000\nMaxStartups 100:30:200\n"
         )
@@ -329,13 +331,16 @@ class SendFirstTarget:
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
-            conn.sendall(self.payload)
-            conn.shutdown(socket.SHUT_WR)
             digest = hashlib.sha256()
             total = 0
-            while data := conn.recv(1 << 18):
-                digest.update(data)
-                total += len(data)
+            try:
+                conn.sendall(self.payload)
+                conn.shutdown(socket.SHUT_WR)
+                while data := conn.recv(1 << 18):
+                    digest.update(data)
+                    total += len(data)
+            except OSError:  # a peer that leaves early (the client's readiness probe)
+                return
             self.received.append((total, digest.hexdigest()))
 
     def close(self) -> None:

@@ -146,6 +146,7 @@ def _status(argv: Sequence[str]) -> int:
 
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "server": _config_command("server"),
+    "client": _config_command("client"),
     "keygen": _config_command("keygen"),
     "status": _status,
 }
