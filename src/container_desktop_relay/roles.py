@@ -33,7 +33,9 @@ def run_client(config: Config) -> int:
         state = RoleState("client")
         metrics = Metrics("client")
         client = RelayClient(config, metrics, state)
-        extras = [tid_file_extra(config.path("tid_path"))] if config.tid_path else []
+        extras = [observability_extra(config)]
+        if config.tid_path:
+            extras.append(tid_file_extra(config.path("tid_path")))
         try:
             return await serve(client, config, extras=extras)
         finally:
