@@ -8,6 +8,7 @@ request's Accept header with prometheus_client's own negotiation.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterator
 
@@ -101,6 +102,15 @@ class RelayCollector(Collector):
         yield _histogram("cdr_channel_open_latency_seconds",
                          "Time to open the SSH channel / target socket of a new connection.",
                          role, m.open_latency_hist)
+        yield gauge("cdr_asyncio_tasks", "asyncio tasks alive in the relay (leak detection).",
+                    _task_count())
+
+
+def _task_count() -> int:
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # collected outside the event loop (tests)
+        return 0
 
 
 def make_registry(metrics: Metrics, state: RoleState, *, process: bool = True) -> CollectorRegistry:

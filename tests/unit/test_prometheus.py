@@ -18,6 +18,7 @@ CDR_FAMILIES = {
     "cdr_ready": "gauge",
     "cdr_draining": "gauge",
     "cdr_uptime_seconds": "gauge",
+    "cdr_asyncio_tasks": "gauge",
     "cdr_connections": "counter",
     "cdr_active_connections": "gauge",
     "cdr_bytes_read": "counter",
