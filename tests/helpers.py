@@ -51,6 +51,17 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "c
         time.sleep(interval)
 
 
+def record(kind: str, what: str, runs: int, outcome: str, silently_lost: int = 0) -> None:
+    """Append one row to the reliability report when CDR_REPORT names a file (make soak)."""
+    import json
+
+    path = os.environ.get("CDR_REPORT")
+    if path:
+        with open(path, "a") as fh:
+            fh.write(json.dumps({"kind": kind, "what": what, "runs": runs, "outcome": outcome,
+                                 "silently_lost": silently_lost}) + "\n")
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:

@@ -28,6 +28,7 @@ from helpers import (
     Keys,
     RelayServer,
     exchange,
+    record,
     sha,
     stopping,
     wait_for,
@@ -92,6 +93,15 @@ def assert_complete_or_visible(out: Outcome, payload: bytes, bound: float) -> No
         return
     assert out.received < len(payload) or out.error is not None
     assert out.elapsed < bound * FACTOR, f"took {out.elapsed:.1f}s to fail"
+
+
+def report(what: str, outcomes: list[Outcome], payload: bytes, recovered: str) -> None:
+    """Summarize ``outcomes`` into the reliability report."""
+    done = sum(1 for o in outcomes if o.error is None and o.received == len(payload))
+    slowest = max(o.elapsed for o in outcomes)
+    record("fault", what, len(outcomes),
+           f"{done} byte-exact, {len(outcomes) - done} failed visibly (slowest {slowest:.1f}s), "
+           f"0 hung, 0 corrupted; {recovered}")
 
 
 class ResetProxy:
@@ -192,6 +202,8 @@ def test_server_sigkill_mid_stream_then_recovers(keys: Keys, echo: EchoTarget,
             small = os.urandom(MiB)
             wait_for(lambda: exchange(client.socket, small) == (len(small), sha(small)), 30,
                      "a request through the restarted server", interval=0.2)
+        report("server SIGKILLed mid-stream (4 x 48 MiB echo)", outcomes, payload,
+               "restarted server used without restarting the client")
 
 
 def test_server_frozen_fails_within_keepalive_bound(chain: tuple[RelayServer, ClientProc],
@@ -209,6 +221,8 @@ def test_server_frozen_fails_within_keepalive_bound(chain: tuple[RelayServer, Cl
     small = os.urandom(MiB)
     wait_for(lambda: exchange(client.socket, small) == (len(small), sha(small)), 40,
              "recovery after SIGCONT", interval=0.2)
+    report("server SIGSTOPped, TCP open (2 x 64 MiB echo)", outcomes, payload,
+           "re-linked after SIGCONT")
 
 
 def test_ssh_connection_reset(keys: Keys, echo: EchoTarget, tmp: Path) -> None:
@@ -225,6 +239,8 @@ def test_ssh_connection_reset(keys: Keys, echo: EchoTarget, tmp: Path) -> None:
         wait_for(lambda: exchange(client.socket, small) == (len(small), sha(small)), 30,
                  "a request after the reset", interval=0.2)
         assert '"ssh_link_down"' in client.log()
+        report("SSH connection reset by TCP RST (3 x 32 MiB echo)", outcomes, payload,
+               "re-linked on its own")
 
 
 def test_target_removed_and_recreated(chain: tuple[RelayServer, ClientProc],
@@ -250,6 +266,8 @@ def test_target_removed_and_recreated(chain: tuple[RelayServer, ClientProc],
         assert exchange(client.socket, small) == (len(small), sha(small))
     finally:
         again.close()
+    report("target socket removed and re-created (2 x 32 MiB echo)", outcomes, payload,
+           "request while gone closed at once; re-created socket used")
 
 
 def test_local_client_vanishes_mid_transfer(chain: tuple[RelayServer, ClientProc],
@@ -281,6 +299,9 @@ def test_local_client_vanishes_mid_transfer(chain: tuple[RelayServer, ClientProc
         writer.wait()
     small = os.urandom(MiB)
     assert exchange(client.socket, small) == (len(small), sha(small))
+    record("fault", "local client killed mid-upload", 1,
+           "both relays closed the connection (server after the 10 s close linger); "
+           "next request byte-exact")
 
 
 def test_slow_reader_bounds_memory(keys: Keys, tmp: Path) -> None:
@@ -323,3 +344,6 @@ def test_slow_reader_bounds_memory(keys: Keys, tmp: Path) -> None:
     # Everything in flight is bounded by the SSH window (a few MiB) and the socket buffers.
     assert sent[0] < 40 * MiB, f"writer pushed {sent[0] / MiB:.1f} MiB into a 1 KB/s reader"
     assert max(growth_mb) < 32, f"relay RSS grew {growth_mb} MiB"
+    record("fault", "target reading 1 KB/s, writer pushing up to 200 MB", 1,
+           f"writer held to {sent[0] / MiB:.1f} MiB; RSS growth server "
+           f"{growth_mb[0]:.1f} MiB, client {growth_mb[1]:.1f} MiB")
