@@ -138,6 +138,12 @@ def _config_command(role: str) -> Callable[[Sequence[str]], int]:
     return run
 
 
+def _status(argv: Sequence[str]) -> int:
+    from container_desktop_relay import status
+
+    return status.main(argv)
+
+
 def _config_docs(argv: Sequence[str]) -> int:
     from container_desktop_relay.configdocs import render
 
@@ -175,6 +181,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "server": _config_command("server"),
     "client": _config_command("client"),
     "keygen": _config_command("keygen"),
+    "status": _status,
     "config-docs": _config_docs,
     "install-service": _install_service,
     "completion": _completion,
@@ -200,6 +207,7 @@ def _usage() -> str:
 
 
 _EXTRA_HELP: dict[str, str] = {
+    "status": "query a running relay's /health, /ready and /metrics (exit 0/1/2)",
     "config-docs": "print the configuration reference (docs/configuration.md)",
     "install-service": "write the systemd unit for the server role ([--user] [--print])",
     "completion": "print the shell completion script (bash, zsh or fish)",
