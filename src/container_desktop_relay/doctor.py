@@ -423,16 +423,26 @@ class Doctor:
 
     async def check_observability(self) -> str:
         cfg = self.cfg
-        urls = []
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(
+            cfg.health_check_host, cfg.health_check_host)
+        wanted: list[tuple[int, str]] = []
         if cfg.effective_health_enabled("client"):
             port = cfg.effective_health_port("client")
-            urls += [f"http://{cfg.health_check_host}:{port}/health",
-                     f"http://{cfg.health_check_host}:{port}/ready"]
+            wanted += [(port, "/health"), (port, "/ready")]
         if cfg.effective_metrics_enabled("client"):
-            urls.append(f"http://{cfg.health_check_host}:"
-                        f"{cfg.effective_metrics_port('client')}/metrics")
-        if not urls:
+            wanted.append((cfg.effective_metrics_port("client"), "/metrics"))
+        if not wanted:
             return "not enabled for the client (--health-check-enabled, --metrics-enabled)"
+        unknown = sorted({path for port, path in wanted if port == 0})
+        urls = [f"http://{host}:{port}{path}" for port, path in wanted if port != 0]
+        if urls:
+            await self._get_all(urls)
+        note = (f"; {', '.join(unknown)} not checked: port 0 means any free port, pass the "
+                "bound one (log event observability_listening) as --health-check-port / "
+                "--metrics-port") if unknown else ""
+        return (", ".join(urls) + " answer 200" if urls else "nothing to check") + note
+
+    async def _get_all(self, urls: list[str]) -> None:
         import aiohttp
 
         timeout = aiohttp.ClientTimeout(total=self.timeout)
@@ -440,15 +450,15 @@ class Doctor:
             for url in urls:
                 try:
                     async with session.get(url) as response:
-                        if response.status != 200:
-                            raise Failed(f"{url} answered {response.status}",
-                                         "see the client's log; /ready is 503 while the SSH "
-                                         "link is down")
+                        status = response.status
                 except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                     raise Failed(f"{url} does not answer: {_reason(exc)}",
                                  "check --health-check-port/--metrics-port match the running "
-                                 "client") from None
-        return ", ".join(urls) + " answer 200"
+                                 "client, and that it was started with them enabled") from None
+                if status != 200:
+                    raise Failed(f"{url} answered {status}",
+                                 "/ready is 503 while the SSH link is down and /health 503 "
+                                 "when degraded: see the client's log and the checks above")
 
 
 def _reason(exc: BaseException) -> str:

@@ -45,10 +45,13 @@ def failed(checks: dict[str, dict[str, Any]]) -> list[str]:
 def test_healthy_chain_passes(podman: Podman, relay_server: RelayServer, keys: Keys,
                               tmp: Path) -> None:
     """Client → server → Podman: every check ok, exit 0, human output says so."""
-    client = ClientProc(keys, tmp, relay_server.port, str(podman.socket))
+    obs = ["--health-check-enabled", "--health-check-port", str(free_port()),
+           "--metrics-enabled", "--metrics-port", str(free_port())]
+    client = ClientProc(keys, tmp, relay_server.port, str(podman.socket), *obs)
     try:
-        code, checks = doctor(keys, tmp, relay_server.port, str(podman.socket))
+        code, checks = doctor(keys, tmp, relay_server.port, str(podman.socket), *obs)
         assert code == 0, checks
+        assert checks["observability"]["detail"].endswith("/metrics answer 200")
         assert all(c["status"] == "ok" for c in checks.values())
         assert "pins [127.0.0.1]" in checks["known_hosts"]["detail"]
         assert "answers GET /_ping with OK" in checks["remote Docker API"]["detail"]
@@ -185,6 +188,11 @@ def test_bad_config_and_dead_observability(keys: Keys, tmp: Path) -> None:
                           "--health-check-port", str(port))
     assert checks["observability"]["status"] == "FAIL"
     assert f"127.0.0.1:{port}/health does not answer" in checks["observability"]["detail"]
+
+    code, checks = doctor(keys, tmp, free_port(), "/x.sock", "--health-check-enabled",
+                          "--health-check-port", "0")
+    assert checks["observability"]["status"] == "ok"
+    assert "/health, /ready not checked: port 0" in checks["observability"]["detail"]
 
     bad = run_relay("doctor", "--bogus")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
