@@ -80,10 +80,17 @@ class _SSHClient(asyncssh.SSHClient):
     def __init__(self, policy: HostKeyPolicy) -> None:
         self.policy = policy
         self.lost_reason = "closed"
+        self.accepted: asyncssh.SSHKey | None = None
 
     def validate_host_public_key(self, host: str, addr: str, port: int,
                                  key: asyncssh.SSHKey) -> bool:
-        return self.policy.check(host, addr, port, key)
+        # Re-keying asks again: the server must present the key it proved at connect.
+        if self.accepted is not None:
+            return key.public_data == self.accepted.public_data
+        if self.policy.check(host, addr, port, key):
+            self.accepted = key
+            return True
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost_reason = _reason(exc) if exc is not None else "closed by the server"
@@ -238,6 +245,7 @@ class RelayClient:
                     compression_algs=["none"],
                     keepalive_interval=config.keepalive_interval,
                     keepalive_count_max=config.keepalive_count_max,
+                    rekey_bytes=config.rekey_limit,
                 )
         except asyncssh.HostKeyNotVerifiable as exc:
             if policy.refusal is not None:

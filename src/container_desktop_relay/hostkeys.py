@@ -175,6 +175,8 @@ class HostKeyPolicy:
             )
             return False
         entries = self.entries_for(host, port, addr)
+        if any(not e.revoked and e.key.public_data == key.public_data for e in entries):
+            return True  # already pinned (e.g. recorded by this link's first handshake)
         for entry in entries:
             if entry.revoked and entry.key.public_data == key.public_data:
                 self.refusal = HostKeyMismatch(
