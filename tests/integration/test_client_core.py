@@ -79,6 +79,7 @@ async def _roundtrip(sock: Path, data: bytes) -> bytes:
     writer.write_eof()
     got = await asyncio.wait_for(reader.read(), TIMEOUT)
     writer.close()
+    await writer.wait_closed()
     return got
 
 
@@ -107,6 +108,7 @@ async def test_link_loss_closes_connections_and_clears_ready(pair: Pair) -> None
     pair.server.close_all()
     assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
     writer.close()
+    await writer.wait_closed()
     await _wait(lambda: pair.client.state.link_up is False, "link down")
     assert pair.client.state.ready is False
     assert pair.client.state.reason.startswith("SSH link down")
