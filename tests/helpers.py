@@ -255,14 +255,16 @@ def ssh_forward(port: int, identity: Path, local: Path, remote: str, workdir: Pa
                 user: str = "tester", *extra: str) -> Proc:
     """``ssh -N -L local:remote`` (real OpenSSH) through a server on 127.0.0.1:port."""
     ssh = need_tool("ssh")
-    argv = [ssh, "-N", "-p", str(port), "-i", str(identity), "-o", "IdentitiesOnly=yes",
+    argv = [ssh, "-N", "-v", "-p", str(port), "-i", str(identity), "-o", "IdentitiesOnly=yes",
             "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={workdir}/known_hosts",
             "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
             "-o", "StreamLocalBindUnlink=yes", "-L", f"{local}:{remote}", *extra,
             f"{user}@127.0.0.1"]
     proc = Proc(argv, workdir / f"ssh-{local.name}.log")
     try:
-        wait_for(lambda: local.exists() or not proc.alive(), 20, "ssh -L socket")
+        # The socket file appears at bind(); "listening on" is logged after listen().
+        wait_for(lambda: f"Local forwarding listening on path {local}" in proc.log()
+                 or not proc.alive(), 20, "ssh -L socket")
         assert proc.alive(), proc.log()
     except BaseException:
         proc.stop()
