@@ -387,6 +387,9 @@ class RelayClient:
         if self._closing:
             pump.close("shutting down")
             return
+        if len(self.metrics.active) > config.max_connections:
+            self._refuse(pump, f"connection pool exhausted (max: {config.max_connections})")
+            return
         if not self.link.is_set():
             log.info("connection_waiting_for_link", extra={"conn_id": pump.conn_id,
                                                            "timeout_s": config.ssh_timeout})
