@@ -167,7 +167,10 @@ class ServerProcess:
         if sys.platform == "win32":
             from container_desktop_relay import winjob  # type: ignore[attr-defined]
 
-            self._job = winjob.assign_kill_on_close(proc.pid)
+            try:
+                self._job = winjob.assign_kill_on_close(proc.pid)
+            except OSError as exc:  # the server still watches our PID and exits without us
+                log.error("server_job_failed", extra={"pid": proc.pid, "error": str(exc)})
         self.proc = proc
         self.spawns += 1
         self.exit_code = None
