@@ -167,6 +167,10 @@ class ServerProcess:
         if sys.platform == "win32":
             from container_desktop_relay import winjob  # type: ignore[attr-defined]
 
+            if self._job is not None:  # the previous child's job; that child is gone
+                with contextlib.suppress(Exception):
+                    self._job.close()
+                self._job = None
             try:
                 self._job = winjob.assign_kill_on_close(proc.pid)
             except OSError as exc:  # the server still watches our PID and exits without us
