@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import getpass
 import itertools
+import logging
 import time
 from typing import Any
 
@@ -299,11 +300,17 @@ class RelayClient:
             try:
                 return await self._connect_once()
             except RelayError as exc:
-                level = "warning" if isinstance(exc, TunnelUnavailable) else "error"
-                getattr(log, level)("ssh_reconnect_failed",
-                                    extra={"attempt": attempt, "error": str(exc),
-                                           "delay_s": round(delay, 3)})
                 self.metrics.error("connection", str(exc))
+                # A long outage (WSL shut down) retries every ~2 s: log the first attempts,
+                # then one in 30 (about a minute apart); the rest at debug.
+                if not isinstance(exc, TunnelUnavailable):
+                    level = logging.ERROR
+                elif attempt <= 3 or attempt % 30 == 0:
+                    level = logging.WARNING
+                else:
+                    level = logging.DEBUG
+                log.log(level, "ssh_reconnect_failed",
+                        extra={"attempt": attempt, "error": str(exc), "delay_s": round(delay, 3)})
 
     def _link_up(self, conn: asyncssh.SSHClientConnection) -> None:
         self.conn = conn

@@ -190,8 +190,9 @@ class ServerProcess:
         while True:
             try:
                 line = await stream.readline()
-            except ValueError:  # a line longer than the stream limit
-                line = await stream.read(64 * 1024)
+            except ValueError:  # a line over the stream limit; asyncio has dropped it
+                log.warning("server_output_line_too_long", extra={"stream": name})
+                continue
             if not line:
                 return
             if LISTENING_EVENT.encode() in line:
