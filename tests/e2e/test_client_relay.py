@@ -436,3 +436,46 @@ def test_client_exits_when_its_parent_dies(
     log = parent.log()
     assert '"parent_gone"' in log and '"shutdown_complete"' in log
     assert not sock.exists() and not (tmp / "w.tid").exists()
+
+
+def test_memory_bounded_while_server_is_frozen(
+    request: pytest.FixtureRequest, keys: Keys, echo: EchoTarget, tmp: Path
+) -> None:
+    """With the server stalled, writers on open channels and on connections still waiting for
+    their channel cannot grow the client's memory beyond its windows and buffers."""
+    import psutil
+
+    server = owned(request, RelayServer(keys, tmp))
+    client = owned(
+        request, ClientProc(keys, tmp, server.port, str(echo.path), "--keepalive-interval", "60s")
+    )
+    opened = []
+    for _ in range(10):
+        s = _connect(client.socket)
+        s.sendall(b"x")
+        assert s.recv(1) == b"x"
+        opened.append(s)
+    server.proc.signal(signal.SIGSTOP)
+    request.addfinalizer(lambda: server.proc.signal(signal.SIGCONT))
+    pending = [_connect(client.socket) for _ in range(20)]
+    proc = psutil.Process(client.proc.pid)
+    before = proc.memory_info().rss
+    chunk = b"m" * (1 << 20)
+
+    def flood(sock: socket.socket) -> None:
+        sock.settimeout(3)
+        try:
+            for _ in range(16):  # 16 MiB each, 480 MiB in all if nothing pushed back
+                sock.sendall(chunk)
+        except OSError:
+            pass
+
+    threads = [threading.Thread(target=flood, args=(s,)) for s in opened + pending]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    grown = proc.memory_info().rss - before
+    for s in opened + pending:
+        s.close()
+    assert grown < 100 * MiB, f"client grew by {grown / MiB:.0f} MiB"
