@@ -5,6 +5,7 @@ from __future__ import annotations
 from container_desktop_relay.app import run_loop, serve
 from container_desktop_relay.config import Config
 from container_desktop_relay.metrics import Metrics
+from container_desktop_relay.observe import observability_extra
 from container_desktop_relay.server import RelayServer
 from container_desktop_relay.state import RoleState
 
@@ -18,7 +19,7 @@ def run_server(config: Config) -> int:
         state = RoleState("server")
         metrics = Metrics("server")
         server = RelayServer(config, metrics, state)
-        return await serve(server, config)
+        return await serve(server, config, extras=[observability_extra(config)])
 
     return run_loop(main)
 
@@ -32,7 +33,9 @@ def run_client(config: Config) -> int:
         state = RoleState("client")
         metrics = Metrics("client")
         client = RelayClient(config, metrics, state)
-        extras = [tid_file_extra(config.path("tid_path"))] if config.tid_path else []
+        extras = [observability_extra(config)]
+        if config.tid_path:
+            extras.append(tid_file_extra(config.path("tid_path")))
         try:
             return await serve(client, config, extras=extras)
         finally:
