@@ -22,7 +22,6 @@ import getpass
 import itertools
 import logging
 import time
-from typing import Any
 
 import asyncssh
 
@@ -455,8 +454,3 @@ class RelayClient:
                 "reason": pump.reason,
             },
         )
-
-    def describe(self) -> dict[str, Any]:
-        """Where this client listens and connects, for logs."""
-        return {"endpoint": str(self.endpoint), "remote": str(self.target),
-                "spawning": self.spawning}
