@@ -175,8 +175,6 @@ class HostKeyPolicy:
             )
             return False
         entries = self.entries_for(host, port, addr)
-        if any(not e.revoked and e.key.public_data == key.public_data for e in entries):
-            return True  # already pinned (e.g. recorded by this link's first handshake)
         for entry in entries:
             if entry.revoked and entry.key.public_data == key.public_data:
                 self.refusal = HostKeyMismatch(
@@ -185,6 +183,8 @@ class HostKeyPolicy:
                 )
                 return False
         pinned = [e for e in entries if not e.revoked]
+        if any(e.key.public_data == key.public_data for e in pinned):
+            return True  # pinned under the server's address rather than its name
         if pinned:
             first = pinned[0]
             self.refusal = HostKeyMismatch(
