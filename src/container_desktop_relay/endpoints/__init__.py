@@ -1,0 +1,1 @@
+"""Local endpoints the client role listens on (Unix sockets, Windows named pipes)."""
