@@ -118,9 +118,22 @@ if [ ! -f "$WINEPREFIX/system.reg" ] || [ ! -f "$W/prefix.stamp" ]; then
     touch "$W/prefix.stamp"
 fi
 
-# 6. Smoke check: the Windows CPython imports the stack and this checkout's package.
-out=$(timeout 120 wine "$py/python.exe" -c \
-    "import asyncssh, aiohttp, docker, win32file, container_desktop_relay, sys; print(sys.version.split()[0])" \
-    </dev/null 2>&1 | cat) || { say "smoke check failed: $out"; wineserver -k || true; exit 1; }
-timeout 30 wineserver -k 2>/dev/null || true
-say "ready in $((SECONDS - started))s: Windows CPython ${out//$'\r'/} at $py (source $W/env)"
+# 6. Smoke check, once per wheel set: the Windows CPython imports the stack and this package.
+if [ "$(cat "$W/smoke.stamp" 2>/dev/null)" != "$stamp" ]; then
+    say "smoke check: importing asyncssh, aiohttp, docker, pywin32 under Wine"
+    unset PYTHONDONTWRITEBYTECODE
+    export PYTHONPYCACHEPREFIX="Z:${W//\//\\}\\pycache"
+    # Start wineserver and Wine's services first with stdio on /dev/null, so that the pipe
+    # below ends with python.exe (Windows CPython cannot write to a regular file here).
+    timeout 120 wine cmd /c exit </dev/null >/dev/null 2>&1
+    if ! out=$(timeout 300 wine "$py/python.exe" -c \
+        "import asyncssh, aiohttp, docker, win32file, container_desktop_relay" \
+        </dev/null 2>&1 | tail -n 30; exit "${PIPESTATUS[0]}"); then
+        say "smoke check failed:"; echo "$out" >&2
+        timeout 30 wineserver -k || true
+        exit 1
+    fi
+    timeout 30 wineserver -k 2>/dev/null || true
+    echo "$stamp" >"$W/smoke.stamp"
+fi
+say "ready in $((SECONDS - started))s: Windows CPython $PYVER at $py (source $W/env)"

@@ -1,0 +1,292 @@
+"""Linux side of the Windows tests: the Wine prefix, Windows programs, Unix-socket targets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+FACTOR = float(os.environ.get("CDR_TEST_TIMEOUT_FACTOR", "1"))
+
+
+def scaled(seconds: float) -> float:
+    """A deadline scaled by CDR_TEST_TIMEOUT_FACTOR."""
+    return seconds * FACTOR
+
+
+def winpath(path: Path | str) -> str:
+    """The path as a Windows program under Wine sees it (Z: is the Linux root)."""
+    return "Z:" + str(path).replace("/", "\\")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Wine:
+    """A prepared Wine prefix with a Windows CPython, and a persistent wineserver."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.python = directory / "py" / "python.exe"
+        self.env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        self.env.update(
+            WINEPREFIX=str(directory / "prefix"),
+            WINEDEBUG="-all",
+            WINEDLLOVERRIDES="mscoree,mshtml=",
+            PYTHONPYCACHEPREFIX=winpath(directory / "pycache"),
+            PYTHONUNBUFFERED="1",
+        )
+        self._server: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start a persistent wineserver and Wine's services, all with stdio on /dev/null.
+
+        (Wine's helper processes inherit the stdio of the first wine call; a pipe there would
+        never see EOF, and a regular file breaks Windows CPython's stdio.)
+        """
+        self._server = subprocess.Popen(
+            ["wineserver", "-f", "-p"], env=self.env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        subprocess.run(
+            ["timeout", "-k", "5", str(scaled(60)), "wine", "cmd", "/c", "exit"], env=self.env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            check=True,
+        )
+
+    def stop(self) -> None:
+        """Stop every process of this prefix (wineserver -k) and the wineserver."""
+        subprocess.run(["timeout", "30", "wineserver", "-k"], env=self.env,
+                       stdin=subprocess.DEVNULL, capture_output=True, check=False)
+        if self._server is not None:
+            try:
+                self._server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._server.pid, signal.SIGKILL)
+                self._server.wait()
+
+    def command(self, args: list[str], timeout: float) -> list[str]:
+        """argv running Windows CPython with ``args`` under ``timeout``."""
+        return ["timeout", "-k", "5", str(timeout), "wine", str(self.python), *args]
+
+    def run(self, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run Windows CPython to completion (stdio on pipes)."""
+        return subprocess.run(
+            self.command(args, scaled(timeout)), env=self.env, stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, check=False, timeout=scaled(timeout) + 15,
+        )
+
+    def run_json(self, args: list[str], timeout: float = 120) -> dict[str, Any]:
+        """Run a Windows script that prints one JSON line; return it."""
+        done = self.run(args, timeout)
+        lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+        assert done.returncode == 0 and lines, (
+            f"{args[0]} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+        )
+        return dict(json.loads(lines[-1]))
+
+
+def find_wine_dir() -> Path:
+    """Prepare (idempotently) and return the Wine directory; runs scripts/setup-wine.sh."""
+    env = dict(os.environ, PYTHON=sys.executable)
+    done = subprocess.run(["bash", str(REPO / "scripts" / "setup-wine.sh")], env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          check=False, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"setup-wine.sh failed:\n{done.stdout}\n{done.stderr}")
+    return Path(os.environ.get("CDR_WINE_DIR", REPO / ".cache" / "wine"))
+
+
+def wine_available() -> bool:
+    """Whether Wine is installed, or can be (root on Debian/Ubuntu)."""
+    return shutil.which("wine") is not None or (os.geteuid() == 0 and bool(shutil.which("apt-get")))
+
+
+class LineReader:
+    """Collects a process's output lines on a thread, for waiting with a deadline."""
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        """Wait for the stream's end (the process exited)."""
+        self._thread.join(timeout)
+
+    def _pump(self, stream: Any) -> None:
+        for raw in stream:
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            self.seen.append(line)
+            self.lines.put(line)
+
+    def wait_for(self, predicate: Any, timeout: float, what: str) -> str:
+        """The first new line for which ``predicate`` holds; fails after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no {what} within {timeout:g}s; output:\n" +
+                                   "\n".join(self.seen[-40:]))
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if predicate(line):
+                return line
+
+
+@dataclass
+class Process:
+    """A started process with its output readers."""
+
+    popen: subprocess.Popen[bytes]
+    out: LineReader
+    err: LineReader
+
+    @classmethod
+    def start(cls, argv: list[str], env: dict[str, str] | None = None) -> Process:
+        """Start ``argv`` in its own session, stdin on /dev/null, output read by threads."""
+        popen = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 start_new_session=True)
+        return cls(popen, LineReader(popen.stdout), LineReader(popen.stderr))
+
+    def stop(self) -> None:
+        """SIGTERM the process group, SIGKILL after 10 s."""
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+        for reader, stream in ((self.out, self.popen.stdout), (self.err, self.popen.stderr)):
+            reader.join(timeout=10)
+            if stream is not None:
+                stream.close()
+
+
+@dataclass
+class Record:
+    """What one target connection saw."""
+
+    kind: str
+    received: int = 0
+    received_sha: str = ""
+    sent: int = 0
+    sent_sha: str = ""
+    after_eof: bytes = b""
+    eof: bool = False
+
+
+@dataclass
+class Targets:
+    """Unix-socket targets on a background event loop: echo, sink, source.
+
+    * echo: writes back what it reads; half-closes after the client's EOF.
+    * sink: reads to EOF, replies ``<sha256> <count>``, closes.
+    * source: reads ``N\\n``, sends N random bytes, half-closes, then reads to EOF.
+    """
+
+    directory: Path
+    records: list[Record] = field(default_factory=list)
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
+
+    def path(self, kind: str) -> str:
+        """The socket path of target ``kind``."""
+        return str(self.directory / f"{kind}.sock")
+
+    servers: list[asyncio.Server] = field(default_factory=list)
+    thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the loop thread and the three servers."""
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._serve(), self.loop).result(timeout=10)
+
+    def stop(self) -> None:
+        """Close the servers, stop and close the loop."""
+        asyncio.run_coroutine_threadsafe(self._close(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        assert self.thread is not None
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+    async def _serve(self) -> None:
+        for kind, handler in (("echo", self._echo), ("sink", self._sink),
+                              ("source", self._source)):
+            self.servers.append(
+                await asyncio.start_unix_server(handler, self.path(kind), backlog=1024))
+
+    async def _close(self) -> None:
+        for server in self.servers:
+            server.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _echo(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        record = Record("echo")
+        self.records.append(record)
+        while chunk := await reader.read(65536):
+            record.received += len(chunk)
+            writer.write(chunk)
+            await writer.drain()
+        record.eof = True
+        writer.write_eof()
+        writer.close()
+
+    async def _sink(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        record = Record("sink")
+        self.records.append(record)
+        digest = hashlib.sha256()
+        while chunk := await reader.read(65536):
+            record.received += len(chunk)
+            digest.update(chunk)
+        record.eof = True
+        record.received_sha = digest.hexdigest()
+        writer.write(f"{record.received_sha} {record.received}".encode())
+        await writer.drain()
+        writer.close()
+
+    async def _source(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        record = Record("source")
+        self.records.append(record)
+        size = int(await reader.readline())
+        digest = hashlib.sha256()
+        left = size
+        while left:
+            chunk = os.urandom(min(65536, left))
+            digest.update(chunk)
+            writer.write(chunk)
+            await writer.drain()
+            left -= len(chunk)
+        record.sent, record.sent_sha = size, digest.hexdigest()
+        writer.write_eof()
+        record.after_eof = await reader.read()
+        record.eof = True
+        writer.close()
