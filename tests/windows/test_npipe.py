@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from conftest import PipeRelay
-from winharness import HERE, Targets, Wine, scaled, winpath
+from conftest import Keys, PipeRelay, start_pipe_relay, start_server
+from winharness import HERE, Targets, Wine, ensure_dist, scaled, winpath
 
 CLIENT = winpath(HERE / "win_client.py")
 MIB = 1024 * 1024
@@ -65,3 +65,20 @@ def test_dacl_read_back_is_the_intended_sddl(wine: Wine, pipe_relay: PipeRelay) 
     assert result["dacl"] == expected
     assert set(pipe_relay.ready["dacl"].values()) == {expected}
     assert result["message_type"] is True
+
+
+def test_chain_with_the_dist_executable_as_server(
+        wine: Wine, keys: Keys, targets: Targets) -> None:
+    """Pipe → relay → the PyInstaller server (make dist) → Unix socket, byte-exact both ways."""
+    server, port = start_server([str(ensure_dist())], keys, env={"HOME": str(keys.identity.parent)})
+    relay = start_pipe_relay(wine, keys, port, targets, "dist")
+    try:
+        up = wine.run_json([CLIENT, "upload", relay.pipes["sink"], str(4 * MIB)])
+        assert up["reply"] == f"{up['sha']} {4 * MIB}"
+        before = len([r for r in targets.records if r.kind == "source"])
+        down = wine.run_json([CLIENT, "download", relay.pipes["source"], str(4 * MIB)])
+        record = wait_records(targets, "source", before + 1, scaled(30))[-1]
+        assert (down["size"], down["sha"]) == (record.sent, record.sent_sha)
+    finally:
+        relay.process.stop()
+        server.stop()

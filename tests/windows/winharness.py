@@ -116,6 +116,17 @@ def find_wine_dir() -> Path:
     return Path(os.environ.get("CDR_WINE_DIR", REPO / ".cache" / "wine"))
 
 
+def ensure_dist() -> Path:
+    """dist/container-desktop-relay-linux, (re)built when missing or older than src/."""
+    exe = REPO / "dist" / "container-desktop-relay-linux"
+    newest = max(p.stat().st_mtime for p in (REPO / "src").rglob("*.py"))
+    if not exe.exists() or exe.stat().st_mtime < newest:
+        subprocess.run(["bash", str(REPO / "scripts" / "build-dist.sh")],
+                       env=dict(os.environ, PYTHON=os.environ.get("PYTHON", sys.executable)),
+                       check=True, capture_output=True, timeout=scaled(600))
+    return exe
+
+
 def wine_available() -> bool:
     """Whether Wine is installed, or can be (root on Debian/Ubuntu)."""
     return shutil.which("wine") is not None or (os.geteuid() == 0 and bool(shutil.which("apt-get")))
