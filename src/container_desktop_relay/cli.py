@@ -140,6 +140,7 @@ def _config_command(role: str) -> Callable[[Sequence[str]], int]:
 
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "server": _config_command("server"),
+    "client": _config_command("client"),
     "keygen": _config_command("keygen"),
 }
 

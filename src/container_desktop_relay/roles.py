@@ -8,7 +8,7 @@ from container_desktop_relay.metrics import Metrics
 from container_desktop_relay.server import RelayServer
 from container_desktop_relay.state import RoleState
 
-__all__ = ["run_server"]
+__all__ = ["run_client", "run_server"]
 
 
 def run_server(config: Config) -> int:
@@ -19,5 +19,23 @@ def run_server(config: Config) -> int:
         metrics = Metrics("server")
         server = RelayServer(config, metrics, state)
         return await serve(server, config)
+
+    return run_loop(main)
+
+
+def run_client(config: Config) -> int:
+    """Run the client role until shutdown; returns the exit status."""
+    from container_desktop_relay.client import RelayClient
+    from container_desktop_relay.tidfile import tid_file_extra
+
+    async def main() -> int:
+        state = RoleState("client")
+        metrics = Metrics("client")
+        client = RelayClient(config, metrics, state)
+        extras = [tid_file_extra(config.path("tid_path"))] if config.tid_path else []
+        try:
+            return await serve(client, config, extras=extras)
+        finally:
+            await client.aclose()
 
     return run_loop(main)
