@@ -1,29 +1,18 @@
-"""Fixtures for the Windows tests: Wine prefix, Linux relay server, Unix targets, pipe relay."""
+"""Fixtures for the Windows tests: Wine prefix, Linux relay server, Unix target, the relay
+client running as a Windows program under Wine."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import tempfile
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from winharness import (
-    HERE,
-    REPO,
-    Process,
-    Targets,
-    Wine,
-    find_wine_dir,
-    free_port,
-    scaled,
-    wine_available,
-    winpath,
-)
+from winharness import HERE, Process, Targets, Wine, find_wine_dir, scaled, wine_available, winpath
+
+from helpers import Keys, RelayServer, short_tmpdir
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -57,42 +46,15 @@ def wine() -> Iterator[Wine]:
 
 @pytest.fixture(scope="session")
 def workdir() -> Iterator[Path]:
-    """A short temporary directory (Unix socket paths stay under 108 bytes)."""
-    with tempfile.TemporaryDirectory(prefix="cdrw", dir="/tmp") as tmp:
-        yield Path(tmp)
-
-
-def relay_cli(*args: str) -> list[str]:
-    """argv running this checkout's relay with the test interpreter."""
-    return [sys.executable, "-m", "container_desktop_relay", *args]
-
-
-def relay_env() -> dict[str, str]:
-    """Environment with this checkout's src first on PYTHONPATH."""
-    return dict(os.environ, PYTHONPATH=str(REPO / "src"))
-
-
-@dataclass
-class Keys:
-    """The generated identity and authorized_keys."""
-
-    identity: Path
-    authorized: Path
-
-
-@pytest.fixture(scope="session")
-def keys(workdir: Path) -> Keys:
-    """An RSA key pair made by the relay's own keygen."""
-    identity, authorized = workdir / "keys" / "id_rsa", workdir / "keys" / "authorized_keys"
-    subprocess.run(relay_cli("keygen", "--identity-path", str(identity),
-                             "--authorized-keys-path", str(authorized), "--log-level", "warn"),
-                   env=relay_env(), check=True, capture_output=True, timeout=scaled(120))
-    return Keys(identity, authorized)
+    """A short temporary directory for the session (Unix socket paths stay short)."""
+    path = short_tmpdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def targets(workdir: Path) -> Iterator[Targets]:
-    """echo, sink and source Unix-socket targets."""
+    """The echo/sink/source Unix-socket target."""
     (workdir / "t").mkdir()
     targets = Targets(workdir / "t")
     targets.start()
@@ -100,62 +62,57 @@ def targets(workdir: Path) -> Iterator[Targets]:
     targets.stop()
 
 
-def start_server(argv0: list[str], keys: Keys, env: dict[str, str] | None = None) -> tuple[
-        Process, int]:
-    """Start a relay server (``argv0`` = the program) on a free port; wait until it listens."""
-    port = free_port()
-    proc = Process.start([*argv0, "server", "--host", "127.0.0.1", "--port", str(port),
-                          "--identity-path", str(keys.identity),
-                          "--authorized-keys-path", str(keys.authorized),
-                          "--max-connections", "1000", "--health-check-enabled", "false",
-                          "--metrics-enabled", "false", "--log-level", "info"], env=env)
-    try:
-        proc.err.wait_for(lambda ln: '"server_listening"' in ln, scaled(60), "server_listening")
-    except BaseException:
-        proc.stop()
-        raise
-    return proc, port
-
-
 @pytest.fixture(scope="session")
-def server(keys: Keys) -> Iterator[int]:
-    """This checkout's Linux relay server; yields its port."""
-    proc, port = start_server([sys.executable, "-m", "container_desktop_relay"], keys,
-                              env=relay_env())
-    yield port
-    proc.stop()
+def server(session_keys: Keys, workdir: Path) -> Iterator[RelayServer]:
+    """This checkout's Linux relay server (the relay's server role)."""
+    (workdir / "s").mkdir()
+    server = RelayServer(session_keys, workdir / "s", "--max-connections", "1000")
+    yield server
+    server.stop()
 
 
 @dataclass
-class PipeRelay:
-    """The Windows-side relay process and what it reported when ready."""
+class PipeClient:
+    """The relay client as a Windows program under Wine, serving one named pipe."""
 
     process: Process
-    ready: dict[str, object]
-    pipes: dict[str, str]
+    pipe: str  # \\.\pipe\NAME
+    url: str  # npipe:////./pipe/NAME
+
+    def stop(self) -> None:
+        """Stop the wine process (its Windows process dies with it)."""
+        self.process.stop()
 
 
-def start_pipe_relay(wine: Wine, keys: Keys, port: int, targets: Targets,
-                     tag: str) -> PipeRelay:
-    """Run win_relay.py under Wine: one pipe per target kind, forwarded to ``port``."""
-    pipes = {kind: rf"\\.\pipe\cdr-{tag}-{os.getpid()}-{kind}" for kind in
-             ("echo", "sink", "source")}
-    args = [winpath(HERE / "win_relay.py"), "--port", str(port),
-            "--identity", winpath(keys.identity)]
-    for kind, name in pipes.items():
-        args += ["--pipe", f"{name}={targets.path(kind)}"]
-    proc = Process.start(wine.command(args, scaled(1200)), env=wine.env)
+def client_args(keys: Keys, workdir: Path, port: int, remote: str, url: str,
+                *extra: str) -> list[str]:
+    """Arguments of ``python.exe -m container_desktop_relay client`` for this setup."""
+    return ["-m", "container_desktop_relay", "client", "--named-pipe", url,
+            "--ssh-connection", f"ssh://relay@127.0.0.1:{port}{remote}",
+            "--identity-path", winpath(keys.identity),
+            "--known-hosts-path", winpath(workdir / "known_hosts"),
+            "--log-level", "info", *extra]
+
+
+def start_pipe_client(wine: Wine, keys: Keys, workdir: Path, port: int, remote: str,
+                      tag: str, *extra: str) -> PipeClient:
+    """Run the relay client under Wine on pipe ``cdr-<tag>-<pid>``; wait for client_ready."""
+    name = f"cdr-{tag}-{os.getpid()}"
+    url = f"npipe:////./pipe/{name}"
+    args = client_args(keys, workdir, port, remote, url, *extra)
+    proc = Process.start(wine.command(args, scaled(1800)), env=wine.env)
     try:
-        line = proc.out.wait_for(lambda ln: '"ready"' in ln, scaled(120), "relay ready line")
+        proc.err.wait_for(lambda ln: '"client_ready"' in ln, scaled(180), "client_ready")
     except BaseException:
         proc.stop()
         raise
-    return PipeRelay(proc, json.loads(line), pipes)
+    return PipeClient(proc, rf"\\.\pipe\{name}", url)
 
 
 @pytest.fixture(scope="session")
-def pipe_relay(wine: Wine, keys: Keys, server: int, targets: Targets) -> Iterator[PipeRelay]:
-    """The pipe relay forwarding to this checkout's server."""
-    relay = start_pipe_relay(wine, keys, server, targets, "py")
-    yield relay
-    relay.process.stop()
+def pipe_client(wine: Wine, session_keys: Keys, workdir: Path, server: RelayServer,
+                targets: Targets) -> Iterator[PipeClient]:
+    """The relay client (Windows, under Wine) → this checkout's server → the target."""
+    client = start_pipe_client(wine, session_keys, workdir, server.port, targets.path, "py")
+    yield client
+    client.stop()

@@ -2,7 +2,7 @@
 plain CreateFile/ReadFile/WriteFile through pywin32, CloseWrite as a zero-length message, and
 no retry on ERROR_PIPE_BUSY (counted instead). Prints one JSON result line.
 
-    python.exe win_client.py upload|download|burst|conflict|info PIPE [args]
+    python.exe win_client.py upload|download|burst|info PIPE [args]
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def upload(pipe: str, size: int) -> dict[str, object]:
     """Send ``size`` bytes, half-close, read the target's reply."""
     handle = connect(pipe)
     started = time.monotonic()
+    win32file.WriteFile(handle, b"sink\n")
     sha = send_random(handle, size)
     close_write(handle)
     reply = read_to_eof(handle)
@@ -83,7 +84,7 @@ def download(pipe: str, size: int) -> dict[str, object]:
     """Ask for ``size`` bytes, read to the target's half-close, then still write, then close."""
     handle = connect(pipe)
     started = time.monotonic()
-    win32file.WriteFile(handle, f"{size}\n".encode())
+    win32file.WriteFile(handle, f"source {size}\n".encode())
     data = read_to_eof(handle)
     elapsed = time.monotonic() - started
     win32file.WriteFile(handle, b"written after EOF")
@@ -110,7 +111,7 @@ def burst(pipe: str, count: int, size: int) -> dict[str, object]:
         else:
             try:
                 payload = os.urandom(size)
-                win32file.WriteFile(handle, payload)
+                win32file.WriteFile(handle, b"echo\n" + payload)
                 close_write(handle)
                 echoed = read_to_eof(handle)
                 if echoed != payload:
@@ -131,26 +132,6 @@ def burst(pipe: str, count: int, size: int) -> dict[str, object]:
     return {"ok": results.count("ok"), "busy": results.count("busy"),
             "errors": sorted({r for r in results if r not in ("ok", "busy")}),
             "seconds": time.monotonic() - started}
-
-
-def conflict(pipe: str) -> dict[str, object]:
-    """Try to serve a pipe name that another process already serves."""
-    import asyncio
-
-    from container_desktop_relay.endpoints.pipes import PipeEnd, start_npipe_listener
-    from container_desktop_relay.errors import ListenError
-    from container_desktop_relay.pump import CLIENT
-
-    async def attempt() -> dict[str, object]:
-        try:
-            listener = await start_npipe_listener(
-                pipe, lambda: PipeEnd(None, CLIENT, 8192), buffer_size=8192)
-        except ListenError as exc:
-            return {"refused": str(exc)}
-        listener.close()
-        return {"refused": None}
-
-    return asyncio.run(attempt())
 
 
 def info(pipe: str) -> dict[str, object]:
@@ -174,8 +155,7 @@ def main() -> None:
     """Run one command; print its JSON result."""
     command, pipe, *rest = sys.argv[1:]
     numbers = [int(x) for x in rest]
-    handlers = {"upload": upload, "download": download, "burst": burst, "conflict": conflict,
-                "info": info}
+    handlers = {"upload": upload, "download": download, "burst": burst, "info": info}
     print(json.dumps(handlers[command](pipe, *numbers)), flush=True)
 
 

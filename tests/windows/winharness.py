@@ -205,7 +205,6 @@ class Record:
 
     kind: str
     received: int = 0
-    received_sha: str = ""
     sent: int = 0
     sent_sha: str = ""
     after_eof: bytes = b""
@@ -214,43 +213,46 @@ class Record:
 
 @dataclass
 class Targets:
-    """Unix-socket targets on a background event loop: echo, sink, source.
+    """One Unix-socket target whose first line picks the behaviour, on a background loop.
 
-    * echo: writes back what it reads; half-closes after the client's EOF.
-    * sink: reads to EOF, replies ``<sha256> <count>``, closes.
-    * source: reads ``N\\n``, sends N random bytes, half-closes, then reads to EOF.
+    * ``echo``: writes back what follows; half-closes after the client's EOF.
+    * ``sink``: reads to EOF, replies ``<sha256> <count>``, closes.
+    * ``source N``: sends N random bytes, half-closes, then reads to EOF.
+    A connection that sends no line (the client's readiness probe) is just closed.
     """
 
     directory: Path
     records: list[Record] = field(default_factory=list)
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
-
-    def path(self, kind: str) -> str:
-        """The socket path of target ``kind``."""
-        return str(self.directory / f"{kind}.sock")
-
     servers: list[asyncio.Server] = field(default_factory=list)
     thread: threading.Thread | None = None
 
+    @property
+    def path(self) -> str:
+        """The socket path."""
+        return str(self.directory / "mux.sock")
+
     def start(self) -> None:
-        """Start the loop thread and the three servers."""
+        """Start the loop thread and the server."""
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         asyncio.run_coroutine_threadsafe(self._serve(), self.loop).result(timeout=10)
 
     def stop(self) -> None:
-        """Close the servers, stop and close the loop."""
+        """Close the server, stop and close the loop."""
         asyncio.run_coroutine_threadsafe(self._close(), self.loop).result(timeout=10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         assert self.thread is not None
         self.thread.join(timeout=10)
         self.loop.close()
 
+    def done(self, kind: str) -> list[Record]:
+        """Records of ``kind`` whose connection saw EOF."""
+        return [r for r in list(self.records) if r.kind == kind and r.eof]
+
     async def _serve(self) -> None:
-        for kind, handler in (("echo", self._echo), ("sink", self._sink),
-                              ("source", self._source)):
-            self.servers.append(
-                await asyncio.start_unix_server(handler, self.path(kind), backlog=1024))
+        self.servers.append(
+            await asyncio.start_unix_server(self._handle, self.path, backlog=1024))
 
     async def _close(self) -> None:
         for server in self.servers:
@@ -260,44 +262,49 @@ class Targets:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _echo(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        record = Record("echo")
-        self.records.append(record)
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            words = (await reader.readline()).decode().split()
+            if words:
+                record = Record(words[0])
+                self.records.append(record)
+                behaviour = {"echo": self._echo, "sink": self._sink, "source": self._source}
+                await behaviour[words[0]](record, reader, writer, *words[1:])
+        except (ConnectionError, KeyError):
+            pass
+        finally:
+            writer.close()
+
+    async def _echo(self, record: Record, reader: asyncio.StreamReader,
+                    writer: asyncio.StreamWriter) -> None:
         while chunk := await reader.read(65536):
             record.received += len(chunk)
             writer.write(chunk)
             await writer.drain()
         record.eof = True
         writer.write_eof()
-        writer.close()
 
-    async def _sink(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        record = Record("sink")
-        self.records.append(record)
+    async def _sink(self, record: Record, reader: asyncio.StreamReader,
+                    writer: asyncio.StreamWriter) -> None:
         digest = hashlib.sha256()
         while chunk := await reader.read(65536):
             record.received += len(chunk)
             digest.update(chunk)
         record.eof = True
-        record.received_sha = digest.hexdigest()
-        writer.write(f"{record.received_sha} {record.received}".encode())
+        writer.write(f"{digest.hexdigest()} {record.received}".encode())
         await writer.drain()
-        writer.close()
 
-    async def _source(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        record = Record("source")
-        self.records.append(record)
-        size = int(await reader.readline())
+    async def _source(self, record: Record, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter, size: str) -> None:
         digest = hashlib.sha256()
-        left = size
+        left = int(size)
         while left:
             chunk = os.urandom(min(65536, left))
             digest.update(chunk)
             writer.write(chunk)
             await writer.drain()
             left -= len(chunk)
-        record.sent, record.sent_sha = size, digest.hexdigest()
+        record.sent, record.sent_sha = int(size), digest.hexdigest()
         writer.write_eof()
         record.after_eof = await reader.read()
         record.eof = True
-        writer.close()

@@ -7,18 +7,19 @@ each pipe instance itself, the way go-winio (Docker's pipe library) does:
 
 * ``PIPE_TYPE_MESSAGE | PIPE_READMODE_BYTE | PIPE_REJECT_REMOTE_CLIENTS``; a zero-length
   message is the half-close (go-winio's ``CloseWrite``) in both directions: reading one is
-  EOF (the proactor delivers it as ``eof_received``), and :class:`PipeEnd` writes one once its
-  outgoing buffer has drained.
-* ``FILE_FLAG_FIRST_PIPE_INSTANCE`` on the first instance, so a name that another process
-  already serves is refused instead of shared.
+  EOF (the proactor delivers it as ``eof_received``), and :class:`PipeTransport` writes one
+  for ``write_eof()`` once the data queued before it is written. So the client's ordinary
+  ``TransportEnd`` half-closes a pipe exactly as it half-closes a Unix socket.
+* ``FILE_FLAG_FIRST_PIPE_INSTANCE`` on the first instance, and a count of the name's
+  instances (Wine ignores the flag): a name another process serves is refused, not shared.
 * A DACL from SDDL: SYSTEM, Administrators and the current user only.
 * ``backlog`` instances always posted in ``ConnectNamedPipe``; each accepted one is replaced
   before the connection is handed on, so a burst of clients finds free instances rather than
   ``ERROR_PIPE_BUSY``.
 
-This module uses three private proactor entry points (``_proactor.accept_pipe``,
-``_proactor.send``, ``_make_duplex_pipe_transport``) and the transport's drain waiter; they
-are the same ones ``start_serving_pipe`` and ``sendfile`` use, in CPython 3.11 and 3.12.
+Private asyncio parts used, the same ones ``start_serving_pipe`` uses (CPython 3.11-3.13):
+``_proactor.accept_pipe``, ``_proactor.send`` and the ``_ProactorDuplexPipeTransport`` class,
+whose write loop :class:`PipeTransport` extends.
 """
 
 from __future__ import annotations
@@ -27,25 +28,24 @@ import _winapi
 import asyncio
 import ctypes
 import sys
-from asyncio import windows_utils
+from asyncio import proactor_events, windows_utils
 from collections.abc import Callable
 from ctypes import wintypes
 from typing import Any
 
-if sys.platform != "win32":  # pragma: no cover - the switch in endpoints.pipes guards this
+if sys.platform != "win32":  # pragma: no cover - endpoints.open_listener imports it on Windows only
     raise ImportError("named pipes are Windows-only")
 
-from container_desktop_relay.endpoints.pipename import pipe_path, pipe_sddl
 from container_desktop_relay.endpoints.winsec import SecurityAttributes, current_user_sid, read_dacl
-from container_desktop_relay.ends import TransportEnd
 from container_desktop_relay.errors import ListenError
 from container_desktop_relay.log import get_logger
 
 __all__ = [
     "DEFAULT_BACKLOG",
     "NamedPipeListener",
-    "PipeEnd",
+    "PipeTransport",
     "pipe_instances",
+    "pipe_sddl",
     "start_npipe_listener",
 ]
 
@@ -61,6 +61,15 @@ ERROR_PIPE_BUSY = 231
 #: costs a handle and a pending overlapped operation, about 1 KB.
 DEFAULT_BACKLOG = 512
 _REFILL_RETRY = 0.1  # seconds before retrying when creating an instance failed
+_PIPE_PREFIX = "\\\\.\\pipe\\"
+
+
+def pipe_sddl(user_sid: str) -> str:
+    """The pipe's security descriptor: protected DACL, full access for SYSTEM, Admins, the user.
+
+    The policy of Podman's win-sshproxy (gvisor-tap-vsock): no other account may open it.
+    """
+    return f"D:P(A;;GA;;;SY)(A;;GA;;;BA)(A;;GA;;;{user_sid})"
 
 
 _kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
@@ -79,59 +88,68 @@ def pipe_instances(handle: int) -> int:
     return count.value
 
 
-class PipeEnd(TransportEnd):
-    """A named-pipe connection as one side of a pump; half-close is a zero-length message."""
+class PipeTransport(proactor_events._ProactorDuplexPipeTransport):  # type: ignore[misc]
+    """asyncio's duplex pipe transport, plus half-close as go-winio does it.
 
-    def __init__(self, pump: Any, side: Any, buffer_size: int) -> None:
-        super().__init__(pump, side, buffer_size)
-        self._eof_task: asyncio.Task[None] | None = None
-        self._close_when_sent = False
+    ``write_eof()`` sends a zero-length message once everything queued before it is written
+    (asyncio's own pipe transport cannot half-close). A zero-length read is EOF as before; if
+    the client has in fact closed its handle, the transport closes after telling the protocol.
+    """
 
-    def eof_received(self) -> bool:
-        """EOF is a zero-length message (half-close) or the client's close; only the first
-        keeps the pipe open for writing."""
-        super().eof_received()
-        return not self._client_gone()
+    _eof_requested = False
+    _eof_pending = False
 
-    def _client_gone(self) -> bool:
-        pipe = self.transport.get_extra_info("pipe") if self.transport is not None else None
-        if pipe is None or pipe.handle is None:
-            return True
-        try:
-            _winapi.PeekNamedPipe(pipe.handle, 0)
-        except OSError:  # ERROR_BROKEN_PIPE: the client closed its handle
-            return True
-        return False
+    def can_write_eof(self) -> bool:
+        """Pipes created by this listener are message-type: they can half-close."""
+        return True
 
-    def write_eof_unsupported(self, transport: Any) -> None:
-        """Write go-winio's CloseWrite, a zero-length message, after everything queued."""
-        self._eof_task = asyncio.get_running_loop().create_task(
-            self._send_zero_length_message(transport), name="npipe-write-eof"
-        )
-
-    async def _send_zero_length_message(self, transport: Any) -> None:
-        try:
-            waiter = transport._make_empty_waiter()
-            try:
-                await waiter
-            finally:
-                transport._reset_empty_waiter()
-            if not transport.is_closing():
-                loop = asyncio.get_running_loop()
-                await loop._proactor.send(transport.get_extra_info("pipe"), b"")  # type: ignore[attr-defined]
-        except OSError as exc:  # the client is gone; connection_lost follows
-            log.debug("npipe_write_eof_failed", extra={"error": str(exc)})
-            transport.abort()
-        finally:
-            if self._close_when_sent:
-                transport.close()
-
-    def close(self) -> None:
-        """Close after flushing, including a zero-length message still being written."""
-        if self._eof_task is not None and not self._eof_task.done():
-            self._close_when_sent = True
+    def write_eof(self) -> None:
+        """Half-close: a zero-length message after the data already queued."""
+        if self._closing or self._eof_requested:
             return
-        super().close()
+        self._eof_requested = True
+        self._eof_pending = True
+        if self._write_fut is None:
+            self._send_zero_length_message()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue ``data``; refused after :meth:`write_eof`, as on sockets."""
+        if self._eof_requested:
+            raise RuntimeError("write_eof() already called")
+        super().write(data)
+
+    def _loop_writing(self, f: Any = None, data: Any = None) -> None:
+        super()._loop_writing(f, data)
+        if self._eof_pending and self._write_fut is None and not self._buffer:
+            self._send_zero_length_message()
+
+    def _send_zero_length_message(self) -> None:
+        self._eof_pending = False
+        if self._conn_lost:
+            return
+        try:
+            # Completion runs _loop_writing, which finishes a close() requested meanwhile.
+            self._write_fut = self._loop._proactor.send(self._sock, b"")
+        except OSError as exc:
+            self._fatal_error(exc, "Fatal error writing EOF on pipe transport")
+            return
+        self._write_fut.add_done_callback(self._loop_writing)
+
+    def _eof_received(self) -> None:
+        super()._eof_received()
+        if not self._closing and _client_gone(self._sock):
+            self.close()
+
+
+def _client_gone(pipe: windows_utils.PipeHandle) -> bool:
+    """Whether the client end of ``pipe`` is closed (a read of 0 bytes was not a half-close)."""
+    if pipe.handle is None:
+        return True
+    try:
+        _winapi.PeekNamedPipe(pipe.handle, 0)
+    except OSError:  # ERROR_BROKEN_PIPE
+        return True
+    return False
 
 
 class NamedPipeListener:
@@ -282,7 +300,7 @@ class NamedPipeListener:
             pipe.close()
             log.error("npipe_protocol_failed", extra={"endpoint": self.address, "error": str(exc)})
             return
-        self._loop._make_duplex_pipe_transport(pipe, protocol, extra={"addr": self.address})
+        PipeTransport(self._loop, pipe, protocol, extra={"addr": self.address})
 
 
 async def start_npipe_listener(
@@ -293,10 +311,10 @@ async def start_npipe_listener(
     backlog: int = DEFAULT_BACKLOG,
     sddl: str | None = None,
 ) -> NamedPipeListener:
-    """Serve the pipe ``path`` (``npipe:////./pipe/NAME`` or ``\\\\.\\pipe\\NAME``).
+    """Serve the pipe ``path`` (``\\\\.\\pipe\\NAME``, as ``endpoints.parse_endpoint`` gives it).
 
-    ``protocol_factory`` makes one protocol per accepted client (normally a :class:`PipeEnd`);
-    ``buffer_size`` sizes the pipe's kernel buffers; ``sddl`` overrides the access policy.
+    ``protocol_factory`` makes one protocol per accepted client; ``buffer_size`` sizes the
+    pipe's kernel buffers; ``sddl`` overrides the access policy.
 
     Raises:
         ListenError: not a Proactor loop, a bad or taken name, or creation failed.
@@ -304,7 +322,9 @@ async def start_npipe_listener(
     loop = asyncio.get_running_loop()
     if not hasattr(loop, "_proactor"):
         raise ListenError("named pipes need asyncio's Proactor event loop (Windows' default)")
-    listener = NamedPipeListener(loop, pipe_path(path), protocol_factory,
+    if not path.lower().startswith(_PIPE_PREFIX) or len(path) == len(_PIPE_PREFIX):
+        raise ListenError(f"{path!r} is not a local named pipe (\\\\.\\pipe\\NAME)")
+    listener = NamedPipeListener(loop, path, protocol_factory,
                                  buffer_size=buffer_size, backlog=backlog, sddl=sddl)
     listener.start()
     return listener
