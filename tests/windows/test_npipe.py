@@ -8,7 +8,7 @@ from pathlib import Path
 from winharness import HERE, Targets, Wine, ensure_dist, scaled, winpath
 
 from conftest import PipeClient, client_args, start_pipe_client
-from helpers import Keys, Proc, RelayServer, free_port, wait_for
+from helpers import Keys, Podman, Proc, RelayServer, free_port, wait_for
 
 CLIENT = winpath(HERE / "win_client.py")
 MIB = 1024 * 1024
@@ -90,3 +90,20 @@ def test_chain_with_the_dist_executable_as_server(
         if client is not None:
             client.stop()
         server.stop()
+
+
+def test_docker_py_on_windows_reaches_podman(wine: Wine, session_keys: Keys, workdir: Path,
+                                             server: RelayServer, podman: Podman) -> None:
+    """docker-py's own npipe transport → pipe → client → server → Podman: version, ping, and a
+    container run with its output."""
+    home = workdir / "podman"
+    home.mkdir(exist_ok=True)
+    client = start_pipe_client(wine, session_keys, home, server.port, str(podman.socket),
+                               "podman")
+    try:
+        result = wine.run_json([CLIENT, "dockerpy", client.pipe], timeout=300)
+    finally:
+        client.stop()
+    assert result["ping"] is True
+    assert result["version"] and "Podman Engine" in result["components"]
+    assert result["output"] == "hello from podman\n"

@@ -2,7 +2,7 @@
 plain CreateFile/ReadFile/WriteFile through pywin32, CloseWrite as a zero-length message, and
 no retry on ERROR_PIPE_BUSY (counted instead). Prints one JSON result line.
 
-    python.exe win_client.py upload|download|burst|info PIPE [args]
+    python.exe win_client.py upload|download|burst|info|dockerpy PIPE [args]
 """
 
 from __future__ import annotations
@@ -151,11 +151,25 @@ def info(pipe: str) -> dict[str, object]:
             "user_sid": win32security.ConvertSidToStringSid(sid), "max_instances": max_instances}
 
 
+def dockerpy(pipe: str) -> dict[str, object]:
+    """docker-py (Windows wheel, over its own npipe transport): version, ping, run a container."""
+    import docker
+
+    url = "npipe://" + pipe.replace("\\", "/")  # npipe:////./pipe/NAME
+    client = docker.DockerClient(base_url=url, timeout=120)
+    version = client.version()
+    output = client.containers.run("bb:latest", ["echo", "hello from podman"], remove=True)
+    return {"ping": client.ping(), "version": version.get("Version"),
+            "components": [c.get("Name") for c in version.get("Components", [])],
+            "output": output.decode()}
+
+
 def main() -> None:
     """Run one command; print its JSON result."""
     command, pipe, *rest = sys.argv[1:]
     numbers = [int(x) for x in rest]
-    handlers = {"upload": upload, "download": download, "burst": burst, "info": info}
+    handlers = {"upload": upload, "download": download, "burst": burst, "info": info,
+                "dockerpy": dockerpy}
     print(json.dumps(handlers[command](pipe, *numbers)), flush=True)
 
 
