@@ -145,6 +145,10 @@ class LineReader:
         """Wait for the stream's end (the process exited)."""
         self._thread.join(timeout)
 
+    def alive(self) -> bool:
+        """Whether the stream is still open (someone still holds its write end)."""
+        return self._thread.is_alive()
+
     def _pump(self, stream: Any) -> None:
         for raw in stream:
             line = raw.decode(errors="replace").rstrip("\r\n")
@@ -195,7 +199,9 @@ class Process:
                 self.popen.wait()
         for reader, stream in ((self.out, self.popen.stdout), (self.err, self.popen.stderr)):
             reader.join(timeout=10)
-            if stream is not None:
+            # A leftover grandchild may still hold the pipe; closing it under the blocked
+            # reader thread would deadlock, so such a stream is left to the daemon thread.
+            if stream is not None and not reader.alive():
                 stream.close()
 
 
@@ -308,3 +314,139 @@ class Targets:
         writer.write_eof()
         record.after_eof = await reader.read()
         record.eof = True
+
+
+def build_wsl_exe(target: Path, python_exe: Path) -> Path:
+    """Pack wsl_standin.py into ``target`` (``wsl.exe``) with pip's Windows script launcher
+    (distlib's t64.exe: launcher + ``#!python.exe`` + zip), as pip makes console scripts."""
+    import zipfile
+    from io import BytesIO
+
+    from pip._vendor import distlib
+
+    launcher = (Path(distlib.__file__).parent / "t64.exe").read_bytes()
+    archive = BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("__main__.py", (HERE / "wsl_standin.py").read_text())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(launcher + b"#!" + winpath(python_exe).encode() + b"\n"
+                       + archive.getvalue())
+    return target
+
+
+@dataclass
+class Spawned:
+    """One program the agent ran for the stand-in wsl.exe."""
+
+    distribution: str
+    argv: list[str]
+    proc: asyncio.subprocess.Process
+    standin_gone: bool = False
+
+
+@dataclass
+class WslAgent:
+    """The Linux side of the stand-in wsl.exe: runs the requested program, relays its output,
+    stops it when the stand-in goes away. ``/mnt/z/...`` paths map to ``/...`` (Z: is /), and
+    ``--parent-process-pid`` is replaced by :attr:`parent_pid` (the client's Linux PID)."""
+
+    env: dict[str, str]
+    spawned: list[Spawned] = field(default_factory=list)
+    parent_pid: int | None = None
+    port: int = 0
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
+    thread: threading.Thread | None = None
+    server: asyncio.Server | None = None
+
+    def start(self) -> None:
+        """Listen on a free loopback port."""
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._listen(), self.loop).result(timeout=10)
+
+    def stop(self) -> None:
+        """Stop every program it started, then the loop."""
+        asyncio.run_coroutine_threadsafe(self._close(), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        assert self.thread is not None
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+    async def _listen(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for spawned in self.spawned:
+            await _stop_group(spawned.proc)
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _linux_argv(self, argv: list[str]) -> list[str]:
+        out = ["/" + a[len("/mnt/z/"):] if a.startswith("/mnt/z/") else a for a in argv]
+        if "--parent-process-pid" in out and self.parent_pid is not None:
+            out[out.index("--parent-process-pid") + 1] = str(self.parent_pid)
+        return out
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = json.loads(await reader.readline())
+        proc = await asyncio.create_subprocess_exec(
+            *self._linux_argv(request["argv"]), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self.env,
+            start_new_session=True)
+        spawned = Spawned(request["distribution"], request["argv"], proc)
+        self.spawned.append(spawned)
+
+        async def relay(stream: asyncio.StreamReader | None, name: str) -> None:
+            assert stream is not None
+            while line := await stream.readline():
+                writer.write((json.dumps({"stream": name, "data": line.decode(
+                    errors="replace")}) + "\n").encode())
+                with contextlib.suppress(ConnectionError):
+                    await writer.drain()
+
+        relays = asyncio.gather(relay(proc.stdout, "stdout"), relay(proc.stderr, "stderr"))
+        gone = asyncio.ensure_future(reader.read())  # EOF: the stand-in wsl.exe died
+        exited = asyncio.ensure_future(proc.wait())
+        await asyncio.wait({gone, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if gone.done() and not exited.done():
+            spawned.standin_gone = True
+            await _stop_group(proc)
+        else:
+            await relays
+            with contextlib.suppress(ConnectionError):
+                writer.write((json.dumps({"exit": proc.returncode}) + "\n").encode())
+                await writer.drain()
+        gone.cancel()
+        relays.cancel()
+        writer.close()
+
+
+async def _stop_group(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM the process group, SIGKILL after 5 s."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), 5)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+
+def child_pid(pid: int, timeout: float) -> int:
+    """The (first) child of ``pid``: the wine process under ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            if children:
+                return int(children[0])
+        time.sleep(0.02)
+    raise TimeoutError(f"process {pid} started no child within {timeout:g}s")
