@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from winharness import HERE, Targets, Wine, ensure_dist, scaled, winpath
+from winharness import HERE, Process, Targets, Wine, ensure_dist, scaled, winpath
 
 from conftest import PipeClient, client_args, start_pipe_client
 from helpers import Keys, Podman, Proc, RelayServer, free_port, wait_for
@@ -32,6 +33,27 @@ def test_download_16mib_byte_exact_and_target_half_close(
     record = targets.done("source")[-1]
     assert (result["size"], result["sha"]) == (record.sent, record.sent_sha)
     assert record.after_eof == b"written after EOF"
+
+
+def test_backpressure_pipe_reads_pause_while_the_target_stalls(
+        wine: Wine, pipe_client: PipeClient, targets: Targets) -> None:
+    """While the target reads nothing, the relay stops reading the pipe (the writer blocks
+    after a few MiB instead of pushing all 64 MiB into memory); then all arrive intact."""
+    size = 64 * MIB
+    proc = Process.start(wine.command([CLIENT, "stall", pipe_client.pipe, str(size)],
+                                      scaled(600)), env=wine.env)
+    try:
+        report = json.loads(proc.out.wait_for(lambda ln: ln.startswith("{"), scaled(120),
+                                              "stall report"))
+        assert "stalled_at" in report, f"all {size} bytes were accepted: {report}"
+        print(f"writes blocked after {report['stalled_at']} bytes")
+        assert report["stalled_at"] < 16 * MIB
+        targets.release()
+        result = json.loads(proc.out.wait_for(lambda ln: ln.startswith("{"), scaled(300),
+                                              "result"))
+        assert result["reply"] == f"{result['sha']} {size}"
+    finally:
+        proc.stop()
 
 
 def test_300_concurrent_connections_never_busy(wine: Wine, pipe_client: PipeClient) -> None:

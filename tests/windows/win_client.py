@@ -2,7 +2,7 @@
 plain CreateFile/ReadFile/WriteFile through pywin32, CloseWrite as a zero-length message, and
 no retry on ERROR_PIPE_BUSY (counted instead). Prints one JSON result line.
 
-    python.exe win_client.py upload|download|burst|info|dockerpy PIPE [args]
+    python.exe win_client.py upload|download|stall|burst|info|dockerpy PIPE [args]
 """
 
 from __future__ import annotations
@@ -78,6 +78,40 @@ def upload(pipe: str, size: int) -> dict[str, object]:
     elapsed = time.monotonic() - started
     win32file.CloseHandle(handle)
     return {"sha": sha, "size": size, "reply": reply.decode(), "seconds": elapsed}
+
+
+def stall(pipe: str, size: int) -> dict[str, object]:
+    """Write ``size`` bytes to a target that does not read yet; report (one JSON line) how far
+    the writes got before they blocked, then finish once the target reads."""
+    handle = connect(pipe)
+    win32file.WriteFile(handle, b"stall\n")
+    written = [0]
+    digest = hashlib.sha256()
+
+    def writer() -> None:
+        left = size
+        while left:
+            chunk = os.urandom(min(CHUNK, left))
+            digest.update(chunk)
+            win32file.WriteFile(handle, chunk)
+            written[0] += len(chunk)
+            left -= len(chunk)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    last, since = -1, time.monotonic()
+    while thread.is_alive():
+        if written[0] != last:
+            last, since = written[0], time.monotonic()
+        elif time.monotonic() - since > 2.0:  # no progress for 2 s: the writes are blocked
+            print(json.dumps({"stalled_at": last}), flush=True)
+            break
+        time.sleep(0.05)
+    thread.join()
+    close_write(handle)
+    reply = read_to_eof(handle)
+    win32file.CloseHandle(handle)
+    return {"sha": digest.hexdigest(), "size": size, "reply": reply.decode()}
 
 
 def download(pipe: str, size: int) -> dict[str, object]:
@@ -169,7 +203,7 @@ def main() -> None:
     command, pipe, *rest = sys.argv[1:]
     numbers = [int(x) for x in rest]
     handlers = {"upload": upload, "download": download, "burst": burst, "info": info,
-                "dockerpy": dockerpy}
+                "dockerpy": dockerpy, "stall": stall}
     print(json.dumps(handlers[command](pipe, *numbers)), flush=True)
 
 

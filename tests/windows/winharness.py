@@ -224,6 +224,7 @@ class Targets:
     * ``echo``: writes back what follows; half-closes after the client's EOF.
     * ``sink``: reads to EOF, replies ``<sha256> <count>``, closes.
     * ``source N``: sends N random bytes, half-closes, then reads to EOF.
+    * ``stall``: reads nothing until :meth:`release`, then behaves as ``sink``.
     A connection that sends no line (the client's readiness probe) is just closed.
     """
 
@@ -252,11 +253,16 @@ class Targets:
         self.thread.join(timeout=10)
         self.loop.close()
 
+    def release(self) -> None:
+        """Let ``stall`` connections read."""
+        self.loop.call_soon_threadsafe(self._released.set)
+
     def done(self, kind: str) -> list[Record]:
         """Records of ``kind`` whose connection saw EOF."""
         return [r for r in list(self.records) if r.kind == kind and r.eof]
 
     async def _serve(self) -> None:
+        self._released = asyncio.Event()
         self.servers.append(
             await asyncio.start_unix_server(self._handle, self.path, backlog=1024))
 
@@ -274,7 +280,8 @@ class Targets:
             if words:
                 record = Record(words[0])
                 self.records.append(record)
-                behaviour = {"echo": self._echo, "sink": self._sink, "source": self._source}
+                behaviour = {"echo": self._echo, "sink": self._sink, "source": self._source,
+                             "stall": self._stall}
                 await behaviour[words[0]](record, reader, writer, *words[1:])
         except (ConnectionError, KeyError):
             pass
@@ -299,6 +306,11 @@ class Targets:
         record.eof = True
         writer.write(f"{digest.hexdigest()} {record.received}".encode())
         await writer.drain()
+
+    async def _stall(self, record: Record, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        await self._released.wait()
+        await self._sink(record, reader, writer)
 
     async def _source(self, record: Record, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter, size: str) -> None:
