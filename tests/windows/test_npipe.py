@@ -35,6 +35,16 @@ def test_download_16mib_byte_exact_and_target_half_close(
     assert record.after_eof == b"written after EOF"
 
 
+def test_client_that_closes_without_half_close_ends_the_connection(
+        wine: Wine, pipe_client: PipeClient) -> None:
+    """A pipe client that just closes its handle is told from a half-close: the relay ends
+    the connection although the target stays silent and open."""
+    result = wine.run_json([CLIENT, "abandon", pipe_client.pipe, "12345"])
+    pipe_client.process.err.wait_for(
+        lambda ln: '"connection_closed"' in ln and f'"bytes_up": {result["sent"]},' in ln,
+        scaled(30), "connection_closed of the abandoned connection")
+
+
 def test_backpressure_pipe_reads_pause_while_the_target_stalls(
         wine: Wine, pipe_client: PipeClient, targets: Targets) -> None:
     """While the target reads nothing, the relay stops reading the pipe (the writer blocks

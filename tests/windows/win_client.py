@@ -2,7 +2,7 @@
 plain CreateFile/ReadFile/WriteFile through pywin32, CloseWrite as a zero-length message, and
 no retry on ERROR_PIPE_BUSY (counted instead). Prints one JSON result line.
 
-    python.exe win_client.py upload|download|stall|burst|info|dockerpy PIPE [args]
+    python.exe win_client.py upload|download|stall|abandon|burst|info|dockerpy PIPE [args]
 """
 
 from __future__ import annotations
@@ -78,6 +78,14 @@ def upload(pipe: str, size: int) -> dict[str, object]:
     elapsed = time.monotonic() - started
     win32file.CloseHandle(handle)
     return {"sha": sha, "size": size, "reply": reply.decode(), "seconds": elapsed}
+
+
+def abandon(pipe: str, size: int) -> dict[str, object]:
+    """Send ``hold`` and ``size`` bytes, then close the handle without CloseWrite."""
+    handle = connect(pipe)
+    win32file.WriteFile(handle, b"hold\n" + os.urandom(size))
+    win32file.CloseHandle(handle)
+    return {"sent": size + 5}
 
 
 def stall(pipe: str, size: int) -> dict[str, object]:
@@ -203,7 +211,7 @@ def main() -> None:
     command, pipe, *rest = sys.argv[1:]
     numbers = [int(x) for x in rest]
     handlers = {"upload": upload, "download": download, "burst": burst, "info": info,
-                "dockerpy": dockerpy, "stall": stall}
+                "dockerpy": dockerpy, "stall": stall, "abandon": abandon}
     print(json.dumps(handlers[command](pipe, *numbers)), flush=True)
 
 

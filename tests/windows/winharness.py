@@ -225,6 +225,7 @@ class Targets:
     * ``sink``: reads to EOF, replies ``<sha256> <count>``, closes.
     * ``source N``: sends N random bytes, half-closes, then reads to EOF.
     * ``stall``: reads nothing until :meth:`release`, then behaves as ``sink``.
+    * ``hold``: reads to EOF, then stays silent and open.
     A connection that sends no line (the client's readiness probe) is just closed.
     """
 
@@ -281,7 +282,7 @@ class Targets:
                 record = Record(words[0])
                 self.records.append(record)
                 behaviour = {"echo": self._echo, "sink": self._sink, "source": self._source,
-                             "stall": self._stall}
+                             "stall": self._stall, "hold": self._hold}
                 await behaviour[words[0]](record, reader, writer, *words[1:])
         except (ConnectionError, KeyError):
             pass
@@ -306,6 +307,13 @@ class Targets:
         record.eof = True
         writer.write(f"{digest.hexdigest()} {record.received}".encode())
         await writer.drain()
+
+    async def _hold(self, record: Record, reader: asyncio.StreamReader,
+                    writer: asyncio.StreamWriter) -> None:
+        while chunk := await reader.read(65536):
+            record.received += len(chunk)
+        record.eof = True
+        await asyncio.Event().wait()  # until the loop shuts down
 
     async def _stall(self, record: Record, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter) -> None:
