@@ -138,10 +138,17 @@ def _config_command(role: str) -> Callable[[Sequence[str]], int]:
     return run
 
 
+def _status(argv: Sequence[str]) -> int:
+    from container_desktop_relay import status
+
+    return status.main(argv)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "server": _config_command("server"),
     "client": _config_command("client"),
     "keygen": _config_command("keygen"),
+    "status": _status,
 }
 
 
@@ -159,7 +166,9 @@ def _usage() -> str:
     )
 
 
-_EXTRA_HELP: dict[str, str] = {}
+_EXTRA_HELP: dict[str, str] = {
+    "status": "query a running relay's /health, /ready and /metrics (exit 0/1/2)",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

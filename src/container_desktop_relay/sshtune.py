@@ -11,6 +11,12 @@ asyncssh 2.24.1 has flow-control defects that break bounded memory whatever the 
    keep writing until their windows are exhausted. Fixed: a congested transport pauses every
    channel's session (which pauses the local reader through the pump) until it drains.
 
+3. A channel closed by the peer while reading is paused never finishes closing: asyncssh
+   waits for the session to take the buffered data first, so a stuck target would keep the
+   channel (and its forwarded connection) forever. Fixed: once the peer has closed, what is
+   buffered (at most one window) is delivered at once and the close completes; the pump's
+   linger bound then deals with a target that never reads.
+
 The pump already keeps data that arrives before a channel is open from growing memory (it
 pauses the reader). :func:`apply` patches private methods, so it refuses any asyncssh version
 other than the one it was written and tested against.
@@ -23,7 +29,7 @@ from typing import Any
 import asyncssh
 from asyncssh import channel as _channel
 from asyncssh import connection as _connection
-from asyncssh.constants import MSG_CHANNEL_WINDOW_ADJUST
+from asyncssh.constants import MSG_CHANNEL_CLOSE, MSG_CHANNEL_WINDOW_ADJUST
 from asyncssh.packet import UInt32
 
 from container_desktop_relay.log import get_logger
@@ -68,6 +74,23 @@ def _deliver_data(self: Any, data: bytes, datatype: Any) -> None:
         decoded = data
     if self._session is not None:
         self._session.data_received(decoded, datatype)
+
+
+_orig_process_close = _channel.SSHChannel._process_close
+
+
+def _process_close(self: Any, pkttype: int, pktid: int, packet: Any) -> None:
+    """Peer closed the channel: stop holding buffered data back, so the close can finish."""
+    if self._recv_paused is True:
+        self._recv_paused = False
+    _orig_process_close(self, pkttype, pktid, packet)
+
+
+def _pause_reading(self: Any) -> None:
+    """Pause delivery, except after the peer closed (nothing more can come; drain instead)."""
+    if self._recv_state == "close_pending":
+        return
+    self._recv_paused = True
 
 
 def _pause_resume_writing(self: Any) -> None:
@@ -144,6 +167,10 @@ def apply() -> bool:
         return False
     _channel.SSHChannel._deliver_data = _deliver_data  # type: ignore[method-assign]
     _channel.SSHChannel._pause_resume_writing = _pause_resume_writing  # type: ignore[method-assign]
+    _channel.SSHChannel._process_close = _process_close  # type: ignore[method-assign]
+    # packets are dispatched through a class-level table built from the original functions
+    _channel.SSHChannel._packet_handlers[MSG_CHANNEL_CLOSE] = _process_close
+    _channel.SSHChannel.pause_reading = _pause_reading  # type: ignore[method-assign]
     _connection.SSHConnection.pause_writing = _conn_pause_writing  # type: ignore[method-assign]
     _connection.SSHConnection.resume_writing = _conn_resume_writing  # type: ignore[method-assign]
     _applied = True

@@ -142,7 +142,10 @@ async def start_unix_listener(
     st = os.lstat(path)
     loop = asyncio.get_running_loop()
     try:
-        server = await loop.create_unix_server(protocol_factory, sock=sock)
+        # asyncio re-listens with its own backlog (100): keep the kernel's maximum, or a burst
+        # of clients gets EAGAIN on connect.
+        server = await loop.create_unix_server(protocol_factory, sock=sock,
+                                               backlog=socket.SOMAXCONN)
     except (OSError, NotImplementedError) as exc:
         sock.close()
         with contextlib.suppress(OSError):
