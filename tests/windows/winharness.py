@@ -264,10 +264,12 @@ class Targets:
 
     async def _serve(self) -> None:
         self._released = asyncio.Event()
+        self._shutdown = asyncio.Event()
         self.servers.append(
             await asyncio.start_unix_server(self._handle, self.path, backlog=1024))
 
     async def _close(self) -> None:
+        self._shutdown.set()
         for server in self.servers:
             server.close()
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
@@ -313,7 +315,7 @@ class Targets:
         while chunk := await reader.read(65536):
             record.received += len(chunk)
         record.eof = True
-        await asyncio.Event().wait()  # until the loop shuts down
+        await self._shutdown.wait()  # a stored event: a pending task must stay referenced
 
     async def _stall(self, record: Record, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter) -> None:
