@@ -6,9 +6,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from winharness import HERE, Process, Targets, Wine, ensure_dist, scaled, winpath
+from winharness import (
+    HERE,
+    PipeClient,
+    Process,
+    Targets,
+    Wine,
+    client_args,
+    ensure_dist,
+    scaled,
+    start_pipe_client,
+    winpath,
+)
 
-from conftest import PipeClient, client_args, start_pipe_client
 from helpers import Keys, Podman, Proc, RelayServer, free_port, wait_for
 
 CLIENT = winpath(HERE / "win_client.py")

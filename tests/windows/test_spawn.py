@@ -15,13 +15,13 @@ from winharness import (
     WslAgent,
     build_wsl_exe,
     child_pid,
+    client_args,
     ensure_dist,
     free_port,
     scaled,
     winpath,
 )
 
-from conftest import client_args
 from helpers import Keys, wait_for
 
 CLIENT = winpath(HERE / "win_client.py")

@@ -472,3 +472,41 @@ def child_pid(pid: int, timeout: float) -> int:
                 return int(children[0])
         time.sleep(0.02)
     raise TimeoutError(f"process {pid} started no child within {timeout:g}s")
+
+
+@dataclass
+class PipeClient:
+    """The relay client as a Windows program under Wine, serving one named pipe."""
+
+    process: Process
+    pipe: str  # \\.\pipe\NAME
+    url: str  # npipe:////./pipe/NAME
+
+    def stop(self) -> None:
+        """Stop the wine process (its Windows process dies with it)."""
+        self.process.stop()
+
+
+def client_args(keys: Any, workdir: Path, port: int, remote: str, url: str,
+                *extra: str) -> list[str]:
+    """Arguments of ``python.exe -m container_desktop_relay client`` for this setup."""
+    return ["-m", "container_desktop_relay", "client", "--named-pipe", url,
+            "--ssh-connection", f"ssh://relay@127.0.0.1:{port}{remote}",
+            "--identity-path", winpath(keys.identity),
+            "--known-hosts-path", winpath(workdir / "known_hosts"),
+            "--log-level", "info", *extra]
+
+
+def start_pipe_client(wine: Wine, keys: Any, workdir: Path, port: int, remote: str,
+                      tag: str, *extra: str) -> PipeClient:
+    """Run the relay client under Wine on pipe ``cdr-<tag>-<pid>``; wait for client_ready."""
+    name = f"cdr-{tag}-{os.getpid()}"
+    url = f"npipe:////./pipe/{name}"
+    args = client_args(keys, workdir, port, remote, url, *extra)
+    proc = Process.start(wine.command(args, scaled(1800)), env=wine.env)
+    try:
+        proc.err.wait_for(lambda ln: '"client_ready"' in ln, scaled(180), "client_ready")
+    except BaseException:
+        proc.stop()
+        raise
+    return PipeClient(proc, rf"\\.\pipe\{name}", url)
