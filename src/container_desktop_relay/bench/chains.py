@@ -256,7 +256,8 @@ async def start_sshd(sshd: str, cfg: Path, port: int) -> asyncio.subprocess.Proc
 
 
 async def start_ssh_forward(workdir: Path, keys: dict[str, Path], port: int, local: str,
-                            remote: str, cipher: str = SSH_CIPHER) -> asyncio.subprocess.Process:
+                            remote: str, cipher: str = SSH_CIPHER,
+                            extra: list[str] | None = None) -> asyncio.subprocess.Process:
     """``ssh -N -L local:remote`` to 127.0.0.1:``port``; waits until ``local`` accepts."""
     known = workdir / "known_hosts_ssh"
     host_pub = keys["host"].with_suffix(".pub").read_text().split()
@@ -267,7 +268,7 @@ async def start_ssh_forward(workdir: Path, keys: dict[str, Path], port: int, loc
         "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={known}",
         "-o", "StrictHostKeyChecking=yes", "-o", "ExitOnForwardFailure=yes",
         "-o", "StreamLocalBindUnlink=yes", "-o", "Compression=no", "-c", cipher,
-        "-L", f"{local}:{remote}", f"{getpass.getuser()}@127.0.0.1",
+        *(extra or []), "-L", f"{local}:{remote}", f"{getpass.getuser()}@127.0.0.1",
     ], log)
     await _ready(proc, lambda: _accepts_unix(local), "ssh -L", log)
     return proc
