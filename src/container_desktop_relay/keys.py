@@ -21,6 +21,7 @@ __all__ = [
     "KeyPairResult",
     "atomic_write",
     "authorized_key_line",
+    "check_not_writable_by_others",
     "ensure_authorized",
     "ensure_key_pair",
     "load_authorized_keys",
@@ -103,16 +104,42 @@ def public_pem(key: asyncssh.SSHKey) -> bytes:
 
 def authorized_key_line(key: asyncssh.SSHKey, comment: str = "container-desktop-relay") -> bytes:
     """The OpenSSH authorized_keys line for ``key``."""
-    blob = key.export_public_key("openssh").split(b" ")[:2]
+    blob = key.export_public_key("openssh").strip().split()[:2]
     return b" ".join([*blob, comment.encode()]) + b"\n"
 
 
-def load_authorized_keys(path: Path) -> list[asyncssh.SSHKey]:
-    """Public keys in an OpenSSH authorized_keys file; a missing file holds none.
+def check_not_writable_by_others(path: Path, what: str) -> None:
+    """Refuse a key-list file that other users could write (OpenSSH's StrictModes).
 
     Raises:
-        KeyFileError: the file exists but cannot be read or parsed.
+        KeyFileError: the file is group/world-writable or owned by another (non-root) user.
     """
+    if not _POSIX:
+        return
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        raise KeyFileError(
+            f"{what} {path} is writable by group/others (mode {mode:04o}), so anyone could "
+            f"add a key; run chmod go-w {path}"
+        )
+    if st.st_uid not in (0, os.geteuid()):
+        raise KeyFileError(f"{what} {path} is owned by uid {st.st_uid}, not by this user")
+
+
+def load_authorized_keys(path: Path, *, strict: bool = False) -> list[asyncssh.SSHKey]:
+    """Public keys in an OpenSSH authorized_keys file; a missing file holds none.
+
+    With ``strict`` (the server), a file other users could write is refused.
+
+    Raises:
+        KeyFileError: the file exists but cannot be read, or is unsafe under ``strict``.
+    """
+    if strict:
+        check_not_writable_by_others(path, "authorized keys")
     try:
         data = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -17,6 +17,7 @@ from container_desktop_relay import sshtune
 from container_desktop_relay.config import Config
 from container_desktop_relay.ends import ChannelEnd, TransportEnd
 from container_desktop_relay.errors import ListenError
+from container_desktop_relay.idle import sweep_idle
 from container_desktop_relay.keys import load_authorized_keys, load_private_key
 from container_desktop_relay.log import get_logger
 from container_desktop_relay.metrics import Metrics
@@ -27,6 +28,8 @@ __all__ = ["RelayServer", "check_socket_path"]
 
 log = get_logger(__name__)
 _conn_ids = itertools.count(1)
+#: Rejected public keys allowed per connection before it is dropped (OpenSSH's MaxAuthTries).
+MAX_AUTH_TRIES = 6
 _ssh_ids = itertools.count(1)
 
 
@@ -76,6 +79,7 @@ class RelayServer:
         self._identity: asyncssh.SSHKey | None = None
         self.port = 0
         self._idle = asyncio.Event()
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Load keys and start listening.
@@ -92,6 +96,7 @@ class RelayServer:
             if config.host_key_path
             else self._identity
         )
+        self.authorized_keys()  # unsafe or unreadable authorized_keys: fail at start, clearly
         try:
             self._acceptor = await asyncssh.listen(
                 config.host,
@@ -114,12 +119,16 @@ class RelayServer:
                 f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
             ) from None
         self.port = self._acceptor.get_port()
+        self._sweeper = asyncio.create_task(
+            sweep_idle(lambda: self.metrics.active, config.read_timeout, config.write_timeout),
+            name="idle-sweeper",
+        )
         self.state.set_ready("listening")
         log.info("server_listening", extra={"host": config.host, "port": self.port})
 
     def authorized_keys(self) -> list[asyncssh.SSHKey]:
         """The keys allowed in now: authorized_keys (re-read) plus the identity's public half."""
-        keys = load_authorized_keys(self.config.path("authorized_keys_path"))
+        keys = load_authorized_keys(self.config.path("authorized_keys_path"), strict=True)
         if self._identity is not None:
             keys.append(self._identity)
         return keys
@@ -141,6 +150,8 @@ class RelayServer:
 
     def close_all(self) -> None:
         """Close every forwarded connection and SSH connection now."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for pump in list(self.metrics.active):
             pump.close("shutdown", abort=True)
         for conn in list(self.connections):
@@ -181,6 +192,7 @@ class _ServerConnection(asyncssh.SSHServer):
         self.peer = "?"
         self.user = ""
         self.authenticated = False
+        self.failed_keys = 0
         self.lost = False
         self._conn: asyncssh.SSHServerConnection | None = None
 
@@ -223,7 +235,7 @@ class _ServerConnection(asyncssh.SSHServer):
         try:
             keys = self.relay.authorized_keys()
         except Exception as exc:  # a broken file must not crash the server
-            log.error("authorized_keys_unreadable", extra=self._extra(error=str(exc)))
+            log.error("authorized_keys_refused", extra=self._extra(error=str(exc)))
             keys = [self.relay._identity] if self.relay._identity else []
         text = "".join(k.export_public_key("openssh").decode() for k in keys if k)
         self._conn.set_authorized_keys(asyncssh.import_authorized_keys(text))
@@ -231,6 +243,18 @@ class _ServerConnection(asyncssh.SSHServer):
 
     def public_key_auth_supported(self) -> bool:
         return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        # Reached only for keys that authorized_keys did not accept: count the failure.
+        self.failed_keys += 1
+        log.info("ssh_key_rejected", extra=self._extra(
+            user=username, fingerprint=key.get_fingerprint(), attempt=self.failed_keys))
+        if self.failed_keys >= MAX_AUTH_TRIES and self._conn is not None:
+            reason = f"too many authentication failures ({self.failed_keys})"
+            log.warning("ssh_auth_tries_exceeded", extra=self._extra(user=username))
+            asyncio.get_running_loop().call_soon(
+                self._conn.disconnect, asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, reason)
+        return False
 
     def password_auth_supported(self) -> bool:
         return False

@@ -1,0 +1,43 @@
+# container-desktop-relay: one-command set-up on a fresh Debian machine (as root).
+#   make demo   real engine (Podman) + relay server + client, docker CLI through it
+#   make test   every test, end-to-end ones included
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: all system venv test unit e2e lint demo clean
+
+all: test
+
+system:
+	bash scripts/setup-system.sh
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check src tests
+
+test: system venv lint
+	$(BIN)/python -m pytest -q
+
+unit: venv
+	$(BIN)/python -m pytest -q tests/unit
+
+e2e: system venv
+	$(BIN)/python -m pytest -q -m e2e
+
+demo: system venv
+	$(BIN)/python scripts/demo.py
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .ruff_cache
+
+-include mk/*.mk

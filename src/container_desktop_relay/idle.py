@@ -1,0 +1,49 @@
+"""Idle limits on forwarded connections: read_timeout (no bytes either way), write_timeout
+(a peer that stops accepting bytes). One sweeper per role, not a timer per connection."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+
+from container_desktop_relay.log import get_logger
+from container_desktop_relay.pump import Pump
+
+__all__ = ["expired", "sweep_idle"]
+
+log = get_logger(__name__)
+
+
+def expired(pump: Pump, now: float, read_timeout: float, write_timeout: float) -> str | None:
+    """Why ``pump`` has outlived an idle limit at ``now`` (None when it has not)."""
+    if pump.closing:
+        return None
+    if read_timeout and now - pump.last_activity >= read_timeout:
+        return f"idle for {read_timeout:g}s (read_timeout)"
+    if write_timeout and pump.write_blocked_for(now) >= write_timeout:
+        return f"peer accepted no data for {write_timeout:g}s (write_timeout)"
+    return None
+
+
+async def sweep_idle(
+    active: Callable[[], Iterable[Pump]], read_timeout: float, write_timeout: float
+) -> None:
+    """Close connections that exceed ``read_timeout``/``write_timeout``; runs until cancelled.
+
+    Checks every quarter of the shortest limit (at most once a second), so a connection is
+    closed within 1.25x its limit.
+    """
+    limits = [t for t in (read_timeout, write_timeout) if t > 0]
+    if not limits:
+        return
+    interval = min(min(limits) / 4, 1.0)
+    while True:
+        await asyncio.sleep(interval)
+        now = time.monotonic()
+        for pump in list(active()):
+            reason = expired(pump, now, read_timeout, write_timeout)
+            if reason is not None:
+                log.info("connection_timed_out", extra={"conn_id": pump.conn_id,
+                                                        "reason": reason})
+                pump.close(reason, abort=True)

@@ -1,0 +1,105 @@
+"""The command line as users meet it: exit codes, one-line errors, help, bare form."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers import Keys, run_relay
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["server", "--port", "0"], "invalid port=0"),
+        (["server", "--bogus"], "unrecognized arguments: --bogus"),
+        (["server", "--port"], "expected one argument"),
+        (["frobnicate"], "unknown command 'frobnicate'"),
+        (["--buffer-size", "12"], "invalid buffer_size=12"),
+        (["server", "--log-level", "verbose"], "invalid log_level=verbose"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args: list[str], needle: str) -> None:
+    """Bad flags exit 2 with one line naming the problem and no traceback."""
+    result = run_relay(*args)
+    assert result.returncode == 2
+    assert needle in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_config_file_exit_2(tmp: Path) -> None:
+    """A malformed config file exits 2 with one line and starts nothing."""
+    cfg = tmp / "c.json"
+    cfg.write_text('{"port": 20022, "buffer_size": 8192,}')
+    result = run_relay("server", "--config", str(cfg))
+    assert result.returncode == 2 and "is not valid JSON" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_identity_exit_2(tmp: Path) -> None:
+    """A missing key file is a clear one-line error, exit 2."""
+    result = run_relay("server", "--identity-path", str(tmp / "none"), "--log-level", "error")
+    assert result.returncode == 2
+    assert "does not exist; create it with --generate-key-pair" in result.stderr
+
+
+def test_open_key_refused_exit_2(keys: Keys) -> None:
+    """A private key readable by others is refused at start."""
+    keys.identity.chmod(0o644)
+    result = run_relay("server", "--identity-path", str(keys.identity), "--log-level", "error")
+    assert result.returncode == 2 and "chmod 600" in result.stderr
+
+
+def test_help_documents_every_flag() -> None:
+    """--help lists every configuration key with its env var."""
+    from container_desktop_relay.config import config_fields
+
+    result = run_relay("server", "--help")
+    assert result.returncode == 0
+    for f, _ in config_fields():
+        assert "--" + f.name.replace("_", "-") in result.stdout
+        assert "CDR_" + f.name.upper() in result.stdout
+    top = run_relay("--help")
+    assert top.returncode == 0 and "server" in top.stdout and "keygen" in top.stdout
+
+
+def test_version_and_module_entry() -> None:
+    """--version prints the single-sourced version."""
+    from container_desktop_relay import __version__
+
+    result = run_relay("--version")
+    assert result.returncode == 0 and __version__ in result.stdout
+
+
+def test_generate_key_pair_then_runs_on(tmp: Path) -> None:
+    """The bare form with --generate-key-pair creates keys, then the role starts (server here).
+
+    A busy port makes the started role fail fast, proving it ran on after generating.
+    """
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_relay("--generate-key-pair", "--identity-path", str(tmp / "k" / "id_rsa"),
+                           "--authorized-keys-path", str(tmp / "k" / "ak"), "--port", str(port),
+                           "--log-level", "info", "--health-check-enabled=false")
+    assert (tmp / "k" / "id_rsa").exists() and (tmp / "k" / "ak").read_text().startswith("ssh-rsa")
+    assert result.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    events = [json.loads(line)["event"] for line in result.stderr.splitlines()
+              if line.startswith("{")]
+    assert "key_pair_generated" in events
+
+
+def test_world_writable_authorized_keys_refused_at_start(keys: Keys) -> None:
+    """An authorized_keys anyone can write stops the server at start, exit 2, one line."""
+    keys.authorized_keys.chmod(0o666)
+    result = run_relay("server", "--identity-path", str(keys.identity), "--authorized-keys-path",
+                       str(keys.authorized_keys), "--log-level", "error")
+    assert result.returncode == 2 and "chmod go-w" in result.stderr

@@ -1,0 +1,27 @@
+"""A real engine (Podman's Docker API) driven by the docker CLI through ssh -L and the server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers import Keys, Podman, RelayServer, ssh_forward, stopping
+
+pytestmark = pytest.mark.e2e
+
+
+def test_docker_cli_through_server(podman: Podman, relay_server: RelayServer, keys: Keys,
+                                   tmp: Path) -> None:
+    """docker version and docker run -i with 20 MB of stdin give exact results."""
+    local = tmp / "docker.sock"
+    fwd = ssh_forward(relay_server.port, keys.identity, local, str(podman.socket), tmp)
+    with stopping(fwd):
+        version = podman.docker_cli(local, "version")
+        assert version.returncode == 0, version.stderr
+        assert b"Podman Engine" in version.stdout or b"Server:" in version.stdout
+        payload = b"z" * 20_000_000
+        run = podman.docker_cli(local, "run", "--rm", "-i", "--network", "none", podman.IMAGE,
+                                "wc", "-c", input=payload)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == b"20000000"

@@ -1,0 +1,459 @@
+"""Shared test machinery: real processes (relay, sshd, Podman), targets, waits with deadlines."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src"
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+FACTOR = float(os.environ.get("CDR_TEST_TIMEOUT_FACTOR", "1"))
+
+
+def need_tool(name: str, *candidates: str) -> str:
+    """Path of tool ``name``; fails the test under CI when missing, skips it elsewhere."""
+    for candidate in (*candidates, name):
+        found = shutil.which(candidate) or (candidate if os.path.isabs(candidate)
+                                            and os.access(candidate, os.X_OK) else None)
+        if found:
+            return found
+    message = f"{name} is not installed"
+    if CI:
+        pytest.fail(f"{message}; CI requires it (run scripts/setup-system.sh)")
+    pytest.skip(message)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
+             interval: float = 0.01) -> Any:
+    """Poll ``predicate`` until it returns a truthy value or ``timeout`` (scaled) passes."""
+    deadline = time.monotonic() + timeout * FACTOR
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout * FACTOR:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def short_tmpdir() -> Path:
+    """A fresh directory with a short path (AF_UNIX paths must stay under ~100 bytes)."""
+    return Path(tempfile.mkdtemp(prefix="cdr", dir="/tmp"))
+
+
+def tcp_open(host: str, port: int) -> bool:
+    """Whether a TCP connect to host:port succeeds now."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def unix_open(path: str | Path) -> bool:
+    """Whether a connect to the Unix socket succeeds now."""
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(0.5)
+            s.connect(str(path))
+            return True
+    except OSError:
+        return False
+
+
+def relay_env(**extra: str) -> dict[str, str]:
+    """Environment for relay subprocesses: this checkout's src first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
+                                    else "")
+    env.pop("CDR_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+def relay_cmd(*args: str) -> list[str]:
+    """The relay's command line, run from this checkout."""
+    return [sys.executable, "-m", "container_desktop_relay", *args]
+
+
+def run_relay(*args: str, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """Run a short relay command to completion."""
+    return subprocess.run(relay_cmd(*args), env=kw.pop("env", relay_env()), text=True,
+                          capture_output=True, timeout=timeout * FACTOR, stdin=subprocess.DEVNULL,
+                          **kw)
+
+
+class Proc:
+    """A background process with its output in a log file; stopped for sure by :meth:`stop`."""
+
+    def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
+        self.argv = argv
+        self.log_path = log
+        self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, env=env, cwd=cwd,
+                                      start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log(self) -> str:
+        """Everything the process printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.popen.pid, sig)
+
+    def wait(self, timeout: float = 10) -> int:
+        return self.popen.wait(timeout * FACTOR)
+
+    def stop(self, timeout: float = 10) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; also kills the process group."""
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.popen.pid, signal.SIGCONT)
+                os.kill(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout * FACTOR)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self._log.close()
+        return self.popen.returncode
+
+
+class Keys:
+    """An RSA 4096 identity made by the relay's own keygen, plus its authorized_keys."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.identity = directory / "id_rsa"
+        self.authorized_keys = directory / "authorized_keys"
+        result = run_relay("keygen", "--identity-path", str(self.identity),
+                           "--authorized-keys-path", str(self.authorized_keys),
+                           "--log-level", "error")
+        assert result.returncode == 0, result.stderr
+
+    def copy_to(self, directory: Path) -> Keys:
+        """The same key pair in another directory (authorized_keys included)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for f in (self.identity, self.identity.with_suffix(".pub"), self.authorized_keys):
+            shutil.copy2(f, directory / f.name)
+        clone = object.__new__(Keys)
+        clone.dir = directory
+        clone.identity = directory / "id_rsa"
+        clone.authorized_keys = directory / "authorized_keys"
+        return clone
+
+
+def make_ed25519(path: Path) -> Path:
+    """A fresh ed25519 private key at ``path`` (OpenSSH format, 0600)."""
+    import asyncssh
+
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    key.write_private_key(str(path))
+    os.chmod(path, 0o600)
+    key.write_public_key(str(path) + ".pub")
+    return path
+
+
+class RelayServer:
+    """The relay's server role as a real process on a free loopback port."""
+
+    def __init__(self, keys: Keys, workdir: Path, *extra: str, port: int | None = None,
+                 env: dict[str, str] | None = None, wait: bool = True) -> None:
+        self.keys = keys
+        self.port = port or free_port()
+        self.workdir = workdir
+        args = ["server", "--host", "127.0.0.1", "--port", str(self.port),
+                "--identity-path", str(keys.identity),
+                "--authorized-keys-path", str(keys.authorized_keys),
+                "--health-check-enabled=false", "--metrics-enabled=false",
+                "--log-level", "debug", *extra]
+        self.proc = Proc(relay_cmd(*args), workdir / f"server-{self.port}.log",
+                         env=env or relay_env())
+        if wait:
+            try:
+                self.wait_listening()
+            except BaseException:
+                self.proc.stop()
+                raise
+
+    def wait_listening(self, timeout: float = 20) -> None:
+        wait_for(lambda: '"server_listening"' in self.proc.log() or not self.proc.alive(),
+                 timeout, "relay server to listen")
+        assert self.proc.alive(), f"relay server exited:\n{self.proc.log()}"
+
+    def stop(self) -> int | None:
+        return self.proc.stop()
+
+
+class Sshd:
+    """A real OpenSSH sshd on a free loopback port, key auth only, streamlocal allowed."""
+
+    def __init__(self, workdir: Path, authorized_keys: Path, host_key: Path | None = None) -> None:
+        sshd = need_tool("sshd", "/usr/sbin/sshd")
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        self.port = free_port()
+        self.workdir = workdir
+        self.host_key = host_key or make_ed25519(workdir / "sshd_host_key")
+        config = workdir / "sshd_config"
+        config.write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.host_key}\n"
+            f"AuthorizedKeysFile {authorized_keys}\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+            "AllowStreamLocalForwarding yes\nAllowTcpForwarding no\nPermitRootLogin yes\n"
+            f"PidFile {workdir}/sshd.pid\nLogLevel VERBOSE\nStreamLocalBindUnlink yes\n"
+            "MaxSessions 1000\nMaxStartups 100:30:200\n"
+        )
+        self.proc = Proc([sshd, "-D", "-e", "-f", str(config)], workdir / "sshd.log")
+        try:
+            wait_for(lambda: tcp_open("127.0.0.1", self.port) or not self.proc.alive(), 10,
+                     "sshd to listen")
+            assert self.proc.alive(), self.proc.log()
+        except BaseException:
+            self.proc.stop()
+            raise
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+def ssh_forward(port: int, identity: Path, local: Path, remote: str, workdir: Path,
+                user: str = "tester", *extra: str) -> Proc:
+    """``ssh -N -L local:remote`` (real OpenSSH) through a server on 127.0.0.1:port."""
+    ssh = need_tool("ssh")
+    argv = [ssh, "-N", "-p", str(port), "-i", str(identity), "-o", "IdentitiesOnly=yes",
+            "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={workdir}/known_hosts",
+            "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
+            "-o", "StreamLocalBindUnlink=yes", "-L", f"{local}:{remote}", *extra,
+            f"{user}@127.0.0.1"]
+    proc = Proc(argv, workdir / f"ssh-{local.name}.log")
+    try:
+        wait_for(lambda: local.exists() or not proc.alive(), 20, "ssh -L socket")
+        assert proc.alive(), proc.log()
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
+# ---------------------------------------------------------------- targets
+class EchoTarget:
+    """Unix-socket echo server: echoes until EOF, then half-closes and closes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.connections = 0
+        self._sock = socket.socket(socket.AF_UNIX)
+        self._sock.bind(str(path))
+        self._sock.listen(1024)
+        self._stop = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                while data := conn.recv(1 << 18):
+                    conn.sendall(data)
+                conn.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._stop = True
+        self._sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+class SendFirstTarget:
+    """Unix-socket target that sends ``payload``, half-closes, then hashes all it receives."""
+
+    def __init__(self, path: Path, payload: bytes) -> None:
+        self.path = path
+        self.payload = payload
+        self.received: list[tuple[int, str]] = []
+        self._sock = socket.socket(socket.AF_UNIX)
+        self._sock.bind(str(path))
+        self._sock.listen(64)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.sendall(self.payload)
+            conn.shutdown(socket.SHUT_WR)
+            digest = hashlib.sha256()
+            total = 0
+            while data := conn.recv(1 << 18):
+                digest.update(data)
+                total += len(data)
+            self.received.append((total, digest.hexdigest()))
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def exchange(path: Path, payload: bytes, timeout: float = 60) -> tuple[int, str]:
+    """Connect to ``path``, send ``payload`` while reading, half-close, read to EOF.
+
+    Returns (bytes received, sha256 hex of them).
+    """
+    sock = socket.socket(socket.AF_UNIX)
+    sock.settimeout(timeout * FACTOR)
+    sock.connect(str(path))
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            view = memoryview(payload)
+            for i in range(0, len(view), 1 << 20):
+                sock.sendall(view[i:i + (1 << 20)])
+            sock.shutdown(socket.SHUT_WR)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    digest = hashlib.sha256()
+    total = 0
+    with sock:
+        while data := sock.recv(1 << 20):
+            digest.update(data)
+            total += len(data)
+    thread.join(timeout * FACTOR)
+    if errors:
+        raise errors[0]
+    return total, digest.hexdigest()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------- podman
+CONTAINERS_CONF = '[containers]\ndefault_ulimits = []\n[engine]\nruntime = "runc"\n'
+
+
+class Podman:
+    """Podman's Docker-compatible API service on a private socket, with a busybox image."""
+
+    IMAGE = "bb:latest"
+
+    def __init__(self, workdir: Path) -> None:
+        podman = need_tool("podman")
+        self.docker = need_tool("docker")
+        busybox = need_tool("busybox", "/bin/busybox", "/usr/bin/busybox")
+        need_tool("runc", "/usr/sbin/runc", "/usr/bin/runc")
+        self.workdir = workdir
+        conf = workdir / "containers.conf"
+        conf.write_text(CONTAINERS_CONF)
+        self.env = dict(os.environ, CONTAINERS_CONF=str(conf))
+        self.socket = workdir / "podman.sock"
+        self.proc = Proc([podman, "--root", str(workdir / "root"), "--runroot",
+                          str(workdir / "runroot"), "system", "service", "--time=0",
+                          f"unix://{self.socket}"], workdir / "podman.log", env=self.env)
+        try:
+            wait_for(lambda: ping(self.socket) or not self.proc.alive(), 60, "podman API")
+            assert self.proc.alive(), self.proc.log()
+            self._import_busybox(busybox)
+        except BaseException:
+            self.proc.stop()
+            raise
+
+    def _import_busybox(self, busybox: str) -> None:
+        rootfs = self.workdir / "rootfs"
+        (rootfs / "bin").mkdir(parents=True)
+        shutil.copy2(busybox, rootfs / "bin" / "busybox")
+        for tool in ("sh", "wc", "cat", "echo", "sleep", "head", "seq", "yes", "true"):
+            (rootfs / "bin" / tool).symlink_to("busybox")
+        tarball = self.workdir / "bb.tar"
+        subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], check=True)
+        result = self.docker_cli(self.socket, "import", str(tarball), self.IMAGE)
+        assert result.returncode == 0, result.stderr
+
+    def docker_cli(self, sock: Path, *args: str, input: bytes | None = None,
+                   timeout: float = 120) -> subprocess.CompletedProcess[Any]:
+        """Run the docker CLI against ``sock``."""
+        env = dict(os.environ, DOCKER_HOST=f"unix://{sock}")
+        env.pop("DOCKER_CONTEXT", None)
+        return subprocess.run([self.docker, *args], env=env, input=input,
+                              capture_output=True, timeout=timeout * FACTOR,
+                              stdin=None if input is not None else subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        self.proc.stop(timeout=20)
+
+
+def ping(sock: Path) -> bool:
+    """Whether a Docker API socket answers ``GET /_ping`` with ``OK``."""
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(2)
+            s.connect(str(sock))
+            s.sendall(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        return data.startswith(b"HTTP/1.1 200") and data.endswith(b"OK")
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def stopping(*things: Any) -> Iterator[None]:
+    """Stop every given object (``.stop()`` / ``.close()``) on exit, even on failure."""
+    try:
+        yield
+    finally:
+        for thing in reversed(things):
+            with contextlib.suppress(Exception):
+                (getattr(thing, "stop", None) or thing.close)()

@@ -1,0 +1,177 @@
+"""Configuration: precedence, spellings, validation messages, the spec's own examples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from container_desktop_relay.cli import parse_config
+from container_desktop_relay.config import Config, config_fields, load_config
+from container_desktop_relay.errors import ConfigError
+
+SPEC_CONFIG = {
+    "host": "127.0.0.1",
+    "port": 20022,
+    "buffer_size": 8192,
+    "max_connections": 100,
+    "connect_timeout": "5s",
+    "health_check_enabled": True,
+    "health_check_port": 20080,
+    "metrics_enabled": True,
+    "metrics_port": 20090,
+    "secure_host_key": True,
+}
+SPEC_TUNING = {
+    "buffer_size": 16384,
+    "max_connections": 200,
+    "read_timeout": "60s",
+    "write_timeout": "60s",
+}
+
+
+def write(tmp_path: Path, data: object) -> str:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+    return str(path)
+
+
+def test_defaults_match_the_spec() -> None:
+    """Defaults are the spec's: 127.0.0.1:20022, 8192 buffer, debug logs, 2 s poll."""
+    c = load_config({}, environ={})
+    assert (c.host, c.port, c.buffer_size, c.log_level) == ("127.0.0.1", 20022, 8192, "debug")
+    assert c.poll_interval == 2 and c.max_request_wait_time == 5 and c.ssh_timeout == 5
+    assert c.max_retries == 5 and c.parent_process_pid == -1
+    assert c.named_pipe == "npipe:////./pipe/container-desktop"
+    assert c.effective_health_enabled("server") and not c.effective_health_enabled("client")
+    assert c.effective_health_port("server") == 20080
+    assert c.effective_metrics_port("client") == 20091
+
+
+def test_spec_examples_load_unchanged(tmp_path: Path) -> None:
+    """The spec's config.json and tuning example are accepted with their meaning."""
+    c = load_config({}, config_path=write(tmp_path, SPEC_CONFIG), environ={})
+    assert c.connect_timeout == 5 and c.secure_host_key is True and c.metrics_port == 20090
+    t = load_config({}, config_path=write(tmp_path, SPEC_TUNING), environ={})
+    assert (t.buffer_size, t.max_connections, t.read_timeout, t.write_timeout) == (
+        16384, 200, 60, 60)
+
+
+def test_precedence_flags_over_env_over_file_over_defaults(tmp_path: Path) -> None:
+    """flags > CDR_* env > config file > defaults, key by key."""
+    path = write(tmp_path, {"port": 1111, "buffer_size": 4096, "max_connections": 7})
+    env = {"CDR_PORT": "2222", "CDR_BUFFER_SIZE": "5000"}
+    c = load_config({"port": "3333"}, config_path=path, environ=env)
+    assert (c.port, c.buffer_size, c.max_connections, c.host) == (3333, 5000, 7, "127.0.0.1")
+
+
+def test_log_level_env_and_cdr_config_env(tmp_path: Path) -> None:
+    """LOG_LEVEL is honoured, and CDR_CONFIG names the config file."""
+    path = write(tmp_path, {"port": 4444})
+    c = load_config({}, environ={"LOG_LEVEL": "WARN", "CDR_CONFIG": path})
+    assert c.log_level == "warn" and c.port == 4444
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--port", "2000"], 2000),
+        (["--port=2001"], 2001),
+        (["-port", "2002"], 2002),
+        (["-port=2003"], 2003),
+    ],
+)
+def test_flag_spellings(argv: list[str], expected: int) -> None:
+    """--flag v, --flag=v, -flag v and -flag=v all work."""
+    assert parse_config("server", argv, environ={}).port == expected
+
+
+def test_boolean_flags_go_style() -> None:
+    """A bare boolean flag means true; =false and =true work as in Go."""
+    c = parse_config("server", ["-watch-process-termination", "--secure-host-key=false"],
+                     environ={})
+    assert c.watch_process_termination is True and c.secure_host_key is False
+    c = parse_config("client", ["--generate-key-pair=true"], environ={})
+    assert c.generate_key_pair is True
+
+
+def test_repeatable_allow_socket() -> None:
+    """--allow-socket repeats; CDR_ALLOW_SOCKET takes a comma list."""
+    c = parse_config("server", ["--allow-socket", "/run/*.sock", "--allow-socket=/a"],
+                     environ={})
+    assert c.allow_socket == ["/run/*.sock", "/a"]
+    c = load_config({}, environ={"CDR_ALLOW_SOCKET": "/x.sock,/y/*.sock"})
+    assert c.allow_socket == ["/x.sock", "/y/*.sock"]
+
+
+def test_durations_accept_go_strings_and_seconds() -> None:
+    """Durations take "1m30s", "250ms" or plain seconds."""
+    c = parse_config("server", ["--shutdown-timeout", "1m30s", "--poll-interval", "250ms",
+                                "--max-request-wait-time", "3"], environ={})
+    assert (c.shutdown_timeout, c.poll_interval, c.max_request_wait_time) == (90, 0.25, 3)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"port": "0"}, "invalid port=0 from --port (too small): must be an integer from 1 to"),
+        ({"port": "65536"}, "invalid port=65536"),
+        ({"port": "http"}, "must be an integer from 1 to 65535"),
+        ({"buffer_size": "1023"}, "invalid buffer_size=1023"),
+        ({"max_connections": "0"}, "invalid max_connections=0"),
+        ({"poll_interval": "-1s"}, "invalid poll_interval=-1s"),
+        ({"ssh_timeout": "soon"}, 'a duration like "5s"'),
+        ({"log_level": "loud"}, "one of trace, debug, info, warn, error"),
+        ({"secure_host_key": "maybe"}, "true or false"),
+        ({"allow_socket": ["run/x.sock"]}, "absolute path"),
+        ({"ssh_connection": "http://x"}, "ssh://user@host:port"),
+    ],
+)
+def test_bad_values_name_key_value_and_allowed(flags: dict[str, object], message: str) -> None:
+    """Every bad value is one line naming the key, the value and what is allowed."""
+    with pytest.raises(ConfigError) as err:
+        load_config(flags, environ={})
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+    assert err.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "is not valid JSON"),
+        ("[1, 2]", "must hold a JSON object"),
+        ({"prot": 1}, "unknown key 'prot'"),
+        ({"port": "20022"}, "invalid port=20022 from config file"),
+        ({"buffer_size": True}, "invalid buffer_size=true"),
+        ({"read_timeout": "1x"}, "invalid read_timeout=1x"),
+        ({"allow_socket": "/one"}, "a list of strings"),
+    ],
+)
+def test_bad_config_files(tmp_path: Path, content: object, message: str) -> None:
+    """Malformed JSON, non-objects, unknown keys and wrong types are rejected clearly."""
+    with pytest.raises(ConfigError) as err:
+        load_config({}, config_path=write(tmp_path, content), environ={})
+    assert message in str(err.value)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    """A config file that cannot be read is named."""
+    with pytest.raises(ConfigError, match=r"cannot read config file .*nope\.json"):
+        load_config({}, config_path=str(tmp_path / "nope.json"), environ={})
+
+
+def test_bad_env_value_names_the_variable() -> None:
+    """A bad environment value names the variable it came from."""
+    with pytest.raises(ConfigError, match="from CDR_PORT"):
+        load_config({}, environ={"CDR_PORT": "99999"})
+
+
+def test_every_key_has_a_flag_and_help() -> None:
+    """Every config key is documented and reachable as a flag."""
+    for f, opt in config_fields():
+        assert opt.help, f.name
+        c = parse_config("server", [], environ={})
+        assert hasattr(c, f.name)
+    assert isinstance(load_config({}, environ={}), Config)

@@ -1,0 +1,128 @@
+"""The forwarding core, driven by in-memory ends: half-close, backpressure, holding, closing."""
+
+from __future__ import annotations
+
+from container_desktop_relay.pump import CLIENT, TARGET, Pump
+
+
+class FakeEnd:
+    """Records what the pump does to one side."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.eof = False
+        self.paused = False
+        self.closed = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def make() -> tuple[Pump, FakeEnd, FakeEnd, list[Pump]]:
+    done: list[Pump] = []
+    pump = Pump("c-1", "/t.sock", done.append)
+    a, b = FakeEnd(), FakeEnd()
+    pump.attach(CLIENT, a)
+    pump.attach(TARGET, b)
+    return pump, a, b, done
+
+
+def test_bytes_flow_and_are_counted() -> None:
+    """Data goes to the other side unchanged; counts per direction."""
+    pump, a, b, _ = make()
+    pump.data(CLIENT, b"hello")
+    pump.data(TARGET, b"world!")
+    assert b.written == [b"hello"] and a.written == [b"world!"]
+    assert (pump.up, pump.down) == (5, 6)
+
+
+def test_half_close_keeps_other_direction() -> None:
+    """EOF one way becomes write_eof on the other side; the reverse still flows."""
+    pump, a, b, done = make()
+    pump.eof(CLIENT)
+    assert b.eof and not a.eof and not a.closed and not b.closed
+    pump.data(TARGET, b"late reply")
+    assert a.written == [b"late reply"]
+    pump.eof(TARGET)
+    assert a.eof and a.closed and b.closed
+    assert not done  # finished only when both sides report lost
+    pump.lost(CLIENT)
+    pump.lost(TARGET)
+    assert done == [pump] and pump.reason == "done"
+
+
+def test_backpressure_pauses_the_other_reader() -> None:
+    """A full side pauses the reader of the other side until it drains."""
+    pump, a, b, _ = make()
+    pump.pause_writing(TARGET)
+    assert a.paused and not b.paused
+    pump.resume_writing(TARGET)
+    assert not a.paused
+    pump.pause_writing(CLIENT)
+    assert b.paused
+    pump.resume_writing(CLIENT)
+    assert not b.paused
+
+
+def test_data_before_other_side_is_held_and_reader_paused() -> None:
+    """Bytes and EOF before the target attaches are held, reader paused, then delivered."""
+    done: list[Pump] = []
+    pump = Pump("c-2", "/t.sock", done.append)
+    a = FakeEnd()
+    pump.attach(CLIENT, a)
+    pump.data(CLIENT, b"early")
+    pump.eof(CLIENT)
+    assert a.paused
+    b = FakeEnd()
+    pump.attach(TARGET, b)
+    assert b.written == [b"early"] and b.eof and not a.paused
+
+
+def test_loss_closes_the_other_side_and_records_error() -> None:
+    """A side lost with an error closes the other and keeps the first reason."""
+    pump, a, _, done = make()
+    pump.lost(TARGET, ConnectionResetError("reset"))
+    assert a.closed and "target error: reset" in pump.reason
+    pump.lost(CLIENT)
+    assert done == [pump] and isinstance(pump.error, ConnectionResetError)
+
+
+def test_client_gone_before_target_attached() -> None:
+    """The client leaving while the target opens finishes the pump; a late target is closed."""
+    done: list[Pump] = []
+    pump = Pump("c-3", "/t.sock", done.append)
+    a = FakeEnd()
+    pump.attach(CLIENT, a)
+    pump.lost(CLIENT)
+    assert done == [pump]
+    late = FakeEnd()
+    pump.attach(TARGET, late)
+    assert late.closed
+    pump.lost(TARGET)
+    assert done == [pump]
+
+
+def test_abort_discards() -> None:
+    """close(abort=True) aborts both sides."""
+    pump, a, b, done = make()
+    pump.close("shutdown", abort=True)
+    assert a.aborted and b.aborted and pump.reason == "shutdown"
+    pump.lost(CLIENT)
+    pump.lost(TARGET)
+    assert done == [pump]

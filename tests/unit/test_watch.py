@@ -1,0 +1,80 @@
+"""Parent watching: local PIDs, tasklist.exe under WSL, failing probes logged not ignored."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from container_desktop_relay.watch import LocalPidProbe, ProbeError, TasklistProbe, watch_parent
+
+
+def fake_tasklist(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "tasklist.exe"
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_local_pid_probe() -> None:
+    """A live PID is alive; a reaped one is not."""
+    child = subprocess.Popen(["sleep", "30"])
+    probe = LocalPidProbe(child.pid)
+    assert asyncio.run(probe.alive())
+    child.kill()
+    child.wait()
+    assert not asyncio.run(probe.alive())
+    assert asyncio.run(LocalPidProbe(-1).alive())
+
+
+def test_tasklist_probe_parses_csv(tmp_path: Path) -> None:
+    """tasklist.exe CSV output with the PID means alive; the 'no tasks' line means gone."""
+    alive = fake_tasklist(tmp_path, 'echo \'"Docker Desktop.exe","4242","Console","1","10 K"\'\n')
+    assert asyncio.run(TasklistProbe(4242, alive).alive())
+    gone = fake_tasklist(tmp_path, 'echo "INFO: No tasks are running which match the criteria."\n')
+    assert not asyncio.run(TasklistProbe(4242, gone).alive())
+    # a PID that merely contains the digits is not a match
+    other = fake_tasklist(tmp_path, 'echo \'"x.exe","42420","Console","1","1 K"\'\n')
+    assert not asyncio.run(TasklistProbe(4242, other).alive())
+
+
+def test_tasklist_failures_raise(tmp_path: Path) -> None:
+    """A failing or missing tasklist.exe raises ProbeError (never 'gone')."""
+    failing = fake_tasklist(tmp_path, "echo boom >&2; exit 3\n")
+    with pytest.raises(ProbeError, match="boom"):
+        asyncio.run(TasklistProbe(1, failing).alive())
+    with pytest.raises(ProbeError, match="cannot run"):
+        asyncio.run(TasklistProbe(1, str(tmp_path / "missing.exe")).alive())
+
+
+def test_watch_logs_failures_once_and_fires_when_gone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failing probe is logged once and not treated as gone; a gone parent fires once."""
+    state = tmp_path / "n"
+    state.write_text("0")
+    script = fake_tasklist(
+        tmp_path,
+        f'n=$(cat {state}); echo $((n+1)) > {state}\n'
+        'if [ "$n" -lt 3 ]; then echo fail >&2; exit 1; fi\n'
+        'if [ "$n" -lt 5 ]; then echo \'"a.exe","7","C","1","1 K"\'; exit 0; fi\n'
+        'echo "INFO: No tasks"\n',
+    )
+    fired: list[int] = []
+    caplog.set_level(logging.INFO, logger="container_desktop_relay")
+
+    async def run() -> None:
+        async with asyncio.timeout(20):
+            await watch_parent(TasklistProbe(7, script), 0.01, lambda: fired.append(1))
+
+    asyncio.run(run())
+    events = [r.getMessage() for r in caplog.records]
+    assert fired == [1]
+    assert events.count("parent_watch_failing") == 1
+    assert events.count("parent_watch_recovered") == 1
+    assert events[-1] == "parent_gone"
+    assert os.path.exists(script)
