@@ -138,9 +138,17 @@ def _config_command(role: str) -> Callable[[Sequence[str]], int]:
     return run
 
 
+def run_bench_command(argv: Sequence[str]) -> int:
+    """``bench``: the benchmark (imported on use; see container_desktop_relay.bench)."""
+    from container_desktop_relay.bench.command import run_bench_command as run
+
+    return run(argv)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "server": _config_command("server"),
     "keygen": _config_command("keygen"),
+    "bench": run_bench_command,
 }
 
 
@@ -158,7 +166,9 @@ def _usage() -> str:
     )
 
 
-_EXTRA_HELP: dict[str, str] = {}
+_EXTRA_HELP: dict[str, str] = {
+    "bench": "compare throughput, latency and memory with OpenSSH and the bare socket",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -48,7 +48,7 @@ def workdir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def keys(workdir: Path) -> dict[str, Path]:
+def ed_keys(workdir: Path) -> dict[str, Path]:
     """ed25519 host and user keys and an authorized_keys file."""
     return chains.make_keys(workdir)
 
@@ -285,19 +285,19 @@ async def _test_backpressure_bounded_with_stalled_reader(workdir: Path,
 
 
 @pytest.mark.parametrize("cipher", CIPHERS)
-def test_patched_client_to_openssh_sshd(workdir: Path, keys: dict[str, Path],
+def test_patched_client_to_openssh_sshd(workdir: Path, ed_keys: dict[str, Path],
                                         cipher: str) -> None:
     """Patched asyncssh client -> sshd -> target: 64 MiB echoed both ways, rekeyed midway."""
-    asyncio.run(_test_patched_client_to_openssh_sshd(workdir, keys, cipher))
+    asyncio.run(_test_patched_client_to_openssh_sshd(workdir, ed_keys, cipher))
 
 
 @pytest.mark.parametrize("cipher", CIPHERS)
-def test_openssh_client_to_patched_server(workdir: Path, keys: dict[str, Path],
+def test_openssh_client_to_patched_server(workdir: Path, ed_keys: dict[str, Path],
                                           cipher: str) -> None:
     """ssh -L -> our server -> target: 64 MiB echoed both ways, ssh rekeying midway."""
-    asyncio.run(_test_openssh_client_to_patched_server(workdir, keys, cipher))
+    asyncio.run(_test_openssh_client_to_patched_server(workdir, ed_keys, cipher))
 
 
-def test_backpressure_bounded_with_stalled_reader(workdir: Path, keys: dict[str, Path]) -> None:
+def test_backpressure_bounded_with_stalled_reader(workdir: Path, ed_keys: dict[str, Path]) -> None:
     """A target that stops reading bounds what the chain accepts and the server's RSS."""
-    asyncio.run(_test_backpressure_bounded_with_stalled_reader(workdir, keys))
+    asyncio.run(_test_backpressure_bounded_with_stalled_reader(workdir, ed_keys))

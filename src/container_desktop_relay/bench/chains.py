@@ -321,4 +321,44 @@ async def openssh_chain(workdir: Path, keys: dict[str, Path], target: str,
             os.unlink(local)
 
 
-relay_chain = None  # filled in once the client role exists (see command.py)
+def relay_client_args(workdir: Path, keys: dict[str, Path], port: int, local: str,
+                      target: str, max_connections: int) -> list[str]:
+    """Flags that run our client role: ``local`` -> 127.0.0.1:``port`` -> ``target``."""
+    known = workdir / "known_hosts_relay"
+    host_pub = keys["host"].with_suffix(".pub").read_text().split()
+    known.write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    return [
+        "client", "--listen", f"unix://{local}",
+        "--ssh-connection", f"ssh://{getpass.getuser()}@127.0.0.1:{port}{target}",
+        "--identity-path", str(keys["user"]), "--known-hosts-path", str(known),
+        "--secure-host-key", "true", "--max-connections", str(max_connections),
+        "--tid-path", str(workdir / "relay-client.tid"),
+        "--health-check-enabled", "false", "--metrics-enabled", "false",
+        "--log-level", "warn",
+    ]
+
+
+@contextlib.asynccontextmanager
+async def relay_chain(workdir: Path, keys: dict[str, Path], target: str,
+                      *, max_connections: int = 2000) -> AsyncIterator[Chain]:
+    """This relay: our client role -> one SSH connection -> our server role -> ``target``."""
+    port = free_port()
+    local = str(workdir / "relay.sock")
+    tid = workdir / "relay-client.tid"
+    tid.unlink(missing_ok=True)
+    server_proc = client_proc = None
+    try:
+        server_proc = await start_relay_server(keys, port, max_connections)
+        log = workdir / "relay-client.log"
+        client_proc = await _spawn(
+            [*_python(), "-m", "container_desktop_relay",
+             *relay_client_args(workdir, keys, port, local, target, max_connections)],
+            log, env=_env())
+        # The client writes its tid file once linked and its probe channel opened.
+        await _ready(client_proc, tid.exists, "relay client", log)
+        yield Chain("relay", local, [client_proc.pid, server_proc.pid])
+    finally:
+        await stop(client_proc)
+        await stop(server_proc)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(local)
