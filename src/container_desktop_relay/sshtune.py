@@ -51,6 +51,7 @@ from typing import Any
 import asyncssh
 from asyncssh import channel as _channel
 from asyncssh import connection as _connection
+from asyncssh import packet as _packet
 from asyncssh.constants import (
     MSG_CHANNEL_DATA,
     MSG_CHANNEL_EOF,
@@ -335,6 +336,37 @@ def _flush_send_buf(self: Any) -> None:
             self._close_send()
 
 
+# ------------------------------------------------------------------ per-packet chores
+def _logger_log(self: Any, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+    """SSHLogger.log that checks the level before converting its arguments to text."""
+    if self.isEnabledFor(level):
+        _orig["SSHLogger.log"](self, level, msg, *args, **kwargs)
+
+
+def _log_packet(self: Any, msg: str, pkttype: int, pktid: Any, packet: Any, note: str) -> None:
+    """SSHPacketLogger._log_packet only when packet logging is on (debug level 3)."""
+    if SSHLogger._debug_level >= 3:
+        _orig["_log_packet"](self, msg, pkttype, pktid, packet, note)
+
+
+def _reset_keepalive_timer(self: Any) -> None:
+    """Note the receive time; the keepalive timer re-arms itself instead of being replaced."""
+    if self._auth_complete:
+        self._cdr_rx_at = self._loop.time()
+        if self._keepalive_timer is None:
+            self._set_keepalive_timer()
+
+
+def _keepalive_timer_callback(self: Any) -> None:
+    """Probe only after a full interval without input, as asyncssh's reset timer does."""
+    idle = self._loop.time() - self._cdr_rx_at
+    if self._keepalive_interval and idle < self._keepalive_interval:
+        self._keepalive_timer = self._loop.call_later(
+            self._keepalive_interval - idle, self._keepalive_timer_callback)
+        return
+    _orig["_keepalive_timer_callback"](self)
+
+
 # ----------------------------------------------------------------------- receiving
 class _Decrypted:
     """Stands in for the receive cipher while asyncssh dispatches an already-decrypted packet."""
@@ -479,6 +511,9 @@ def apply() -> bool:
         )
         return False
     _orig["_recv_packet"] = _connection.SSHConnection._recv_packet
+    _orig["_keepalive_timer_callback"] = _connection.SSHConnection._keepalive_timer_callback
+    _orig["SSHLogger.log"] = SSHLogger.log
+    _orig["_log_packet"] = _packet.SSHPacketLogger._log_packet
     patches: list[tuple[Any, str, Any]] = [
         (_channel.SSHChannel, "_deliver_data", _deliver_data),
         (_channel.SSHChannel, "_pause_resume_writing", _pause_resume_writing),
@@ -490,6 +525,11 @@ def apply() -> bool:
         (_connection.SSHConnection, "data_received", _data_received),
         (_connection.SSHConnection, "_recv_pkthdr", _recv_pkthdr),
         (_connection.SSHConnection, "_recv_packet", _recv_packet),
+        (_connection.SSHConnection, "_reset_keepalive_timer", _reset_keepalive_timer),
+        (_connection.SSHConnection, "_keepalive_timer_callback", _keepalive_timer_callback),
+        (_connection.SSHConnection, "_cdr_rx_at", 0.0),
+        (SSHLogger, "log", _logger_log),
+        (_packet.SSHPacketLogger, "_log_packet", _log_packet),
         (_cipher.GCMCipher, "encrypt_and_sign", _gcm_encrypt_and_sign),
         (_cipher.GCMCipher, "verify_and_decrypt", _gcm_verify_and_decrypt),
     ]
