@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -186,6 +187,33 @@ async def _test_openssh_client_to_patched_server(workdir: Path, keys: dict[str, 
             await chains.stop(server)
 
 
+async def _test_keepalive_with_patched_timer(workdir: Path, keys: dict[str, Path]) -> None:
+    port = chains.free_port()
+    server = await chains.start_relay_server(keys, port, 100)
+    stopped = False
+    try:
+        host_key = asyncssh.read_public_key(str(keys["host"]) + ".pub")
+        known = asyncssh.import_known_hosts(
+            f"[127.0.0.1]:{port} {host_key.export_public_key().decode()}")
+        async with asyncssh.connect(
+            "127.0.0.1", port, username=os.environ.get("USER", "root"),
+            client_keys=[str(keys["user"])], known_hosts=known,
+            keepalive_interval=0.2, keepalive_count_max=2,
+        ) as conn:
+            # Idle for many intervals: keepalives are answered, the link stays up.
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(conn.wait_closed()), 1.5)
+            os.kill(server.pid, signal.SIGSTOP)
+            stopped = True
+            # Frozen server: detected after about interval * (count_max + 1).
+            await asyncio.wait_for(conn.wait_closed(), 10 * float(
+                os.environ.get("CDR_TEST_TIMEOUT_FACTOR", "1")))
+    finally:
+        if stopped:
+            os.kill(server.pid, signal.SIGCONT)
+        await chains.stop(server)
+
+
 def _set_once(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -301,3 +329,8 @@ def test_openssh_client_to_patched_server(workdir: Path, ed_keys: dict[str, Path
 def test_backpressure_bounded_with_stalled_reader(workdir: Path, ed_keys: dict[str, Path]) -> None:
     """A target that stops reading bounds what the chain accepts and the server's RSS."""
     asyncio.run(_test_backpressure_bounded_with_stalled_reader(workdir, ed_keys))
+
+
+def test_keepalive_with_patched_timer(workdir: Path, ed_keys: dict[str, Path]) -> None:
+    """The self-re-arming keepalive timer keeps an idle link up and detects a frozen peer."""
+    asyncio.run(_test_keepalive_with_patched_timer(workdir, ed_keys))
