@@ -33,7 +33,13 @@ Hot path (speed; measured in docs/performance.md, bulk MB/s through ``ssh -L`` a
    split with memoryviews), and CHANNEL_DATA under AES-GCM is built with one ``join`` and
    encrypted with ``encrypt_into`` directly behind its length header (one copy instead of
    five).
-6. Larger windows and packets (:data:`CHANNEL_WINDOW`, :data:`MAX_PACKET_SIZE`): with the
+6. Per-packet chores: ``SSHLogger.log`` converted every argument to text before the level
+   check (asyncssh logs each channel open/close at info), packet logs were formatted even
+   below debug level 3, and every ``data_received`` cancelled and re-created the keepalive
+   timer. Now the level is checked first, packet logs are skipped below level 3, and the
+   keepalive timer re-arms itself for the rest of the interval when input arrived meanwhile
+   (same detection time). Together: -14% CPU per new connection.
+7. Larger windows and packets (:data:`CHANNEL_WINDOW`, :data:`MAX_PACKET_SIZE`): with the
    patches above, 4 MiB / 128 KiB. 256 KiB packets are avoided: they exceed the Unix socket
    send buffer and measured slower. Both ends must create channels with the larger
    ``max_pktsize``: asyncssh accepts packets up to max(256 KiB, its channels' size + 1 KiB).
