@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all system venv test unit e2e lint demo clean
+.PHONY: all system venv test unit e2e lint demo soak clean
 
 all: test
 
@@ -36,6 +36,9 @@ e2e: system venv
 
 demo: system venv
 	$(BIN)/python scripts/demo.py
+
+soak: system venv
+	bash scripts/soak.sh
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .ruff_cache

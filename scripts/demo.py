@@ -1,8 +1,9 @@
 """`make demo`: a real engine, the relay, and the docker CLI talking through it.
 
 Brings up Podman's Docker-compatible API service (private state, a busybox image built
-locally), starts the relay server, forwards a local socket to the engine through it, and
-runs `docker version` and `docker run --rm -i` through that socket. Everything it starts is
+locally), starts the relay server and the relay client (whose Unix socket stands in for the
+Windows named pipe), and runs `docker version` and `docker run --rm -i` through the client's
+socket: docker CLI → client → one SSH connection → server → engine. Everything it starts is
 stopped at the end, whatever happens.
 """
 
@@ -15,7 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from helpers import Keys, Podman, RelayServer, short_tmpdir, ssh_forward, stopping
+from clienthelp import ClientProc
+from helpers import Keys, Podman, RelayServer, short_tmpdir, stopping
 
 
 def step(text: str) -> None:
@@ -33,10 +35,11 @@ def main() -> int:
         step("starting the relay server on a free loopback port")
         server = RelayServer(keys, work)
         with stopping(server):
-            local = work / "docker.sock"
-            step(f"forwarding {local} -> relay -> {engine.socket}")
-            forward = ssh_forward(server.port, keys.identity, local, str(engine.socket), work)
-            with stopping(forward):
+            step(f"starting the relay client: {work / 'client.sock'} -> server -> "
+                 f"{engine.socket}")
+            client = ClientProc(keys, work, server.port, str(engine.socket))
+            local = client.socket
+            with stopping(client):
                 step(f"docker -H unix://{local} version")
                 result = engine.docker_cli(local, "version")
                 sys.stdout.write(result.stdout.decode())

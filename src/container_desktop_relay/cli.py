@@ -145,9 +145,17 @@ def run_bench_command(argv: Sequence[str]) -> int:
     return run(argv)
 
 
+def _status(argv: Sequence[str]) -> int:
+    from container_desktop_relay import status
+
+    return status.main(argv)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "server": _config_command("server"),
+    "client": _config_command("client"),
     "keygen": _config_command("keygen"),
+    "status": _status,
     "bench": run_bench_command,
 }
 
@@ -167,6 +175,7 @@ def _usage() -> str:
 
 
 _EXTRA_HELP: dict[str, str] = {
+    "status": "query a running relay's /health, /ready and /metrics (exit 0/1/2)",
     "bench": "compare throughput, latency and memory with OpenSSH and the bare socket",
 }
 

@@ -9,12 +9,14 @@
      └── TunnelError
           ├── HostKeyMismatch server key differs from the pinned one
           ├── HostKeyUnknown  --secure-host-key and no pinned key
+          ├── AuthenticationRefused the server refused the client's key
           └── TunnelUnavailable SSH link could not be established
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationRefused",
     "ConfigError",
     "EndpointError",
     "HostKeyMismatch",
@@ -72,3 +74,7 @@ class HostKeyUnknown(TunnelError):
 
 class TunnelUnavailable(TunnelError):
     """The SSH server could not be reached or authentication failed."""
+
+
+class AuthenticationRefused(TunnelError):
+    """The SSH server refused the client's identity key."""

@@ -1,5 +1,6 @@
 """Idle limits on forwarded connections: read_timeout (no bytes either way), write_timeout
-(a peer that stops accepting bytes). One sweeper per role, not a timer per connection."""
+(a peer that stops accepting bytes), and a bounded linger for closing connections whose peer
+stopped reading. One sweeper per role, not a timer per connection."""
 
 from __future__ import annotations
 
@@ -10,14 +11,21 @@ from collections.abc import Callable, Iterable
 from container_desktop_relay.log import get_logger
 from container_desktop_relay.pump import Pump
 
-__all__ = ["expired", "sweep_idle"]
+__all__ = ["CLOSE_LINGER", "expired", "sweep_idle"]
+
+#: A closing connection may wait this long for a peer that accepts no bytes, then is aborted
+#: (a graceful close flushes first, and a peer that never reads would hold it forever).
+CLOSE_LINGER = 10.0
 
 log = get_logger(__name__)
 
 
-def expired(pump: Pump, now: float, read_timeout: float, write_timeout: float) -> str | None:
+def expired(pump: Pump, now: float, read_timeout: float, write_timeout: float,
+            close_linger: float = CLOSE_LINGER) -> str | None:
     """Why ``pump`` has outlived an idle limit at ``now`` (None when it has not)."""
     if pump.closing:
+        if pump.write_blocked_for(now) >= close_linger:
+            return f"peer accepted no data for {close_linger:g}s while closing"
         return None
     if read_timeout and now - pump.last_activity >= read_timeout:
         return f"idle for {read_timeout:g}s (read_timeout)"
@@ -32,11 +40,9 @@ async def sweep_idle(
     """Close connections that exceed ``read_timeout``/``write_timeout``; runs until cancelled.
 
     Checks every quarter of the shortest limit (at most once a second), so a connection is
-    closed within 1.25x its limit.
+    closed within 1.25x its limit. Always runs: closing connections have a linger bound.
     """
-    limits = [t for t in (read_timeout, write_timeout) if t > 0]
-    if not limits:
-        return
+    limits = [t for t in (read_timeout, write_timeout, CLOSE_LINGER) if t > 0]
     interval = min(min(limits) / 4, 1.0)
     while True:
         await asyncio.sleep(interval)

@@ -17,8 +17,9 @@ Rules:
    most one read's worth is buffered (a connection accepted before its SSH channel is open
    cannot grow memory).
 3. EOF from a side becomes ``write_eof`` on the other (half-close); the other direction keeps
-   flowing. When both directions have seen EOF, or either side is lost, both sides are closed
-   (gracefully: buffered bytes are flushed first).
+   flowing. When both directions have seen EOF, or either side closes, both sides are closed
+   (gracefully: buffered bytes are flushed first). A side that fails (reset, broken pipe, SSH
+   link lost) aborts the other, so a broken stream never looks like a clean end of stream.
 4. The pump finishes when both attached sides have reported ``lost``; it then reports itself
    once to its ``on_finished`` callback with the byte counts and the close reason.
 """
@@ -212,6 +213,11 @@ class Pump:
             self.error = exc
             if not self.reason:
                 self.reason = f"{'client' if side == CLIENT else 'target'} error: {exc}"
+        if exc is not None:
+            # A failed side is passed on as a failure (abort: a reset where the transport
+            # can signal one), never as a clean end of stream.
+            self.close(self.reason, abort=True)
+            return
         self._close_all("peer closed" if self._eof[side] else
                         ("client closed" if side == CLIENT else "target closed"))
         self._maybe_finish()

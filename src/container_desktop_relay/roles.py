@@ -5,10 +5,11 @@ from __future__ import annotations
 from container_desktop_relay.app import run_loop, serve
 from container_desktop_relay.config import Config
 from container_desktop_relay.metrics import Metrics
+from container_desktop_relay.observe import observability_extra
 from container_desktop_relay.server import RelayServer
 from container_desktop_relay.state import RoleState
 
-__all__ = ["run_server"]
+__all__ = ["run_client", "run_server"]
 
 
 def run_server(config: Config) -> int:
@@ -18,6 +19,26 @@ def run_server(config: Config) -> int:
         state = RoleState("server")
         metrics = Metrics("server")
         server = RelayServer(config, metrics, state)
-        return await serve(server, config)
+        return await serve(server, config, extras=[observability_extra(config)])
+
+    return run_loop(main)
+
+
+def run_client(config: Config) -> int:
+    """Run the client role until shutdown; returns the exit status."""
+    from container_desktop_relay.client import RelayClient
+    from container_desktop_relay.tidfile import tid_file_extra
+
+    async def main() -> int:
+        state = RoleState("client")
+        metrics = Metrics("client")
+        client = RelayClient(config, metrics, state)
+        extras = [observability_extra(config)]
+        if config.tid_path:
+            extras.append(tid_file_extra(config.path("tid_path")))
+        try:
+            return await serve(client, config, extras=extras)
+        finally:
+            await client.aclose()
 
     return run_loop(main)

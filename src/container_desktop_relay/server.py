@@ -7,6 +7,7 @@ import contextlib
 import errno
 import fnmatch
 import itertools
+import os
 import posixpath
 import time
 from typing import Any
@@ -115,9 +116,8 @@ class RelayServer:
                 reuse_address=True,
             )
         except OSError as exc:
-            raise ListenError(
-                f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
-            ) from None
+            why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            raise ListenError(f"cannot listen on {config.host}:{config.port}: {why}") from None
         self.port = self._acceptor.get_port()
         self._sweeper = asyncio.create_task(
             sweep_idle(lambda: self.metrics.active, config.read_timeout, config.write_timeout),

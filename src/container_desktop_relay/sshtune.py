@@ -13,33 +13,38 @@ Flow control (correctness: bounded memory whatever the speed; docs/reliability.m
 2. ``SSHConnection.pause_writing()`` is a no-op: when the SSH TCP socket backs up, channels
    keep writing until their windows are exhausted. Fixed: a congested transport pauses every
    channel's session (which pauses the local reader through the pump) until it drains.
+3. A channel closed by the peer while reading is paused never finishes closing: asyncssh
+   waits for the session to take the buffered data first, so a stuck target would keep the
+   channel (and its forwarded connection) forever. Fixed: once the peer has closed, what is
+   buffered (at most one window) is delivered at once and the close completes; the pump's
+   linger bound then deals with a target that never reads.
 
 Hot path (speed; measured in docs/performance.md, bulk MB/s through ``ssh -L`` and our server):
 
-3. No SSH_MSG_IGNORE before every packet with AEAD ciphers. asyncssh sends an empty IGNORE
+4. No SSH_MSG_IGNORE before every packet with AEAD ciphers. asyncssh sends an empty IGNORE
    ahead of *every* packet once encrypting, doubling packets, cipher calls and ``send()``
    calls. That is a defence for CBC's predictable IV; AES-GCM and ChaCha20-Poly1305 have no
    such weakness. CBC and CTR keep asyncssh's behaviour unchanged.
-4. Copy-free receive buffer. asyncssh keeps its input in ``bytes`` and re-slices it for every
+5. Copy-free receive buffer. asyncssh keeps its input in ``bytes`` and re-slices it for every
    packet (``self._inpbuf = self._inpbuf[n:]`` copies everything still buffered, twice per
    packet). Here it is a ``bytearray`` consumed with ``del buf[:n]`` (O(1) at the front), the
    header is peeked in place, AES-GCM decrypts straight from a memoryview of the buffer, and
    CHANNEL_DATA for an open channel goes straight to ``_accept_data`` without ``SSHPacket``,
    the packet logger and the handler dispatch. Every other packet is handed, already
    decrypted, to asyncssh's own ``_recv_packet`` so its checks and dispatch stay asyncssh's.
-5. Cheaper sending: padding comes from a pooled ``os.urandom`` block (each byte used once;
+6. Cheaper sending: padding comes from a pooled ``os.urandom`` block (each byte used once;
    no ``getrandom`` per packet), the ``AESGCM`` object is created once per key instead of per
    packet, channel writes keep the caller's ``bytes`` (no ``bytearray`` copy; large writes are
    split with memoryviews), and CHANNEL_DATA under AES-GCM is built with one ``join`` and
    encrypted with ``encrypt_into`` directly behind its length header (one copy instead of
    five).
-6. Per-packet chores: ``SSHLogger.log`` converted every argument to text before the level
+7. Per-packet chores: ``SSHLogger.log`` converted every argument to text before the level
    check (asyncssh logs each channel open/close at info), packet logs were formatted even
    below debug level 3, and every ``data_received`` cancelled and re-created the keepalive
    timer. Now the level is checked first, packet logs are skipped below level 3, and the
    keepalive timer re-arms itself for the rest of the interval when input arrived meanwhile
    (same detection time). Together: -14% CPU per new connection.
-7. Larger windows and packets (:data:`CHANNEL_WINDOW`, :data:`MAX_PACKET_SIZE`): with the
+8. Larger windows and packets (:data:`CHANNEL_WINDOW`, :data:`MAX_PACKET_SIZE`): with the
    patches above, 4 MiB / 128 KiB. 256 KiB packets are avoided: they exceed the Unix socket
    send buffer and measured slower. Both ends must create channels with the larger
    ``max_pktsize``: asyncssh accepts packets up to max(256 KiB, its channels' size + 1 KiB).
@@ -59,6 +64,7 @@ from asyncssh import channel as _channel
 from asyncssh import connection as _connection
 from asyncssh import packet as _packet
 from asyncssh.constants import (
+    MSG_CHANNEL_CLOSE,
     MSG_CHANNEL_DATA,
     MSG_CHANNEL_EOF,
     MSG_CHANNEL_EXTENDED_DATA,
@@ -134,6 +140,23 @@ def _deliver_data(self: Any, data: bytes, datatype: Any) -> None:
         decoded = data
     if self._session is not None:
         self._session.data_received(decoded, datatype)
+
+
+_orig_process_close = _channel.SSHChannel._process_close
+
+
+def _process_close(self: Any, pkttype: int, pktid: int, packet: Any) -> None:
+    """Peer closed the channel: stop holding buffered data back, so the close can finish."""
+    if self._recv_paused is True:
+        self._recv_paused = False
+    _orig_process_close(self, pkttype, pktid, packet)
+
+
+def _pause_reading(self: Any) -> None:
+    """Pause delivery, except after the peer closed (nothing more can come; drain instead)."""
+    if self._recv_state == "close_pending":
+        return
+    self._recv_paused = True
 
 
 def _pause_resume_writing(self: Any) -> None:
@@ -523,6 +546,8 @@ def apply() -> bool:
     patches: list[tuple[Any, str, Any]] = [
         (_channel.SSHChannel, "_deliver_data", _deliver_data),
         (_channel.SSHChannel, "_pause_resume_writing", _pause_resume_writing),
+        (_channel.SSHChannel, "_process_close", _process_close),
+        (_channel.SSHChannel, "pause_reading", _pause_reading),
         (_channel.SSHChannel, "write", _chan_write),
         (_channel.SSHChannel, "_flush_send_buf", _flush_send_buf),
         (_connection.SSHConnection, "pause_writing", _conn_pause_writing),
@@ -541,6 +566,8 @@ def apply() -> bool:
     ]
     for owner, name, func in patches:
         setattr(owner, name, func)
+    # packets are dispatched through a class-level table built from the original functions
+    _channel.SSHChannel._packet_handlers[MSG_CHANNEL_CLOSE] = _process_close
     _applied = True
     return True
 

@@ -26,6 +26,7 @@ from helpers import (
     Proc,
     RelayServer,
     exchange,
+    record,
     sha,
     ssh_forward,
     stopping,
@@ -121,6 +122,8 @@ def test_garbage_is_refused_and_logged_once(bench: Bench, data: bytes) -> None:
     port = raw(bench, data)
     wait_logged_once(bench, port)
     bench.still_serving()
+    record("hostile", f"bad handshake bytes ({data[:12]!r}..., {len(data)} B)", 1,
+           "connection closed, logged once; held stream and new clients unaffected")
 
 
 def test_silent_client_dropped_after_login_grace(bench: Bench) -> None:
@@ -134,6 +137,7 @@ def test_silent_client_dropped_after_login_grace(bench: Bench) -> None:
             pass
     wait_logged_once(bench, port)
     bench.still_serving()
+    record("hostile", "client that never speaks", 1, "dropped after connect_timeout, logged once")
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck),
@@ -143,6 +147,8 @@ def test_fuzzed_handshake_bytes(bench_session: Bench, blob: bytes) -> None:
     """Random bytes after a valid banner never crash the server or disturb other streams."""
     raw(bench_session, b"SSH-2.0-fuzz\r\n" + blob)
     bench_session.still_serving()
+    record("hostile", "fuzzed handshake bytes after a valid banner (hypothesis)", 1,
+           "server kept serving; no crash")
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +175,8 @@ def test_fuzzed_channel_data_is_byte_exact(bench_session: Bench, chunks: list[by
     """Arbitrary channel data (any bytes, any chunking) arrives exactly."""
     payload = b"".join(chunks)
     assert exchange(bench_session.local, payload) == (len(payload), sha(payload))
+    record("hostile", "fuzzed channel data, any bytes and chunking (hypothesis)", 1,
+           "byte-exact")
 
 
 # ------------------------------------------------------------ authentication
@@ -211,6 +219,7 @@ def test_too_many_keys_disconnects(bench: Bench) -> None:
     assert log.count('"ssh_key_rejected"') == 6
     assert '"ssh_auth_tries_exceeded"' in log
     bench.still_serving()
+    record("hostile", "8 wrong keys offered", 1, "disconnected after 6 rejections, logged")
 
 
 def test_unknown_user_with_allow_list(keys: Keys, tmp: Path) -> None:
@@ -256,3 +265,5 @@ def test_channel_requests_refused(bench: Bench, keys: Keys) -> None:
     assert all(r.startswith(prohibited) for r in reasons), reasons
     assert "not absolute" in reasons[3] and "not normalized" in reasons[4]
     bench.still_serving()
+    record("hostile", "exec, session, direct-tcpip, relative and dotted socket paths", 6,
+           "all refused: administratively prohibited, with the reason")

@@ -29,9 +29,13 @@ def test_write_timeout() -> None:
     assert expired(pump, now + 2.5, 0, 2.0) is None
 
 
-def test_zero_disables_and_closing_is_ignored() -> None:
-    """0 means no limit; a pump already closing is left alone."""
+def test_zero_disables_and_closing_only_lingers() -> None:
+    """0 means no limit; a closing pump is reaped only when its peer stopped reading."""
     pump = Pump("c", "/s", None)
     assert expired(pump, time.monotonic() + 1e6, 0, 0) is None
     pump.closing = True
     assert expired(pump, time.monotonic() + 1e6, 1, 1) is None
+    now = time.monotonic()
+    pump.pause_writing(TARGET)
+    assert expired(pump, now + 5, 0, 0, close_linger=10) is None
+    assert "while closing" in (expired(pump, now + 11, 0, 0, close_linger=10) or "")

@@ -1,0 +1,452 @@
+"""Client role: local endpoint → one SSH link → a direct-streamlocal channel per connection.
+
+Theory of operation:
+
+* One SSH connection (the *link*) carries every local connection as its own channel. Each
+  accepted connection is a :class:`TransportEnd` that starts unbound (reading paused) and is
+  bound to a :class:`Pump`; the pump's other side is the channel once it opens.
+* Start-up: listen, spawn the server when asked, then connect with up to ``max_retries``
+  attempts (each bounded by ``ssh_timeout``, delays from :class:`Backoff`). Host-key problems
+  and a refused key end the start-up at once; they will not fix themselves.
+* Once linked, a probe channel to the remote socket must open before the role is ready.
+* When the link is lost, every forwarded connection on it is closed, the role turns not
+  ready, and a background loop reconnects with the same backoff. A local connection accepted
+  while the link is down waits up to ``ssh_timeout`` for it, then is closed with a reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import itertools
+import time
+from typing import Any
+
+import asyncssh
+
+from container_desktop_relay import sshtune
+from container_desktop_relay.backoff import Backoff
+from container_desktop_relay.config import Config
+from container_desktop_relay.endpoints import Endpoint, Listener, open_listener, parse_endpoint
+from container_desktop_relay.ends import ChannelEnd, TransportEnd
+from container_desktop_relay.errors import (
+    AuthenticationRefused,
+    ConfigError,
+    HostKeyMismatch,
+    KeyFileError,
+    RelayError,
+    TunnelUnavailable,
+)
+from container_desktop_relay.hostkeys import HostKeyPolicy, host_key_algs
+from container_desktop_relay.idle import sweep_idle
+from container_desktop_relay.keys import load_private_key
+from container_desktop_relay.log import get_logger
+from container_desktop_relay.metrics import Metrics
+from container_desktop_relay.pump import CLIENT, TARGET, Pump
+from container_desktop_relay.spawn import ServerProcess
+from container_desktop_relay.sshurl import DEFAULT_REMOTE_SOCKET, SSHTarget, parse_ssh_url
+from container_desktop_relay.state import RoleState
+
+__all__ = ["RelayClient", "resolve_target"]
+
+log = get_logger(__name__)
+_conn_ids = itertools.count(1)
+
+
+def resolve_target(config: Config) -> SSHTarget:
+    """The SSH server and remote socket: ``--ssh-connection``, else ``--host``/``--port``.
+
+    Raises:
+        ConfigError: a malformed ``--ssh-connection``.
+    """
+    if config.ssh_connection:
+        return parse_ssh_url(config.ssh_connection)
+    return SSHTarget(getpass.getuser(), config.host, config.port, DEFAULT_REMOTE_SOCKET)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc)
+    return text or type(exc).__name__
+
+
+class _SSHClient(asyncssh.SSHClient):
+    """asyncssh callbacks of one link: host-key decision and the reason it was lost."""
+
+    def __init__(self, policy: HostKeyPolicy) -> None:
+        self.policy = policy
+        self.lost_reason = "closed"
+
+    def validate_host_public_key(self, host: str, addr: str, port: int,
+                                 key: asyncssh.SSHKey) -> bool:
+        return self.policy.check(host, addr, port, key)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost_reason = _reason(exc) if exc is not None else "closed by the server"
+
+
+class RelayClient:
+    """The client role: local listener + SSH link + per-connection pumps + reconnection."""
+
+    def __init__(self, config: Config, metrics: Metrics, state: RoleState, *,
+                 backoff: Backoff | None = None) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.state = state
+        self.target = resolve_target(config)
+        self.endpoint: Endpoint = parse_endpoint(config.listen or config.named_pipe)
+        if bool(config.distribution) != bool(config.relay_program_path):
+            raise ConfigError(
+                "invalid distribution/relay_program_path: spawning the server needs both "
+                "--distribution and --relay-program-path"
+            )
+        self.spawning = bool(config.distribution)
+        self.backoff = backoff or Backoff()
+        self.conn: asyncssh.SSHClientConnection | None = None
+        self.link = asyncio.Event()
+        self.spawner: ServerProcess | None = None
+        self.policy: HostKeyPolicy | None = None
+        self.connects = 0
+        self._identity: asyncssh.SSHKey | None = None
+        self._listener: Listener | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._linked: set[Pump] = set()
+        self._idle = asyncio.Event()
+        self._closing = False
+
+    # ------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        """Listen, spawn the server when configured, and connect the SSH link.
+
+        Raises:
+            KeyFileError: the identity key is missing or unsafe; known_hosts unreadable.
+            ListenError: the local endpoint cannot be used.
+            TunnelError: the link cannot be established within ``max_retries`` attempts,
+                or the host key or client key was refused.
+        """
+        sshtune.apply()
+        config = self.config
+        identity_path = config.path("identity_path")
+        self._identity = load_private_key(identity_path)
+        self.policy = HostKeyPolicy(
+            config.path("known_hosts_path"),
+            secure=config.secure_host_key,
+            expected=self._identity if self.spawning else None,
+            expected_source=f"--identity-path {identity_path}",
+        )
+        try:
+            self._listener = await open_listener(self.endpoint, self._accept,
+                                                 buffer_size=config.buffer_size)
+            if self.spawning:
+                self.spawner = ServerProcess(config)
+                await self.spawner.start()
+                listening = await self.spawner.wait_listening(config.ssh_timeout)
+                if not listening and not self.spawner.exit_codes:
+                    log.warning("server_not_listening_yet",
+                                extra={"waited_s": config.ssh_timeout})
+            conn = await self._connect_at_start()
+        except BaseException:
+            await self.aclose()
+            raise
+        self._link_up(conn)
+        self._supervisor = asyncio.create_task(self._supervise(conn), name="ssh-link")
+        self._sweeper = asyncio.create_task(
+            sweep_idle(lambda: self.metrics.active, config.read_timeout, config.write_timeout),
+            name="idle-sweeper",
+        )
+
+    def stop_accepting(self) -> None:
+        """Stop listening (the socket file is removed); forwarded connections go on."""
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    async def drain(self, timeout: float) -> int:
+        """Wait up to ``timeout`` for forwarded connections to finish; returns how many remain."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self.metrics.active:
+                    self._idle = asyncio.Event()
+                    await self._idle.wait()
+        return len(self.metrics.active)
+
+    def close_all(self) -> None:
+        """Close every forwarded connection, the SSH link and the spawned server, now."""
+        self._closing = True
+        self.stop_accepting()
+        for task in list(self._handlers):
+            task.cancel()
+        for pump in list(self.metrics.active):
+            pump.close("shutdown", abort=True)
+        for task in (self._supervisor, self._sweeper):
+            if task is not None:
+                task.cancel()
+        if self.conn is not None:
+            self.conn.close()
+        if self.spawner is not None:
+            self.spawner.terminate()
+
+    async def aclose(self) -> None:
+        """:meth:`close_all`, then wait for the link to close and the server to exit."""
+        self.close_all()
+        tasks = [t for t in (*self._handlers, self._supervisor, self._sweeper) if t is not None]
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await conn.wait_closed()
+        if self.spawner is not None:
+            await self.spawner.stop()
+
+    # -------------------------------------------------------------- the link
+    async def _connect_once(self) -> asyncssh.SSHClientConnection:
+        """One connection attempt, bounded by ``ssh_timeout``.
+
+        Raises:
+            TunnelUnavailable: unreachable, handshake failed, or timed out (worth retrying).
+            HostKeyMismatch, HostKeyUnknown, AuthenticationRefused: not worth retrying.
+        """
+        config, target, policy = self.config, self.target, self.policy
+        assert policy is not None and self._identity is not None
+        client = _SSHClient(policy)
+        trusted = policy.trusted_keys(target.host, target.port)
+        where = f"{target.host}:{target.port}"
+        try:
+            async with asyncio.timeout(config.ssh_timeout):
+                conn = await asyncssh.connect(
+                    target.host,
+                    target.port,
+                    username=target.user,
+                    client_factory=lambda: client,
+                    client_keys=[self._identity],
+                    known_hosts=(trusted, [], []),
+                    server_host_key_algs=host_key_algs(trusted),
+                    agent_path=None,
+                    config=None,
+                    preferred_auth="publickey",
+                    x509_trusted_certs=None,
+                    encryption_algs=sshtune.preferred_ciphers(),
+                    compression_algs=["none"],
+                    keepalive_interval=config.keepalive_interval,
+                    keepalive_count_max=config.keepalive_count_max,
+                )
+        except asyncssh.HostKeyNotVerifiable as exc:
+            if policy.refusal is not None:
+                raise policy.refusal from None
+            raise HostKeyMismatch(f"host key of {where} was refused: {exc}") from None
+        except asyncssh.PermissionDenied:
+            raise AuthenticationRefused(
+                f"{where} refused the key {config.path('identity_path')} for user "
+                f"{target.user}; is its public half in the server's authorized_keys?"
+            ) from None
+        except (OSError, asyncssh.Error, TimeoutError) as exc:
+            raise TunnelUnavailable(f"cannot connect to {where}: {_reason(exc)}") from None
+        try:
+            policy.commit()
+        except KeyFileError as exc:
+            log.error("host_key_not_recorded", extra={"error": str(exc)})
+        sshtune.tune_transport(conn)
+        conn.set_extra_info(cdr_client=client)
+        return conn
+
+    async def _connect_at_start(self) -> asyncssh.SSHClientConnection:
+        """Connect, retrying up to ``max_retries`` attempts in all."""
+        attempts = self.config.max_retries
+        backoff = self.backoff
+        backoff.reset()
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self._connect_once()
+            except TunnelUnavailable as exc:
+                if attempt == attempts:
+                    spawner = self.spawner
+                    why = ""
+                    if spawner is not None and spawner.exit_codes:
+                        times = len(spawner.exit_codes)
+                        why = (f"; the spawned server exited with status "
+                               f"{spawner.exit_codes[-1]}"
+                               + (f" ({times} times)" if times > 1 else "")
+                               + " (its output is logged as server_output)")
+                    raise TunnelUnavailable(
+                        f"{exc} (gave up after {attempts} attempt"
+                        f"{'s' if attempts != 1 else ''}){why}"
+                    ) from None
+                delay = backoff.next()
+                log.warning("ssh_connect_retry",
+                            extra={"attempt": attempt, "delay_s": round(delay, 3),
+                                   "error": str(exc)})
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _reconnect(self) -> asyncssh.SSHClientConnection:
+        """Reconnect in the background until it works (or the role closes)."""
+        backoff = self.backoff
+        backoff.reset()
+        attempt = 0
+        while True:
+            delay = backoff.next()
+            await asyncio.sleep(delay)
+            attempt += 1
+            try:
+                return await self._connect_once()
+            except RelayError as exc:
+                level = "warning" if isinstance(exc, TunnelUnavailable) else "error"
+                getattr(log, level)("ssh_reconnect_failed",
+                                    extra={"attempt": attempt, "error": str(exc),
+                                           "delay_s": round(delay, 3)})
+                self.metrics.error("connection", str(exc))
+
+    def _link_up(self, conn: asyncssh.SSHClientConnection) -> None:
+        self.conn = conn
+        self.connects += 1
+        self.state.link_up = True
+        self.state.set_not_ready("probing remote socket")
+        self.link.set()
+        log.info("ssh_link_up", extra={"remote": str(self.target), "connects": self.connects})
+
+    def _link_down(self, conn: asyncssh.SSHClientConnection) -> None:
+        client = conn.get_extra_info("cdr_client")
+        reason = client.lost_reason if isinstance(client, _SSHClient) else "closed"
+        self.link.clear()
+        self.conn = None
+        self.state.link_up = False
+        self.state.set_not_ready(f"SSH link down: {reason}")
+        if not self._closing:
+            log.error("ssh_link_down", extra={"remote": str(self.target), "reason": reason})
+            self.metrics.error("connection", f"SSH link to {self.target} lost: {reason}")
+        for pump in list(self._linked):
+            pump.close(f"SSH link lost: {reason}")
+
+    async def _supervise(self, conn: asyncssh.SSHClientConnection) -> None:
+        """Probe, serve until the link drops, reconnect; forever (cancelled on close)."""
+        while True:
+            await self._probe_until_ready(conn)
+            await conn.wait_closed()
+            self._link_down(conn)
+            if self._closing:
+                return
+            conn = await self._reconnect()
+            self._link_up(conn)
+
+    async def _probe_until_ready(self, conn: asyncssh.SSHClientConnection) -> None:
+        """Open a probe channel until one succeeds (ready) or the link closes."""
+        backoff = Backoff(rng=self.backoff.rng)
+        closed = asyncio.ensure_future(conn.wait_closed())
+        try:
+            while not closed.done():
+                error = await self.probe(conn)
+                if error is None:
+                    self.state.set_ready("linked")
+                    log.info("client_ready", extra={"remote": str(self.target),
+                                                    "endpoint": str(self.endpoint)})
+                    return
+                log.warning("probe_failed", extra={"remote": str(self.target),
+                                                   "error": error})
+                self.state.set_not_ready(f"remote socket unreachable: {error}")
+                await asyncio.wait({closed}, timeout=backoff.next())
+        finally:
+            closed.cancel()
+
+    async def probe(self, conn: asyncssh.SSHClientConnection) -> str | None:
+        """Open and close a channel to the remote socket; None when it worked, else why not."""
+        try:
+            async with asyncio.timeout(self.config.ssh_timeout):
+                chan, _ = await conn.create_unix_connection(
+                    asyncssh.SSHUNIXSession, self.target.socket_path
+                )
+                chan.close()
+                await chan.wait_closed()
+        except (OSError, asyncssh.Error, TimeoutError) as exc:
+            return _reason(exc)
+        return None
+
+    # ------------------------------------------------------- local connections
+    def _accept(self) -> asyncio.Protocol:
+        """Protocol factory of the listener: an unbound end plus the task that serves it."""
+        end = TransportEnd(None, CLIENT, self.config.buffer_size)
+        task = asyncio.create_task(self._serve_local(end), name="local-connection")
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+        return end
+
+    async def _serve_local(self, end: TransportEnd) -> None:
+        config = self.config
+        path = self.target.socket_path
+        pump = Pump(f"c-{next(_conn_ids)}", path, self._finished)
+        end.bind(pump)
+        self.metrics.connection_started(pump)
+        if self._closing:
+            pump.close("shutting down")
+            return
+        if not self.link.is_set():
+            log.info("connection_waiting_for_link", extra={"conn_id": pump.conn_id,
+                                                           "timeout_s": config.ssh_timeout})
+            try:
+                async with asyncio.timeout(config.ssh_timeout):
+                    await self.link.wait()
+            except TimeoutError:
+                reason = (f"SSH link to {self.target.host}:{self.target.port} not available "
+                          f"within {config.ssh_timeout:g}s ({self.state.reason})")
+                self._refuse(pump, reason)
+                return
+        conn = self.conn
+        if pump.closing or conn is None:
+            pump.close("client closed before the channel opened")
+            return
+        started = time.monotonic()
+        try:
+            await conn.create_unix_connection(
+                lambda: ChannelEnd(pump, TARGET),
+                path,
+                window=sshtune.CHANNEL_WINDOW,
+                max_pktsize=sshtune.MAX_PACKET_SIZE,
+            )
+        except (OSError, asyncssh.Error) as exc:
+            self._refuse(pump, f"channel open to {path} failed: {_reason(exc)}")
+            return
+        self.metrics.channel_opened(time.monotonic() - started)
+        if pump.closing:
+            return
+        self._linked.add(pump)
+        log.info("connection_opened", extra={"conn_id": pump.conn_id, "socket_path": path,
+                                             "endpoint": str(self.endpoint)})
+
+    def _refuse(self, pump: Pump, reason: str) -> None:
+        self.metrics.error("connection", f"{pump.conn_id}: {reason}")
+        log.warning("connection_refused", extra={"conn_id": pump.conn_id, "reason": reason})
+        pump.close(reason)
+
+    def _finished(self, pump: Pump) -> None:
+        """A pump ended: account and log it once."""
+        self._linked.discard(pump)
+        self.metrics.connection_finished(pump)
+        if not self.metrics.active:
+            self._idle.set()
+        if pump.error is not None:
+            kind = "connection" if isinstance(pump.error, asyncssh.Error) else "socket"
+            self.metrics.error(kind, f"{pump.conn_id}: {pump.reason}")
+        log.info(
+            "connection_closed",
+            extra={
+                "conn_id": pump.conn_id,
+                "socket_path": pump.target,
+                "bytes_up": pump.up,
+                "bytes_down": pump.down,
+                "duration_ms": round(pump.duration * 1000, 3),
+                "reason": pump.reason,
+            },
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Where this client listens and connects, for logs."""
+        return {"endpoint": str(self.endpoint), "remote": str(self.target),
+                "spawning": self.spawning}

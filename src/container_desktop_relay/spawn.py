@@ -1,0 +1,272 @@
+"""Spawn the relay server inside a WSL distribution through ``wsl.exe``, and keep it alive.
+
+The child never outlives the client: on Windows it is put in a kill-on-close Job object
+(``winjob``); on POSIX it leads its own process group, which is terminated on exit. The server
+also watches this process (``--watch-process-termination --parent-process-pid``), which covers
+a client that is killed outright.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import ntpath
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from container_desktop_relay.backoff import Backoff
+from container_desktop_relay.config import Config
+from container_desktop_relay.durations import format_duration
+from container_desktop_relay.errors import ConfigError, TunnelUnavailable
+from container_desktop_relay.log import get_logger
+
+__all__ = ["ServerProcess", "server_command", "to_wsl_path"]
+
+log = get_logger(__name__)
+WSL = "wsl.exe"
+#: The event the server logs once it accepts SSH connections.
+LISTENING_EVENT = "server_listening"
+STOP_GRACE = 3.0
+_KILL = getattr(signal, "SIGKILL", signal.SIGTERM)
+_LEVELS = {"trace": 5, "debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40}
+
+
+def to_wsl_path(path: str) -> str:
+    """The Linux path WSL gives a Windows path, as ``wslpath -u`` does.
+
+    ``C:\\Users\\u\\id_rsa`` becomes ``/mnt/c/Users/u/id_rsa``; a path inside a distribution
+    (``\\\\wsl$\\Distro\\home\\u`` or ``\\\\wsl.localhost\\Distro\\home\\u``) becomes ``/home/u``;
+    a path that is already a Linux path (``/home/u``) is returned unchanged.
+
+    Raises:
+        ValueError: a relative Windows path, or a UNC share WSL cannot map.
+    """
+    if path.startswith("/") and "\\" not in path:
+        return path
+    drive, rest = ntpath.splitdrive(path)
+    rest = rest.replace("\\", "/")
+    if len(drive) == 2 and drive[1] == ":" and drive[0].isalpha():
+        if not rest.startswith("/"):
+            raise ValueError(f"{path!r} is not an absolute Windows path")
+        return f"/mnt/{drive[0].lower()}{rest.rstrip('/')}"
+    unc = drive.replace("\\", "/").lstrip("/").split("/")
+    if len(unc) == 2 and unc[0].lower() in ("wsl$", "wsl.localhost"):
+        return rest or "/"
+    raise ValueError(f"{path!r} cannot be translated to a WSL path")
+
+
+def server_command(config: Config, *, own_pid: int, wsl: str = WSL,
+                   translate: bool = True) -> list[str]:
+    """The ``wsl.exe --distribution D --exec P server ...`` command line for ``config``.
+
+    Raises:
+        ConfigError: a key path cannot be expressed as a WSL path.
+    """
+    def linux(key: str) -> str:
+        path = str(config.path(key))
+        if not translate:
+            return path
+        try:
+            return to_wsl_path(path)
+        except ValueError as exc:
+            raise ConfigError(f"invalid {key}={path}: {exc}") from None
+
+    return [
+        wsl, "--distribution", config.distribution, "--exec", config.relay_program_path,
+        "server",
+        "--host", config.host,
+        "--port", str(config.port),
+        "--buffer-size", str(config.buffer_size),
+        "--poll-interval", format_duration(config.poll_interval),
+        "--identity-path", linux("identity_path"),
+        "--authorized-keys-path", linux("authorized_keys_path"),
+        "--log-level", config.log_level,
+        "--parent-process-pid", str(own_pid),
+        "--watch-process-termination",
+    ]
+
+
+def _relog(stream: str, raw: bytes) -> None:
+    """Log one line of the child's output, at the child's own level when it logged JSON."""
+    text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+    if not text:
+        return
+    level = 20
+    fields: dict[str, Any] = {"stream": stream, "line": text}
+    with contextlib.suppress(ValueError):
+        record = json.loads(text)
+        if isinstance(record, dict):
+            level = _LEVELS.get(str(record.get("level", "info")), 20)
+            fields = {"stream": stream, "server": record}
+    log.log(level, "server_output", extra=fields)
+
+
+class ServerProcess:
+    """The spawned server: started once, respawned after it dies, stopped with the client."""
+
+    def __init__(self, config: Config, *, backoff: Backoff | None = None) -> None:
+        self.config = config
+        self.backoff = backoff or Backoff()
+        self.proc: asyncio.subprocess.Process | None = None
+        self.listening = asyncio.Event()
+        self.exited = asyncio.Event()
+        self.exit_code: int | None = None
+        #: exit statuses of every spawned server that ended (kept across respawns)
+        self.exit_codes: list[int] = []
+        self.spawns = 0
+        self._job: Any = None
+        self._stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._supervisor: asyncio.Task[None] | None = None
+
+    def command(self) -> list[str]:
+        """The command line used to spawn the server.
+
+        Raises:
+            TunnelUnavailable: wsl.exe is not on PATH.
+        """
+        wsl = shutil.which(WSL)
+        if wsl is None:
+            raise TunnelUnavailable(
+                f"cannot spawn the server: {WSL} is not on PATH (is WSL installed?)"
+            )
+        return server_command(self.config, own_pid=os.getpid(), wsl=wsl)
+
+    async def start(self) -> None:
+        """Spawn the server and keep respawning it when it dies, until :meth:`stop`.
+
+        Raises:
+            TunnelUnavailable: the first spawn fails (wsl.exe missing or not executable).
+        """
+        await self._spawn(self.command())
+        self._supervisor = asyncio.create_task(self._supervise(), name="server-supervisor")
+
+    async def _spawn(self, argv: Sequence[str]) -> None:
+        self.listening.clear()
+        self.exited.clear()
+        kwargs: dict[str, Any] = {}
+        if sys.platform == "win32":
+            kwargs["creationflags"] = 0x08000000  # CREATE_NO_WINDOW
+        else:
+            kwargs["start_new_session"] = True
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, **kwargs,
+            )
+        except OSError as exc:
+            raise TunnelUnavailable(
+                f"cannot spawn the server with {argv[0]}: {exc.strerror or exc}"
+            ) from None
+        if sys.platform == "win32":
+            from container_desktop_relay import winjob  # type: ignore[attr-defined]
+
+            self._job = winjob.assign_kill_on_close(proc.pid)
+        self.proc = proc
+        self.spawns += 1
+        self.exit_code = None
+        log.info("server_spawned", extra={"pid": proc.pid, "argv": list(argv),
+                                          "spawn": self.spawns})
+        for name, stream in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+            assert stream is not None
+            task = asyncio.create_task(self._pipe(name, stream), name=f"server-{name}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, name: str, stream: asyncio.StreamReader) -> None:
+        while True:
+            try:
+                line = await stream.readline()
+            except ValueError:  # a line longer than the stream limit
+                line = await stream.read(64 * 1024)
+            if not line:
+                return
+            if LISTENING_EVENT.encode() in line:
+                self.listening.set()
+            _relog(name, line)
+
+    async def _supervise(self) -> None:
+        while True:
+            proc = self.proc
+            assert proc is not None
+            started = time.monotonic()
+            code = await proc.wait()
+            self.exit_code = code
+            self.exit_codes.append(code)
+            self.exited.set()
+            if self._stopping:
+                return
+            log.error("server_exited", extra={"pid": proc.pid, "exit_code": code,
+                                              "ran_s": round(time.monotonic() - started, 3)})
+            if self.listening.is_set():
+                self.backoff.reset()
+            delay = self.backoff.next()
+            log.info("server_respawn_scheduled", extra={"delay_s": round(delay, 3)})
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return
+            try:
+                await self._spawn(self.command())
+            except TunnelUnavailable as exc:
+                log.error("server_respawn_failed", extra={"error": str(exc)})
+
+    async def wait_listening(self, timeout: float) -> bool:
+        """Wait until the server says it listens, it exits, or ``timeout``; True if listening."""
+        waits = [asyncio.ensure_future(self.listening.wait()),
+                 asyncio.ensure_future(self.exited.wait())]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        return self.listening.is_set()
+
+    def terminate(self) -> None:
+        """Ask the server (and its process group) to stop; no respawn afterwards."""
+        self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        self._signal(proc, signal.SIGTERM)
+
+    def _signal(self, proc: asyncio.subprocess.Process, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
+            if sys.platform == "win32":
+                proc.kill()
+            else:
+                os.killpg(proc.pid, sig)
+
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        """Terminate the server, wait up to ``grace`` seconds, then kill it."""
+        self.terminate()
+        proc = self.proc
+        if proc is not None:
+            try:
+                async with asyncio.timeout(grace):
+                    await proc.wait()
+            except TimeoutError:
+                log.warning("server_killed", extra={"pid": proc.pid, "grace_s": grace})
+                self._signal(proc, _KILL)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(grace):
+                        await proc.wait()
+            # The group may hold more than the leader (wsl.exe's own children).
+            if sys.platform != "win32":
+                self._signal(proc, _KILL)
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._job is not None:
+            with contextlib.suppress(Exception):
+                self._job.close()
+            self._job = None

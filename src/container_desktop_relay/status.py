@@ -1,0 +1,245 @@
+"""``container-desktop-relay status``: ask a running relay's /health, /ready and /metrics.
+
+Prints a short table (or ``--json``) and exits 0 when the relay is healthy and ready, 1 when it
+answers but is degraded, not ready or only partly reachable, and 2 when nothing answers (or on
+bad usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from container_desktop_relay.cli import PROG, _Parser, _platform_role
+from container_desktop_relay.config import load_config
+from container_desktop_relay.durations import parse_duration
+from container_desktop_relay.errors import ConfigError
+
+__all__ = ["Answer", "Report", "build_status_parser", "main", "query", "render_table"]
+
+EXIT_OK = 0
+EXIT_UNHEALTHY = 1
+EXIT_UNREACHABLE = 2
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+
+@dataclass(slots=True)
+class Answer:
+    """What one endpoint said: its HTTP status and JSON body, or why it did not answer."""
+
+    url: str
+    code: int | None = None
+    body: dict[str, Any] | None = None
+    error: str | None = None
+
+    @property
+    def answered(self) -> bool:
+        """Whether a relay endpoint answered (an HTTP response with a JSON object body)."""
+        return self.body is not None
+
+    def as_json(self) -> dict[str, Any]:
+        """This answer as a JSON-able object."""
+        return {"url": self.url, "code": self.code, "body": self.body, "error": self.error}
+
+
+@dataclass(slots=True)
+class Report:
+    """The three answers and the verdict drawn from them."""
+
+    health: Answer
+    ready: Answer
+    metrics: Answer | None
+
+    @property
+    def healthy(self) -> bool:
+        """/health said 200 "healthy"."""
+        return (self.health.code == 200 and self.health.body is not None
+                and self.health.body.get("status") == "healthy")
+
+    @property
+    def is_ready(self) -> bool:
+        """/ready said 200."""
+        return self.ready.code == 200 and self.ready.answered
+
+    @property
+    def exit_code(self) -> int:
+        """0 healthy and ready, 2 nothing answered, else 1."""
+        answers = [self.health, self.ready] + ([self.metrics] if self.metrics else [])
+        if not any(a.answered for a in answers):
+            return EXIT_UNREACHABLE
+        return EXIT_OK if self.healthy and self.is_ready else EXIT_UNHEALTHY
+
+    def as_json(self) -> dict[str, Any]:
+        """The report as a JSON-able object (what ``--json`` prints)."""
+        return {
+            "healthy": self.healthy,
+            "ready": self.is_ready,
+            "exit_code": self.exit_code,
+            "health": self.health.as_json(),
+            "readiness": self.ready.as_json(),
+            "metrics": self.metrics.as_json() if self.metrics else None,
+        }
+
+
+async def _get(session: aiohttp.ClientSession, url: URL) -> Answer:
+    answer = Answer(str(url))
+    try:
+        async with session.get(url, headers={"Accept": "application/json"},
+                               allow_redirects=False) as response:
+            answer.code = response.status
+            try:
+                body = await response.json(content_type=None)
+            except ValueError:
+                body = None
+            if isinstance(body, dict):
+                answer.body = body
+            else:
+                answer.error = f"HTTP {response.status} without a relay JSON body"
+    except TimeoutError:
+        answer.error = "timed out"
+    except aiohttp.ClientConnectorError as exc:
+        errno = exc.os_error.errno
+        answer.error = (os.strerror(errno) if errno else str(exc.os_error)).lower()
+    except aiohttp.ClientError as exc:
+        answer.error = str(exc) or type(exc).__name__
+    return answer
+
+
+async def query(host: str, health_port: int, metrics_port: int | None,
+                timeout: float) -> Report:
+    """Fetch /health, /ready and (unless ``metrics_port`` is None) /metrics concurrently."""
+    def url(port: int, path: str) -> URL:
+        return URL.build(scheme="http", host=host, port=port, path=path)
+
+    client_timeout = aiohttp.ClientTimeout(total=timeout)
+    async with aiohttp.ClientSession(timeout=client_timeout) as session:
+        gets = [_get(session, url(health_port, "/health")), _get(session, url(health_port,
+                                                                               "/ready"))]
+        if metrics_port is not None:
+            gets.append(_get(session, url(metrics_port, "/metrics")))
+        answers = await asyncio.gather(*gets)
+    return Report(answers[0], answers[1], answers[2] if metrics_port is not None else None)
+
+
+def _field(answer: Answer | None, key: str) -> Any:
+    if answer is None or answer.body is None:
+        return None
+    return answer.body.get(key)
+
+
+def render_table(report: Report) -> str:
+    """The human-readable report: state, role, uptime, link, connections, bytes, errors."""
+    rows: list[tuple[str, str]] = []
+    health, ready, metrics = report.health, report.ready, report.metrics
+    if health.answered:
+        state = str(_field(health, "status"))
+    else:
+        state = f"unknown (/health: {health.error})"
+    if ready.answered:
+        readiness = str(_field(ready, "status"))
+        reason = _field(ready, "reason")
+        if reason and not report.is_ready:
+            readiness += f" ({reason})"
+    else:
+        readiness = f"unknown (/ready: {ready.error})"
+    rows.append(("state", f"{state}, {readiness}"))
+    if ready.answered:
+        rows.append(("role", str(_field(ready, "role"))))
+    uptime = _field(health, "uptime") or _field(metrics, "uptime")
+    rows.append(("uptime", str(uptime) if uptime is not None else "unknown"))
+    if ready.answered:
+        link = _field(ready, "link_up")
+        rows.append(("link", "n/a (server role)" if link is None else ("up" if link else "down")))
+    metrics_ok = metrics is not None and metrics.code == 200 and metrics.answered
+    source = metrics if metrics_ok else health
+    active, total = _field(source, "active_connections"), _field(source, "total_connections")
+    if active is not None:
+        rows.append(("connections", f"{active} active, {total} total"))
+    if metrics_ok:
+        rows.append(("bytes", f"{_field(metrics, 'total_bytes_read')} read, "
+                              f"{_field(metrics, 'total_bytes_written')} written"))
+        rows.append(("errors", f"{_field(metrics, 'total_errors')} "
+                               f"({_field(metrics, 'connection_errors')} connection, "
+                               f"{_field(metrics, 'socket_errors')} socket)"))
+        rows.append(("avg duration", str(_field(metrics, "average_connection_duration"))))
+    else:
+        if metrics is not None:
+            why = metrics.error or f"HTTP {metrics.code}"
+            rows.append(("bytes", f"unknown (/metrics: {why})"))
+        if health.answered:
+            rows.append(("errors", str(_field(health, "error_count"))))
+    if health.answered:
+        rows.append(("last error", _field(health, "last_error") or "none"))
+    width = max(len(name) for name, _ in rows)
+    return "".join(f"{name:<{width}}  {value}\n" for name, value in rows)
+
+
+def build_status_parser() -> argparse.ArgumentParser:
+    """The ``status`` parser (bad flags: one line, exit 2)."""
+    parser = _Parser(prog=f"{PROG} status", allow_abbrev=False,
+                     description="Query a running relay's /health, /ready and /metrics. Exit 0 "
+                                 "when healthy and ready, 1 otherwise, 2 when nothing answers.")
+    parser.add_argument("--host", "-host", dest="health_check_host", metavar="ADDRESS",
+                        help="address the endpoints listen on (default: health_check_host, "
+                             "127.0.0.1)")
+    parser.add_argument("--health-check-port", "-health-check-port", metavar="N",
+                        help="port of /health and /ready (default: the role's, 20080 server, "
+                             "20081 client)")
+    parser.add_argument("--metrics-port", "-metrics-port", metavar="N",
+                        help="port of /metrics (default: the role's, 20090 server, 20091 client)")
+    parser.add_argument("--config", "-config", metavar="FILE", dest="config_file",
+                        help="the relay's JSON config file (ports and host are read from it)")
+    parser.add_argument("--role", "-role", choices=("server", "client"),
+                        help="whose default ports to use (default: this platform's role)")
+    parser.add_argument("--timeout", "-timeout", default="3s", metavar="DURATION",
+                        help="how long to wait for each answer (default: 3s)")
+    parser.add_argument("--json", "-json", action="store_true",
+                        help="print the answers as one JSON object")
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run ``status``; returns the exit status.
+
+    Raises:
+        ArgumentError / ConfigError: bad flags or configuration (exit 2).
+    """
+    args = build_status_parser().parse_args(list(argv))
+    try:
+        timeout = parse_duration(args.timeout)
+    except ValueError:
+        timeout = -1.0
+    if timeout <= 0:
+        raise ConfigError(f"invalid --timeout={args.timeout}: must be a duration greater than 0")
+    flags = {key: getattr(args, key) for key in ("health_check_host", "health_check_port",
+                                                 "metrics_port")}
+    config = load_config(flags, config_path=args.config_file)
+    role = args.role or _platform_role()
+    host = _WILDCARDS.get(config.health_check_host, config.health_check_host)
+    health_port = config.effective_health_port(role)
+    metrics_port: int | None = config.effective_metrics_port(role)
+    if health_port == 0:
+        raise ConfigError("health_check_port is 0 (any free port): pass the bound port with "
+                          "--health-check-port (the relay logs it as observability_listening)")
+    if config.metrics_enabled is False:
+        metrics_port = None
+    elif metrics_port == 0:  # both ports 0 share one server; otherwise /metrics answers 404
+        metrics_port = health_port
+    report = asyncio.run(query(host, health_port, metrics_port, timeout))
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    elif report.exit_code == EXIT_UNREACHABLE:
+        print(f"no relay answers at {report.health.url}: {report.health.error}",
+              file=sys.stderr)
+    else:
+        print(render_table(report), end="")
+    return report.exit_code

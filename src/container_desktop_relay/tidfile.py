@@ -1,0 +1,71 @@
+"""The readiness file the desktop app waits for: ``pid:tid`` once the client is ready."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from container_desktop_relay.keys import atomic_write
+from container_desktop_relay.log import get_logger
+from container_desktop_relay.state import RoleState
+
+__all__ = ["remove_tid_file", "tid_file_extra", "tid_text", "write_tid_file"]
+
+log = get_logger(__name__)
+
+
+def tid_text() -> str:
+    """``pid:tid`` of this process and the calling thread (the event loop's), no newline."""
+    return f"{os.getpid()}:{threading.get_native_id()}"
+
+
+def write_tid_file(path: Path) -> str:
+    """Atomically write :func:`tid_text` to ``path``; returns what was written."""
+    text = tid_text()
+    atomic_write(path, text.encode("ascii"), 0o644)
+    return text
+
+
+def remove_tid_file(path: Path, text: str) -> None:
+    """Remove ``path`` if it still holds ``text`` (another instance's file is left alone)."""
+    with contextlib.suppress(OSError):
+        if path.read_text(encoding="ascii") == text:
+            path.unlink()
+
+
+async def _write_when_ready(state: RoleState, path: Path, written: list[str]) -> None:
+    while not state.ready:
+        await state.changed.wait()
+    try:
+        written.append(write_tid_file(path))
+    except OSError as exc:
+        log.error("tid_file_not_written", extra={"path": str(path), "error": str(exc)})
+        return
+    log.info("tid_file_written", extra={"path": str(path), "tid": written[-1]})
+
+
+def tid_file_extra(path: Path) -> Callable[[Any, Any], Awaitable[Callable[[], Awaitable[None]]]]:
+    """A lifecycle extra: write ``pid:tid`` to ``path`` when the role first turns ready, and
+    remove it on exit."""
+
+    async def start(role: Any, shutdown: Any) -> Callable[[], Awaitable[None]]:
+        del shutdown
+        written: list[str] = []
+        task = asyncio.create_task(_write_when_ready(role.state, path, written),
+                                   name="tid-file")
+
+        async def cleanup() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            for text in written:
+                remove_tid_file(path, text)
+
+        return cleanup
+
+    return start

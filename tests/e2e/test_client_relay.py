@@ -1,0 +1,393 @@
+"""The client role against the relay's server role, as real processes: link, faults, endpoint."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import threading
+import time
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from clienthelp import ClientProc, owned
+from helpers import (
+    FACTOR,
+    EchoTarget,
+    Keys,
+    RelayServer,
+    exchange,
+    free_port,
+    make_ed25519,
+    run_relay,
+    sha,
+    stopping,
+    wait_for,
+)
+
+pytestmark = pytest.mark.e2e
+
+MiB = 1 << 20
+
+
+def _connect(path: Path, timeout: float = 10) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(timeout * FACTOR)
+    s.connect(str(path))
+    return s
+
+
+def _roundtrip(path: Path, data: bytes = b"ping") -> bytes:
+    with _connect(path) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    return got
+
+
+def test_forwards_over_one_ssh_connection(
+    request: pytest.FixtureRequest,
+    relay_server: RelayServer,
+    keys: Keys,
+    echo: EchoTarget,
+    tmp: Path,
+) -> None:
+    """Ready file holds pid:tid, socket is 0600, many local connections share one SSH link."""
+    client = owned(request, ClientProc(keys, tmp, relay_server.port, str(echo.path)))
+    with stopping(client):
+        text = client.tid.read_text()
+        pid, tid = text.split(":")
+        assert not text.endswith("\n") and int(pid) == client.proc.pid and int(tid) > 0
+        assert stat.S_IMODE(client.socket.stat().st_mode) == 0o600
+        payload = os.urandom(8 * MiB)
+        assert exchange(client.socket, payload) == (len(payload), sha(payload))
+        for i in range(20):
+            assert _roundtrip(client.socket, b"n%d" % i) == b"n%d" % i
+        assert relay_server.proc.log().count('"ssh_authenticated"') == 1
+        assert client.known_hosts.read_text().startswith(f"[127.0.0.1]:{relay_server.port} ")
+        assert client.stop() == 0
+    assert not client.socket.exists() and not client.tid.exists()
+    assert '"shutdown_complete"' in client.log() and "Traceback" not in client.log()
+
+
+def test_server_sigkill_closes_local_connection_fast(
+    request: pytest.FixtureRequest, keys: Keys, echo: EchoTarget, tmp: Path
+) -> None:
+    """SIGKILL of the server mid-transfer closes the local connection within 2 s."""
+    server = owned(request, RelayServer(keys, tmp))
+    client = owned(request, ClientProc(keys, tmp, server.port, str(echo.path)))
+    with stopping(server, client):
+        s = _connect(client.socket, 30)
+        stop = threading.Event()
+
+        def pump() -> None:
+            chunk = b"x" * 65536
+            try:
+                while not stop.is_set():
+                    s.sendall(chunk)
+            except OSError:
+                pass
+
+        writer = threading.Thread(target=pump, daemon=True)
+        writer.start()
+        assert s.recv(65536)  # data is flowing through the whole chain
+        server.proc.signal(signal.SIGKILL)
+        killed = time.monotonic()
+        try:
+            while s.recv(1 << 20):
+                pass
+        except OSError:
+            pass
+        elapsed = time.monotonic() - killed
+        stop.set()
+        s.close()
+        writer.join(10)
+        assert elapsed < 2.0, f"local connection closed {elapsed:.2f}s after the kill"
+        wait_for(lambda: '"ssh_link_down"' in client.log(), 5, "link-down log")
+
+
+def test_server_restart_is_picked_up(
+    request: pytest.FixtureRequest, keys: Keys, echo: EchoTarget, tmp: Path
+) -> None:
+    """After the server dies and comes back on the same port, new requests work again."""
+    port = free_port()
+    server = owned(request, RelayServer(keys, tmp, port=port))
+    client = owned(request, ClientProc(keys, tmp, port, str(echo.path)))
+    with stopping(client):
+        assert _roundtrip(client.socket) == b"ping"
+        server.proc.signal(signal.SIGKILL)
+        server.stop()
+        wait_for(lambda: '"ssh_link_down"' in client.log(), 5, "link-down log")
+        restarted = owned(request, RelayServer(keys, tmp, port=port))
+        with stopping(restarted):
+            wait_for(lambda: client.log().count('"client_ready"') >= 2, 15, "reconnection")
+            assert _roundtrip(client.socket, b"again") == b"again"
+            assert client.proc.alive()
+
+
+def test_connection_while_link_down_waits_then_closes(
+    request: pytest.FixtureRequest, keys: Keys, echo: EchoTarget, tmp: Path
+) -> None:
+    """With the server gone, a new local connection is closed after --ssh-timeout, with a
+    logged reason."""
+    server = owned(request, RelayServer(keys, tmp))
+    client = owned(
+        request, ClientProc(keys, tmp, server.port, str(echo.path), "--ssh-timeout", "1s")
+    )
+    with stopping(client):
+        server.proc.signal(signal.SIGKILL)
+        server.stop()
+        wait_for(lambda: '"ssh_link_down"' in client.log(), 5, "link-down log")
+        s = _connect(client.socket)
+        started = time.monotonic()
+        assert s.recv(1) == b""
+        waited = time.monotonic() - started
+        s.close()
+        assert 0.9 <= waited < 3 * FACTOR, waited
+        wait_for(lambda: "not available within 1s" in client.log(), 5, "refusal reason")
+
+
+def test_connection_waiting_for_link_is_served_when_it_returns(
+    request: pytest.FixtureRequest, keys: Keys, echo: EchoTarget, tmp: Path
+) -> None:
+    """A local connection accepted while the link is down is served once the server is back."""
+    port = free_port()
+    server = owned(request, RelayServer(keys, tmp, port=port))
+    client = owned(request, ClientProc(keys, tmp, port, str(echo.path), "--ssh-timeout", "30s"))
+    with stopping(client):
+        server.proc.signal(signal.SIGKILL)
+        server.stop()
+        wait_for(lambda: '"ssh_link_down"' in client.log(), 5, "link-down log")
+        waiting = _connect(client.socket, 60)
+        waiting.sendall(b"late")
+        waiting.shutdown(socket.SHUT_WR)
+        wait_for(lambda: '"connection_waiting_for_link"' in client.log(), 5, "waiting log")
+        restarted = owned(request, RelayServer(keys, tmp, port=port))
+        with stopping(restarted):
+            got = b""
+            while chunk := waiting.recv(100):
+                got += chunk
+            waiting.close()
+            assert got == b"late"
+
+
+def test_changed_host_key_is_refused(
+    request: pytest.FixtureRequest, keys: Keys, echo: EchoTarget, tmp: Path
+) -> None:
+    """A host key that differs from known_hosts stops the client with file and line named."""
+    server = owned(request, RelayServer(keys, tmp))
+    with stopping(server):
+        other = asyncssh.read_private_key(str(make_ed25519(tmp / "impostor")))
+        known = tmp / "known_hosts"
+        line = other.export_public_key("openssh").decode().split()[:2]
+        known.write_text(f"# pinned earlier\n[127.0.0.1]:{server.port} {' '.join(line)}\n")
+        before = known.read_bytes()
+        result = run_relay(
+            "client",
+            "--listen",
+            f"unix://{tmp}/c.sock",
+            "--ssh-connection",
+            f"ssh://tester@127.0.0.1:{server.port}/x",
+            "--identity-path",
+            str(keys.identity),
+            "--known-hosts-path",
+            str(known),
+            "--log-level",
+            "error",
+        )
+        assert result.returncode == 1
+        assert f"{known} line 2" in result.stderr and "changed" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert known.read_bytes() == before
+        assert not (tmp / "c.sock").exists()
+        assert '"ssh_authenticated"' not in server.proc.log()
+
+
+def test_secure_host_key_refuses_unknown(
+    request: pytest.FixtureRequest, keys: Keys, tmp: Path
+) -> None:
+    """--secure-host-key: a server not in known_hosts is refused and nothing is recorded."""
+    server = owned(request, RelayServer(keys, tmp))
+    with stopping(server):
+        known = tmp / "known_hosts"
+        result = run_relay(
+            "client",
+            "--listen",
+            f"unix://{tmp}/c.sock",
+            "--ssh-connection",
+            f"ssh://tester@127.0.0.1:{server.port}/x",
+            "--identity-path",
+            str(keys.identity),
+            "--secure-host-key",
+            "--known-hosts-path",
+            str(known),
+            "--log-level",
+            "error",
+        )
+        assert result.returncode == 1
+        assert "is not in" in result.stderr and "--secure-host-key" in result.stderr
+        assert not known.exists()
+
+
+def test_start_gives_up_after_max_retries(keys: Keys, tmp: Path) -> None:
+    """No server: the client tries --max-retries times with backoff, then exits 1."""
+    port = free_port()
+    started = time.monotonic()
+    result = run_relay(
+        "client",
+        "--listen",
+        f"unix://{tmp}/c.sock",
+        "--ssh-connection",
+        f"ssh://tester@127.0.0.1:{port}/x",
+        "--identity-path",
+        str(keys.identity),
+        "--max-retries",
+        "4",
+        "--known-hosts-path",
+        str(tmp / "kh"),
+        "--log-level",
+        "warn",
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    assert "gave up after 4 attempts" in result.stderr
+    assert result.stderr.count('"ssh_connect_retry"') == 3
+    assert elapsed >= (0.1 + 0.2 + 0.4) * 0.8  # three jittered backoff delays were waited
+    assert not (tmp / "c.sock").exists()
+
+
+def test_start_waits_for_a_late_server(
+    request: pytest.FixtureRequest, keys: Keys, echo: EchoTarget, tmp: Path
+) -> None:
+    """A server that comes up during the start-up retries is connected to."""
+    port = free_port()
+    client = owned(
+        request, ClientProc(keys, tmp, port, str(echo.path), "--max-retries", "40", wait=False)
+    )
+    with stopping(client):
+        wait_for(lambda: '"ssh_connect_retry"' in client.log(), 10, "a failed first attempt")
+        server = owned(request, RelayServer(keys, tmp, port=port))
+        with stopping(server):
+            client.wait_ready()
+            assert _roundtrip(client.socket) == b"ping"
+
+
+def test_live_socket_is_never_stolen(
+    request: pytest.FixtureRequest,
+    relay_server: RelayServer,
+    keys: Keys,
+    echo: EchoTarget,
+    tmp: Path,
+) -> None:
+    """A second client on the same socket path refuses to start; the first keeps working."""
+    first = owned(request, ClientProc(keys, tmp, relay_server.port, str(echo.path)))
+    with stopping(first):
+        result = run_relay(
+            "client",
+            "--listen",
+            f"unix://{first.socket}",
+            "--ssh-connection",
+            f"ssh://t@127.0.0.1:{relay_server.port}/x",
+            "--identity-path",
+            str(keys.identity),
+            "--known-hosts-path",
+            str(first.known_hosts),
+            "--log-level",
+            "error",
+        )
+        assert result.returncode == 1
+        assert "another process is already listening" in result.stderr
+        assert _roundtrip(first.socket) == b"ping"
+
+
+def test_stale_socket_is_replaced(
+    request: pytest.FixtureRequest,
+    relay_server: RelayServer,
+    keys: Keys,
+    echo: EchoTarget,
+    tmp: Path,
+) -> None:
+    """A socket file left by a dead process is replaced; a regular file is not touched."""
+    stale = tmp / "client.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(stale))
+    s.close()  # the file stays, nobody listens
+    assert stale.exists()
+    client = owned(request, ClientProc(keys, tmp, relay_server.port, str(echo.path)))
+    with stopping(client):
+        assert _roundtrip(client.socket) == b"ping"
+        assert '"stale_socket_removed"' in client.log()
+    assert not stale.exists()
+    stale.write_text("precious")
+    result = run_relay(
+        "client",
+        "--listen",
+        f"unix://{stale}",
+        "--ssh-connection",
+        f"ssh://t@127.0.0.1:{relay_server.port}/x",
+        "--identity-path",
+        str(keys.identity),
+        "--log-level",
+        "error",
+    )
+    assert result.returncode == 1 and "not a socket" in result.stderr
+    assert stale.read_text() == "precious"
+
+
+def test_read_timeout_applies_to_client_connections(
+    request: pytest.FixtureRequest,
+    relay_server: RelayServer,
+    keys: Keys,
+    echo: EchoTarget,
+    tmp: Path,
+) -> None:
+    """--read-timeout closes an idle forwarded connection on the client side too."""
+    client = owned(
+        request, ClientProc(keys, tmp, relay_server.port, str(echo.path), "--read-timeout", "500ms")
+    )
+    with stopping(client):
+        with _connect(client.socket) as s:
+            s.sendall(b"hi")
+            assert s.recv(2) == b"hi"
+            assert s.recv(1) == b""  # closed by the client role, not by us
+        wait_for(lambda: "read_timeout" in client.log(), 5, "timeout log")
+
+
+def test_frozen_server_detected_by_keepalive(
+    request: pytest.FixtureRequest, keys: Keys, echo: EchoTarget, tmp: Path
+) -> None:
+    """A SIGSTOPped server is declared dead by keepalives; open connections are closed, and
+    the client links up again once the server runs again."""
+    server = owned(request, RelayServer(keys, tmp))
+    client = owned(
+        request,
+        ClientProc(
+            keys,
+            tmp,
+            server.port,
+            str(echo.path),
+            "--keepalive-interval",
+            "300ms",
+            "--keepalive-count-max",
+            "2",
+        ),
+    )
+    with stopping(server, client):
+        s = _connect(client.socket, 30)
+        s.sendall(b"hi")
+        assert s.recv(2) == b"hi"
+        server.proc.signal(signal.SIGSTOP)
+        frozen = time.monotonic()
+        assert s.recv(1) == b""  # (the helper's stop() sends SIGCONT before SIGTERM)
+        detected = time.monotonic() - frozen
+        s.close()
+        assert detected < 4 * FACTOR, f"frozen server noticed after {detected:.2f}s"
+        wait_for(lambda: '"ssh_link_down"' in client.log(), 5, "link-down log")
+        server.proc.signal(signal.SIGCONT)
+        wait_for(lambda: client.log().count('"client_ready"') >= 2, 20, "relink after SIGCONT")
+        assert _roundtrip(client.socket, b"back") == b"back"

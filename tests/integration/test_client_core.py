@@ -1,0 +1,145 @@
+"""The client core in-process against the server core: state, metrics and close reasons."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from container_desktop_relay.client import RelayClient
+from container_desktop_relay.config import load_config
+from container_desktop_relay.errors import ListenError
+from container_desktop_relay.metrics import Metrics
+from container_desktop_relay.server import RelayServer
+from container_desktop_relay.state import RoleState
+from helpers import EchoTarget, Keys, free_port
+
+TIMEOUT = 10.0
+
+
+@dataclass
+class Pair:
+    """A server role and a client role in this event loop."""
+
+    server: RelayServer
+    client: RelayClient
+    socket: Path
+
+
+async def _start_pair(keys: Keys, tmp: Path, remote: str, *extra: tuple[str, str]) -> Pair:
+    port = free_port()
+    common = {"identity_path": str(keys.identity), "port": str(port), "log_level": "error"}
+    server = RelayServer(
+        load_config({**common, "authorized_keys_path": str(keys.authorized_keys)}, environ={}),
+        Metrics("server"), RoleState("server"),
+    )
+    await server.start()
+    sock = tmp / "c.sock"
+    client_config = load_config(
+        {**common, "listen": f"unix://{sock}", "known_hosts_path": str(tmp / "kh"),
+         "ssh_connection": f"ssh://t@127.0.0.1:{port}{remote}", **dict(extra)},
+        environ={},
+    )
+    client = RelayClient(client_config, Metrics("client"), RoleState("client"))
+    try:
+        await client.start()
+    except BaseException:
+        server.stop_accepting()
+        server.close_all()
+        raise
+    return Pair(server, client, sock)
+
+
+@pytest_asyncio.fixture
+async def pair(keys: Keys, tmp: Path, echo: EchoTarget) -> AsyncIterator[Pair]:
+    """Server + client forwarding to the echo target."""
+    p = await _start_pair(keys, tmp, str(echo.path))
+    yield p
+    await p.client.aclose()
+    p.server.stop_accepting()
+    p.server.close_all()
+
+
+async def _wait(predicate: Callable[[], object], what: str) -> None:
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while not predicate():  # noqa: ASYNC110 - polls arbitrary conditions
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {TIMEOUT:g}s waiting for {what}") from None
+
+
+async def _roundtrip(sock: Path, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_unix_connection(str(sock))
+    writer.write(data)
+    writer.write_eof()
+    got = await asyncio.wait_for(reader.read(), TIMEOUT)
+    writer.close()
+    return got
+
+
+@pytest.mark.asyncio
+async def test_ready_after_probe_and_metrics_count(pair: Pair) -> None:
+    """The client turns ready with the link up; each connection records an open latency."""
+    await _wait(lambda: pair.client.state.ready, "ready")
+    assert pair.client.state.link_up is True
+    for i in range(5):
+        assert await _roundtrip(pair.socket, b"x%d" % i) == b"x%d" % i
+    await _wait(lambda: not pair.client.metrics.active, "connections to finish")
+    snap = pair.client.metrics.snapshot()
+    assert snap.total_connections == 5 and snap.total_errors == 0
+    assert snap.total_bytes_read == snap.total_bytes_written == 10
+    assert pair.client.metrics.open_latency_hist.count == 5
+
+
+@pytest.mark.asyncio
+async def test_link_loss_closes_connections_and_clears_ready(pair: Pair) -> None:
+    """When the server drops the link, open connections end and the client is not ready."""
+    await _wait(lambda: pair.client.state.ready, "ready")
+    reader, writer = await asyncio.open_unix_connection(str(pair.socket))
+    writer.write(b"hello")
+    assert await asyncio.wait_for(reader.readexactly(5), TIMEOUT) == b"hello"
+    pair.server.stop_accepting()
+    pair.server.close_all()
+    assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
+    writer.close()
+    await _wait(lambda: pair.client.state.link_up is False, "link down")
+    assert pair.client.state.ready is False
+    assert pair.client.state.reason.startswith("SSH link down")
+    assert pair.client.metrics.connection_errors >= 1
+
+
+@pytest.mark.asyncio
+async def test_channel_open_failure_closes_local_and_is_counted(keys: Keys, tmp: Path) -> None:
+    """A missing remote socket: never ready, and a local connection is closed with the reason."""
+    p = await _start_pair(keys, tmp, str(tmp / "missing.sock"))
+    try:
+        await _wait(lambda: "remote socket unreachable" in p.client.state.reason, "probe")
+        assert p.client.state.ready is False and p.client.state.link_up is True
+        assert await _roundtrip(p.socket, b"data") == b""
+        await _wait(lambda: p.client.metrics.connection_errors >= 1, "error count")
+        assert "does not exist" in p.client.metrics.last_error
+        await _wait(lambda: not p.client.metrics.active, "pump finished")
+    finally:
+        await p.client.aclose()
+        p.server.stop_accepting()
+        p.server.close_all()
+
+
+@pytest.mark.asyncio
+async def test_second_client_on_same_socket_refused(pair: Pair, keys: Keys, tmp: Path) -> None:
+    """The endpoint layer refuses a live socket path; the first client is unaffected."""
+    config = load_config(
+        {"identity_path": str(keys.identity), "listen": f"unix://{pair.socket}",
+         "ssh_connection": f"ssh://t@127.0.0.1:{pair.server.port}/x", "log_level": "error"},
+        environ={},
+    )
+    other = RelayClient(config, Metrics("client"), RoleState("client"))
+    with pytest.raises(ListenError, match="already listening"):
+        await other.start()
+    assert pair.socket.exists()
+    assert await _roundtrip(pair.socket, b"still") == b"still"

@@ -1,0 +1,151 @@
+"""Host-key policy: pinned, changed, revoked, hashed and first-use keys; never loses lines."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from pathlib import Path
+
+import asyncssh
+
+from container_desktop_relay.errors import HostKeyMismatch, HostKeyUnknown
+from container_desktop_relay.hostkeys import HostKeyPolicy, host_label, read_known_hosts
+
+
+def _key() -> asyncssh.SSHKey:
+    return asyncssh.generate_private_key("ssh-ed25519").convert_to_public()
+
+
+def _data(keys: list[asyncssh.SSHKey]) -> list[bytes]:
+    return [k.public_data for k in keys]
+
+
+def _line(label: str, key: asyncssh.SSHKey) -> str:
+    return f"{label} {key.export_public_key('openssh').decode().strip()}\n"
+
+
+def _hashed(name: str) -> str:
+    salt = os.urandom(20)
+    digest = hmac.new(salt, name.encode(), hashlib.sha1).digest()
+    return f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
+
+
+def test_host_label() -> None:
+    """Port 22 is bare, any other port is bracketed."""
+    assert host_label("h", 22) == "h"
+    assert host_label("h", 2222) == "[h]:2222"
+
+
+def test_first_use_is_recorded_and_keeps_existing_lines(tmp_path: Path) -> None:
+    """An unknown host is trusted once, appended, and every earlier byte is kept."""
+    kh = tmp_path / "known_hosts"
+    other = _key()
+    original = "# my hosts\n" + _line("example.org", other).rstrip("\n")  # no final newline
+    kh.write_text(original)
+    kh.chmod(0o640)
+    key = _key()
+    policy = HostKeyPolicy(kh, secure=False)
+    assert policy.trusted_keys("localhost", 20022) == []
+    assert policy.check("localhost", "127.0.0.1", 20022, key) is True
+    policy.commit()
+    text = kh.read_text()
+    assert text.startswith(original + "\n")
+    algorithm, blob = key.export_public_key("openssh").decode().split()[:2]
+    assert text == original + "\n" + f"[localhost]:20022 {algorithm} {blob}\n"
+    assert (kh.stat().st_mode & 0o777) == 0o640
+    assert _data(policy.trusted_keys("localhost", 20022)) == _data([key])
+    policy.commit()  # nothing pending: nothing written twice
+    assert kh.read_text() == text
+
+
+def test_first_use_creates_file_and_directory(tmp_path: Path) -> None:
+    """A missing known_hosts (and .ssh directory) is created private."""
+    kh = tmp_path / "ssh" / "known_hosts"
+    policy = HostKeyPolicy(kh, secure=False)
+    assert policy.check("h", "", 22, _key())
+    policy.commit()
+    assert (kh.stat().st_mode & 0o777) == 0o600
+    assert (kh.parent.stat().st_mode & 0o777) == 0o700
+    assert len(read_known_hosts(kh)) == 1
+
+
+def test_changed_key_is_refused_naming_file_and_line(tmp_path: Path) -> None:
+    """A key that differs from the recorded one is refused with the file and line number."""
+    kh = tmp_path / "known_hosts"
+    kh.write_text("# comment\n\n" + _line("[localhost]:20022", _key()))
+    policy = HostKeyPolicy(kh, secure=False)
+    assert policy.check("localhost", "127.0.0.1", 20022, _key()) is False
+    assert isinstance(policy.refusal, HostKeyMismatch)
+    assert f"{kh} line 3" in str(policy.refusal)
+    assert policy.pending_record is None
+
+
+def test_match_by_address_wildcard_and_hash(tmp_path: Path) -> None:
+    """Entries match by IP address, wildcard pattern, or hashed name."""
+    kh = tmp_path / "known_hosts"
+    by_addr, by_glob, by_hash = _key(), _key(), _key()
+    kh.write_text(_line("[127.0.0.1]:2000", by_addr) + _line("[*.lan]:2001", by_glob)
+                  + _line(_hashed("[box]:2002"), by_hash))
+    policy = HostKeyPolicy(kh, secure=True)
+    assert _data([e.key for e in policy.entries_for("localhost", 2000, "127.0.0.1")]) == \
+        _data([by_addr])
+    assert _data(policy.trusted_keys("nas.lan", 2001)) == _data([by_glob])
+    assert _data(policy.trusted_keys("box", 2002)) == _data([by_hash])
+    assert policy.trusted_keys("box", 2003) == []
+
+
+def test_negated_pattern_excludes(tmp_path: Path) -> None:
+    """A negated pattern wins over a positive one on the same line."""
+    kh = tmp_path / "known_hosts"
+    kh.write_text(_line("*,!bad.example", _key()))
+    policy = HostKeyPolicy(kh, secure=True)
+    assert policy.trusted_keys("bad.example", 22) == []
+    assert len(policy.trusted_keys("good.example", 22)) == 1
+
+
+def test_revoked_key_is_refused(tmp_path: Path) -> None:
+    """A key marked @revoked is never accepted, even on first use."""
+    kh = tmp_path / "known_hosts"
+    key = _key()
+    kh.write_text("@revoked " + _line("*", key))
+    policy = HostKeyPolicy(kh, secure=False)
+    assert policy.trusted_keys("h", 22) == []
+    assert policy.check("h", "", 22, key) is False
+    assert "@revoked" in str(policy.refusal)
+
+
+def test_secure_refuses_unknown(tmp_path: Path) -> None:
+    """With --secure-host-key an unknown host is refused and nothing is written."""
+    kh = tmp_path / "known_hosts"
+    policy = HostKeyPolicy(kh, secure=True)
+    assert policy.check("h", "", 22, _key()) is False
+    assert isinstance(policy.refusal, HostKeyUnknown)
+    policy.commit()
+    assert not kh.exists()
+
+
+def test_expected_key_ignores_known_hosts(tmp_path: Path) -> None:
+    """A spawned server must present exactly the identity key; known_hosts is not consulted."""
+    kh = tmp_path / "known_hosts"
+    identity = asyncssh.generate_private_key("ssh-ed25519")
+    stranger = _key()
+    kh.write_text(_line("[localhost]:20022", stranger))
+    policy = HostKeyPolicy(kh, secure=False, expected=identity, expected_source="--identity-path x")
+    assert _data(policy.trusted_keys("localhost", 20022)) == _data([identity])
+    assert policy.trusted_keys("localhost", 20022) == [identity.convert_to_public()]
+    assert policy.check("localhost", "", 20022, stranger) is False
+    assert "identity key" in str(policy.refusal)
+    policy.commit()
+    assert kh.read_text() == _line("[localhost]:20022", stranger)
+
+
+def test_unparsable_lines_are_skipped(tmp_path: Path) -> None:
+    """Garbage and @cert-authority lines do not break reading."""
+    kh = tmp_path / "known_hosts"
+    key = _key()
+    kh.write_text("garbage\nh ssh-rsa notbase64\n@cert-authority * " +
+                  key.export_public_key("openssh").decode() + _line("h", key))
+    entries = read_known_hosts(kh)
+    assert [(e.line, e.key.public_data) for e in entries] == [(4, key.public_data)]

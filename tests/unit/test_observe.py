@@ -1,0 +1,323 @@
+"""/health, /ready and /metrics: views, content negotiation, and the aiohttp app on port 0."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import re
+import socket
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+from container_desktop_relay.config import Config
+from container_desktop_relay.errors import ListenError
+from container_desktop_relay.metrics import Metrics
+from container_desktop_relay.observe import (
+    Observability,
+    health_view,
+    make_app,
+    metrics_format,
+    metrics_view,
+    ready_view,
+    rfc3339,
+)
+from container_desktop_relay.state import RoleState
+from obs_helpers import Clock, finish, open_connection
+
+HEALTH_KEYS = ["status", "uptime", "active_connections", "total_connections", "error_count",
+               "last_error", "timestamp"]
+METRICS_KEYS = ["total_connections", "active_connections", "total_bytes_read",
+                "total_bytes_written", "total_errors", "connection_errors", "socket_errors",
+                "average_connection_duration", "uptime"]
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+# ------------------------------------------------------------------ views
+def test_health_shape_and_go_uptime() -> None:
+    """/health has exactly the spec's fields; uptime is Go-style, timestamp RFC 3339 UTC."""
+    clock = Clock()
+    metrics = Metrics("server", clock=clock)
+    clock.now += 1 * 3600 + 23 * 60 + 45.6
+    finish(open_connection(metrics, 10, 20))
+    open_connection(metrics)
+    metrics.error("socket", "target socket /x does not exist")
+    now = datetime.datetime(2025, 1, 16, 10, 30, tzinfo=datetime.UTC)
+    code, body = health_view(metrics.snapshot(), RoleState("server"), 1000, now)
+    assert code == 200
+    assert list(body) == HEALTH_KEYS
+    assert body == {"status": "healthy", "uptime": "1h23m45s", "active_connections": 1,
+                    "total_connections": 2, "error_count": 1,
+                    "last_error": "target socket /x does not exist",
+                    "timestamp": "2025-01-16T10:30:00Z"}
+    assert RFC3339.match(rfc3339())
+
+
+def test_health_degraded_only_above_threshold() -> None:
+    """503 "degraded" once active connections exceed the threshold, not at it."""
+    metrics = Metrics("server")
+    state = RoleState("server")
+    for _ in range(3):
+        open_connection(metrics)
+    assert health_view(metrics.snapshot(), state, 3)[0] == 200
+    code, body = health_view(metrics.snapshot(), state, 2)
+    assert (code, body["status"]) == (503, "degraded")
+
+
+def test_health_degraded_while_client_link_down() -> None:
+    """The client's /health is 503 while its SSH link is down, 200 once it is up."""
+    metrics = Metrics("client")
+    state = RoleState("client")
+    state.link_up = False
+    code, body = health_view(metrics.snapshot(), state, 1000)
+    assert (code, body["status"]) == (503, "degraded")
+    state.link_up = True
+    assert health_view(metrics.snapshot(), state, 1000)[0] == 200
+
+
+def test_ready_follows_state_and_draining_wins() -> None:
+    """/ready is 503 with a reason until ready, and 503 again once draining, for good."""
+    state = RoleState("server")
+    assert ready_view(state) == (503, {"status": "not ready", "reason": "starting",
+                                       "role": "server", "link_up": None})
+    state.set_ready("listening")
+    assert ready_view(state)[0] == 200
+    state.start_draining()
+    state.set_ready("listening")
+    assert ready_view(state) == (503, {"status": "not ready", "reason": "shutting down",
+                                       "role": "server", "link_up": None})
+
+
+def test_metrics_counts_live_and_closed_bytes() -> None:
+    """/metrics JSON has exactly the spec's fields and sums closed and live connections."""
+    clock = Clock()
+    metrics = Metrics("server", clock=clock)
+    finish(open_connection(metrics, 100, 1000))
+    finish(open_connection(metrics, 7, 0))
+    open_connection(metrics, 5, 50)
+    metrics.error("connection", "login failed")
+    metrics.error("socket", "refused")
+    metrics.error("other", "odd")
+    clock.now += 330
+    body = metrics_view(metrics.snapshot())
+    assert list(body) == METRICS_KEYS
+    assert {k: v for k, v in body.items() if k != "average_connection_duration"} == {
+        "total_connections": 3, "active_connections": 1, "total_bytes_read": 112,
+        "total_bytes_written": 1050, "total_errors": 3, "connection_errors": 1,
+        "socket_errors": 1, "uptime": "5m30s"}
+    assert re.fullmatch(r"[\d.]+(ns|µs|ms|s)", body["average_connection_duration"])
+
+
+@pytest.mark.parametrize(("accept", "fmt", "expected"), [
+    (None, None, "json"),
+    ("", None, "json"),
+    ("*/*", None, "json"),
+    ("application/json", None, "json"),
+    ("text/plain", None, "prometheus"),
+    ("text/plain; version=0.0.4", None, "prometheus"),
+    ("application/openmetrics-text; version=1.0.0", None, "prometheus"),
+    ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+     "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1", None, "prometheus"),
+    ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", None, "json"),
+    ("text/plain;q=0.5, application/json", None, "json"),
+    ("application/json;q=0.1, text/plain", None, "prometheus"),
+    ("text/*", None, "prometheus"),
+    ("image/png", None, "json"),
+    ("application/json", "prometheus", "prometheus"),
+    ("text/plain", "JSON", "json"),
+    (None, "openmetrics", "openmetrics"),
+])
+def test_metrics_format_negotiation(accept: str | None, fmt: str | None, expected: str) -> None:
+    """?format= wins; else Accept picks Prometheus only when it prefers text or OpenMetrics."""
+    assert metrics_format(accept, fmt) == expected
+
+
+def test_metrics_format_rejects_unknown() -> None:
+    """An unknown ?format= is an error naming the choices."""
+    with pytest.raises(ValueError, match="json, prometheus or openmetrics"):
+        metrics_format(None, "xml")
+
+
+# ------------------------------------------------------------------ HTTP
+class Served:
+    """A role's state and counters behind a test client."""
+
+    def __init__(self, client: TestClient, state: RoleState, metrics: Metrics) -> None:
+        self.client = client
+        self.state = state
+        self.metrics = metrics
+
+
+@pytest_asyncio.fixture
+async def served() -> AsyncIterator[Served]:
+    """The observability app (all paths) of a server role on a real port 0."""
+    state = RoleState("server")
+    metrics = Metrics("server")
+    app = make_app(metrics, state, threshold=2)
+    async with TestClient(TestServer(app)) as client:
+        yield Served(client, state, metrics)
+
+
+@pytest.mark.asyncio
+async def test_http_health_and_ready(served: Served) -> None:
+    """/health and /ready answer JSON with the right codes as the state changes."""
+    c = served.client
+    resp = await c.get("/ready")
+    assert resp.status == 503 and (await resp.json())["status"] == "not ready"
+    assert resp.headers["Cache-Control"] == "no-store"
+    served.state.set_ready("listening")
+    resp = await c.get("/ready")
+    assert resp.status == 200 and (await resp.json())["status"] == "ready"
+    resp = await c.get("/health")
+    assert resp.status == 200 and list(await resp.json()) == HEALTH_KEYS
+    for _ in range(3):
+        open_connection(served.metrics)
+    resp = await c.get("/health")
+    assert resp.status == 503 and (await resp.json())["status"] == "degraded"
+
+
+@pytest.mark.asyncio
+async def test_http_metrics_json_by_default(served: Served) -> None:
+    """curl-style requests get the spec's JSON."""
+    open_connection(served.metrics, 3, 4)
+    for accept in ("*/*", None):
+        headers = {"Accept": accept} if accept else {}
+        resp = await served.client.get("/metrics", headers=headers)
+        assert resp.status == 200
+        assert resp.content_type == "application/json"
+        body = await resp.json()
+        assert (body["total_bytes_read"], body["total_bytes_written"]) == (3, 4)
+
+
+@pytest.mark.asyncio
+async def test_http_metrics_prometheus_text(served: Served) -> None:
+    """?format=prometheus and Accept: text/plain give text 0.0.4 the official parser reads."""
+    finish(open_connection(served.metrics, 11, 22))
+    for params, headers in (({"format": "prometheus"}, {}), ({}, {"Accept": "text/plain"})):
+        resp = await served.client.get("/metrics", params=params, headers=headers)
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert resp.headers["Vary"] == "Accept"
+        families = {f.name: f for f in text_string_to_metric_families(await resp.text())}
+        assert families["cdr_bytes_read"].samples[0].value == 11
+        assert families["cdr_connections"].samples[0].labels == {"role": "server"}
+
+
+@pytest.mark.asyncio
+async def test_http_metrics_openmetrics(served: Served) -> None:
+    """A Prometheus scraper's Accept gets OpenMetrics, which the OpenMetrics parser reads."""
+    finish(open_connection(served.metrics, 5, 6))
+    accept = ("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,"
+              "*/*;q=0.1")
+    resp = await served.client.get("/metrics", headers={"Accept": accept})
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
+    text = await resp.text()
+    assert text.endswith("# EOF\n")
+    families = {f.name: f for f in openmetrics_families(text)}
+    assert families["cdr_connections"].type == "counter"
+    assert families["cdr_connection_duration_seconds"].type == "histogram"
+    resp = await served.client.get("/metrics", params={"format": "openmetrics"})
+    assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
+
+
+@pytest.mark.asyncio
+async def test_http_unknown_format_is_400(served: Served) -> None:
+    """?format=xml is a 400 with a JSON reason."""
+    resp = await served.client.get("/metrics", params={"format": "xml"})
+    assert resp.status == 400 and "unknown format" in (await resp.json())["error"]
+
+
+@pytest.mark.asyncio
+async def test_http_404_and_405(served: Served) -> None:
+    """Unknown paths are 404, wrong methods 405 with Allow; both as JSON."""
+    resp = await served.client.get("/nope")
+    assert resp.status == 404 and (await resp.json())["path"] == "/nope"
+    for path in ("/health", "/ready", "/metrics"):
+        resp = await served.client.post(path, data=b"x")
+        assert resp.status == 405
+        assert "GET" in resp.headers["Allow"]
+        assert (await resp.json())["error"] == "Method Not Allowed"
+    resp = await served.client.head("/health")
+    assert resp.status == 200
+
+
+# ------------------------------------------------------------------ lifecycle
+def _config(**kw: object) -> Config:
+    return Config(**kw)  # type: ignore[arg-type]
+
+
+def _busy_port() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    return sock
+
+
+@pytest.mark.asyncio
+async def test_equal_ports_share_one_server(caplog: pytest.LogCaptureFixture) -> None:
+    """Both ports 0: one server on one free port carries all three paths; the port is logged."""
+    obs = Observability(_config(health_check_port=0, metrics_port=0), Metrics("server"),
+                        RoleState("server"))
+    with caplog.at_level(logging.INFO, logger="container_desktop_relay"):
+        ports = await obs.start()
+    try:
+        assert ports["health"] == ports["metrics"] > 0
+        record = next(r for r in caplog.records if r.getMessage() == "observability_listening")
+        assert record.__dict__["health_port"] == ports["health"]
+        assert record.__dict__["ports"] == [ports["health"]]
+    finally:
+        await obs.stop()
+
+
+@pytest.mark.asyncio
+async def test_separate_ports_serve_separate_paths() -> None:
+    """Different ports: /health and /ready on one, /metrics on the other, 404 across."""
+    holder = _busy_port()
+    metrics_port = holder.getsockname()[1]
+    holder.close()
+    obs = Observability(_config(health_check_port=0, metrics_port=metrics_port),
+                        Metrics("server"), RoleState("server"))
+    ports = await obs.start()
+    try:
+        assert ports["metrics"] == metrics_port and ports["health"] != metrics_port
+        async with aiohttp.ClientSession() as session:
+            base = f"http://127.0.0.1:{ports['health']}"
+            assert (await session.get(base + "/health")).status == 200
+            assert (await session.get(base + "/metrics")).status == 404
+            base = f"http://127.0.0.1:{ports['metrics']}"
+            assert (await session.get(base + "/metrics")).status == 200
+            assert (await session.get(base + "/ready")).status == 404
+    finally:
+        await obs.stop()
+
+
+@pytest.mark.asyncio
+async def test_client_defaults_off_and_disabled_parts() -> None:
+    """The client serves nothing by default; a disabled part is not served."""
+    assert Observability(Config(), Metrics("client"), RoleState("client")).plan() == []
+    obs = Observability(_config(health_check_enabled=False, metrics_port=0), Metrics("server"),
+                        RoleState("server"))
+    assert [paths for _, paths in obs.plan()] == [frozenset({"metrics"})]
+
+
+@pytest.mark.asyncio
+async def test_bind_failure_is_listen_error_and_unbinds_the_rest() -> None:
+    """A busy port is a ListenError naming it; servers already bound are closed again."""
+    busy = _busy_port()
+    port = busy.getsockname()[1]
+    try:
+        obs = Observability(_config(health_check_port=0, metrics_port=port), Metrics("server"),
+                            RoleState("server"))
+        with pytest.raises(ListenError, match=f"cannot listen for /metrics on 127.0.0.1:{port}"):
+            await obs.start()
+        assert obs._runners == []
+    finally:
+        busy.close()
