@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
+import math
 import socket
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from container_desktop_relay.bench.targets import PATTERN_SIZE, pattern, pattern_digest
@@ -30,6 +29,7 @@ __all__ = [
     "open_idle",
     "percentile",
     "ping_pong",
+    "raise_nofile",
     "run_concurrent",
 ]
 
@@ -93,8 +93,10 @@ def percentile(samples: list[float], pct: float) -> float:
     if not samples:
         return float("nan")
     ordered = sorted(samples)
-    rank = max(0, min(len(ordered) - 1, round(pct / 100 * len(ordered) + 0.5) - 1))
-    return ordered[rank] if pct != 50 else statistics.median(ordered)
+    if pct == 50:
+        return statistics.median(ordered)
+    rank = max(0, min(len(ordered) - 1, math.ceil(pct / 100 * len(ordered)) - 1))
+    return ordered[rank]
 
 
 async def _connect(path: str) -> socket.socket:
@@ -329,10 +331,3 @@ def raise_nofile() -> None:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
-
-def on_progress(_msg: str) -> None:
-    """Default progress sink (replaced by the command)."""
-
-
-Progress = Callable[[str], None]
-_ = os
