@@ -290,6 +290,7 @@ class EchoTarget:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.connections = 0
+        self._live: set[socket.socket] = set()
         self._sock = socket.socket(socket.AF_UNIX)
         self._sock.bind(str(path))
         self._sock.listen(1024)
@@ -307,6 +308,7 @@ class EchoTarget:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        self._live.add(conn)
         with conn:
             try:
                 while data := conn.recv(1 << 18):
@@ -314,12 +316,20 @@ class EchoTarget:
                 conn.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
+        self._live.discard(conn)
 
     def close(self) -> None:
         self._stop = True
         self._sock.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+    def crash(self) -> None:
+        """Die like an engine process: stop listening and reset every live connection."""
+        self.close()
+        for conn in list(self._live):
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
 
 class SendFirstTarget:

@@ -20,8 +20,8 @@ import asyncio
 import contextlib
 import getpass
 import itertools
+import logging
 import time
-from typing import Any
 
 import asyncssh
 
@@ -80,10 +80,17 @@ class _SSHClient(asyncssh.SSHClient):
     def __init__(self, policy: HostKeyPolicy) -> None:
         self.policy = policy
         self.lost_reason = "closed"
+        self.accepted: asyncssh.SSHKey | None = None
 
     def validate_host_public_key(self, host: str, addr: str, port: int,
                                  key: asyncssh.SSHKey) -> bool:
-        return self.policy.check(host, addr, port, key)
+        # Re-keying asks again: the server must present the key it proved at connect.
+        if self.accepted is not None:
+            return key.public_data == self.accepted.public_data
+        if self.policy.check(host, addr, port, key):
+            self.accepted = key
+            return True
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost_reason = _reason(exc) if exc is not None else "closed by the server"
@@ -238,6 +245,7 @@ class RelayClient:
                     compression_algs=["none"],
                     keepalive_interval=config.keepalive_interval,
                     keepalive_count_max=config.keepalive_count_max,
+                    rekey_bytes=config.rekey_limit,
                 )
         except asyncssh.HostKeyNotVerifiable as exc:
             if policy.refusal is not None:
@@ -299,11 +307,17 @@ class RelayClient:
             try:
                 return await self._connect_once()
             except RelayError as exc:
-                level = "warning" if isinstance(exc, TunnelUnavailable) else "error"
-                getattr(log, level)("ssh_reconnect_failed",
-                                    extra={"attempt": attempt, "error": str(exc),
-                                           "delay_s": round(delay, 3)})
                 self.metrics.error("connection", str(exc))
+                # A long outage (WSL shut down) retries every ~2 s: log the first attempts,
+                # then one in 30 (about a minute apart); the rest at debug.
+                if not isinstance(exc, TunnelUnavailable):
+                    level = logging.ERROR
+                elif attempt <= 3 or attempt % 30 == 0:
+                    level = logging.WARNING
+                else:
+                    level = logging.DEBUG
+                log.log(level, "ssh_reconnect_failed",
+                        extra={"attempt": attempt, "error": str(exc), "delay_s": round(delay, 3)})
 
     def _link_up(self, conn: asyncssh.SSHClientConnection) -> None:
         self.conn = conn
@@ -387,6 +401,9 @@ class RelayClient:
         if self._closing:
             pump.close("shutting down")
             return
+        if len(self.metrics.active) > config.max_connections:
+            self._refuse(pump, f"connection pool exhausted (max: {config.max_connections})")
+            return
         if not self.link.is_set():
             log.info("connection_waiting_for_link", extra={"conn_id": pump.conn_id,
                                                            "timeout_s": config.ssh_timeout})
@@ -445,8 +462,3 @@ class RelayClient:
                 "reason": pump.reason,
             },
         )
-
-    def describe(self) -> dict[str, Any]:
-        """Where this client listens and connects, for logs."""
-        return {"endpoint": str(self.endpoint), "remote": str(self.target),
-                "spawning": self.spawning}

@@ -98,6 +98,9 @@ class Config:
                                      minimum=0.001)
     keepalive_count_max: int = _opt(3, "unanswered keepalives before the SSH link is declared "
                                     "dead", "int", minimum=1, maximum=1000)
+    rekey_limit: int = _opt(1 << 30, "bytes of SSH traffic after which session keys are "
+                            "renegotiated (OpenSSH's RekeyLimit)", "int", minimum=65536,
+                            maximum=1 << 40)
     health_check_enabled: bool | None = _opt(None, "serve /health and /ready (server default: on, "
                                       "client default: off)", "bool")
     health_check_host: str = _opt("127.0.0.1", "address /health, /ready and /metrics bind to",

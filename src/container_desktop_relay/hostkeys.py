@@ -183,6 +183,8 @@ class HostKeyPolicy:
                 )
                 return False
         pinned = [e for e in entries if not e.revoked]
+        if any(e.key.public_data == key.public_data for e in pinned):
+            return True  # pinned under the server's address rather than its name
         if pinned:
             first = pinned[0]
             self.refusal = HostKeyMismatch(

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from container_desktop_relay.errors import KeyFileError
 from container_desktop_relay.log import get_logger
+from container_desktop_relay.mounts import on_windows_drive
 
 __all__ = [
     "KeyPairResult",
@@ -66,7 +67,7 @@ def atomic_write(path: Path, data: bytes, mode: int) -> None:
 
 
 def _check_private_permissions(path: Path) -> None:
-    if not _POSIX:
+    if not _POSIX or on_windows_drive(path):  # DrvFs modes are synthesized; Windows ACLs rule
         return
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
@@ -114,7 +115,7 @@ def check_not_writable_by_others(path: Path, what: str) -> None:
     Raises:
         KeyFileError: the file is group/world-writable or owned by another (non-root) user.
     """
-    if not _POSIX:
+    if not _POSIX or on_windows_drive(path):  # DrvFs modes are synthesized; Windows ACLs rule
         return
     try:
         st = path.stat()

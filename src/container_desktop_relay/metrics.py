@@ -105,6 +105,7 @@ class Metrics:
         self.duration_hist = Histogram(DURATION_BUCKETS)
         self.open_latency_hist = Histogram(OPEN_LATENCY_BUCKETS)
         self.channel_open_failures = 0
+        #: called after every finished connection (e.g. the idle memory trimmer)
         self.listeners: list[Callable[[], None]] = []
 
     # ---------------------------------------------------------------- feed
@@ -122,6 +123,8 @@ class Metrics:
         duration = pump.duration
         self.closed_duration_total += duration
         self.duration_hist.observe(duration)
+        for listener in self.listeners:
+            listener()
 
     def channel_opened(self, latency: float) -> None:
         """An SSH channel to the target opened after ``latency`` seconds."""

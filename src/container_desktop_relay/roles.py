@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from container_desktop_relay.app import run_loop, serve
 from container_desktop_relay.config import Config
+from container_desktop_relay.memory import IdleTrimmer
 from container_desktop_relay.metrics import Metrics
 from container_desktop_relay.observe import observability_extra
 from container_desktop_relay.server import RelayServer
 from container_desktop_relay.state import RoleState
 
-__all__ = ["run_client", "run_server"]
+__all__ = ["new_metrics", "run_client", "run_server"]
+
+
+def new_metrics(role: str) -> Metrics:
+    """The role's counters, with freed memory handed back to the OS whenever it goes idle."""
+    metrics = Metrics(role)
+    trimmer = IdleTrimmer(lambda: not metrics.active)
+    metrics.listeners.append(trimmer.connection_finished)
+    return metrics
 
 
 def run_server(config: Config) -> int:
@@ -17,7 +26,7 @@ def run_server(config: Config) -> int:
 
     async def main() -> int:
         state = RoleState("server")
-        metrics = Metrics("server")
+        metrics = new_metrics("server")
         server = RelayServer(config, metrics, state)
         return await serve(server, config, extras=[observability_extra(config)])
 
@@ -31,7 +40,7 @@ def run_client(config: Config) -> int:
 
     async def main() -> int:
         state = RoleState("client")
-        metrics = Metrics("client")
+        metrics = new_metrics("client")
         client = RelayClient(config, metrics, state)
         extras = [observability_extra(config)]
         if config.tid_path:

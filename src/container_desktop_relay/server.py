@@ -109,6 +109,7 @@ class RelayServer:
                 login_timeout=config.connect_timeout,
                 keepalive_interval=config.keepalive_interval,
                 keepalive_count_max=config.keepalive_count_max,
+                rekey_bytes=config.rekey_limit,
                 x11_forwarding=False,
                 agent_forwarding=False,
                 allow_pty=False,

@@ -167,7 +167,14 @@ class ServerProcess:
         if sys.platform == "win32":
             from container_desktop_relay import winjob  # type: ignore[attr-defined]
 
-            self._job = winjob.assign_kill_on_close(proc.pid)
+            if self._job is not None:  # the previous child's job; that child is gone
+                with contextlib.suppress(Exception):
+                    self._job.close()
+                self._job = None
+            try:
+                self._job = winjob.assign_kill_on_close(proc.pid)
+            except OSError as exc:  # the server still watches our PID and exits without us
+                log.error("server_job_failed", extra={"pid": proc.pid, "error": str(exc)})
         self.proc = proc
         self.spawns += 1
         self.exit_code = None
@@ -183,8 +190,9 @@ class ServerProcess:
         while True:
             try:
                 line = await stream.readline()
-            except ValueError:  # a line longer than the stream limit
-                line = await stream.read(64 * 1024)
+            except ValueError:  # a line over the stream limit; asyncio has dropped it
+                log.warning("server_output_line_too_long", extra={"stream": name})
+                continue
             if not line:
                 return
             if LISTENING_EVENT.encode() in line:

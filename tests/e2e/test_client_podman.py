@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from clienthelp import ClientProc, owned
-from helpers import FACTOR, Keys, Podman, RelayServer, stopping
+from helpers import FACTOR, Keys, Podman, RelayServer, stopping, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -132,5 +132,7 @@ def test_engine_reachable_across_server_restart(
         server.stop()
         server = owned(request, RelayServer(keys, tmp, port=server.port))
         with stopping(server):
+            # linked again on its own (no client restart); then the engine answers
+            wait_for(lambda: client.log().count('"client_ready"') >= 2, 30, "relink")
             result = podman.docker_cli(client.socket, "version")
             assert result.returncode == 0, result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import stat
@@ -13,15 +14,18 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from clienthelp import ClientProc, owned
+from clienthelp import ClientProc, child_pids, owned, pid_alive
 from helpers import (
     FACTOR,
     EchoTarget,
     Keys,
+    Proc,
     RelayServer,
     exchange,
     free_port,
     make_ed25519,
+    relay_cmd,
+    relay_env,
     run_relay,
     sha,
     stopping,
@@ -391,3 +395,87 @@ def test_frozen_server_detected_by_keepalive(
         server.proc.signal(signal.SIGCONT)
         wait_for(lambda: client.log().count('"client_ready"') >= 2, 20, "relink after SIGCONT")
         assert _roundtrip(client.socket, b"back") == b"back"
+
+
+def test_client_exits_when_its_parent_dies(
+    request: pytest.FixtureRequest,
+    relay_server: RelayServer,
+    keys: Keys,
+    echo: EchoTarget,
+    tmp: Path,
+) -> None:
+    """--watch-process-termination: when the process that started the client is gone, the
+    client shuts down gracefully and removes its socket."""
+    sock = tmp / "w.sock"
+    argv = relay_cmd(
+        "client",
+        "--listen",
+        f"unix://{sock}",
+        "--identity-path",
+        str(keys.identity),
+        "--ssh-connection",
+        f"ssh://t@127.0.0.1:{relay_server.port}{echo.path}",
+        "--known-hosts-path",
+        str(tmp / "kh"),
+        "--tid-path",
+        str(tmp / "w.tid"),
+        "--watch-process-termination",
+        "--poll-interval",
+        "200ms",
+        "--log-level",
+        "info",
+    )
+    parent = owned(
+        request, Proc(["sh", "-c", shlex.join(argv) + "; true"], tmp / "w.log", env=relay_env())
+    )
+    wait_for(lambda: (tmp / "w.tid").exists() or not parent.alive(), 30, "client ready")
+    (client_pid,) = child_pids(parent.pid)
+    request.addfinalizer(lambda: pid_alive(client_pid) and os.kill(client_pid, signal.SIGKILL))
+    parent.signal(signal.SIGKILL)
+    wait_for(lambda: not pid_alive(client_pid), 15, "the client to exit after its parent")
+    log = parent.log()
+    assert '"parent_gone"' in log and '"shutdown_complete"' in log
+    assert not sock.exists() and not (tmp / "w.tid").exists()
+
+
+def test_memory_bounded_while_server_is_frozen(
+    request: pytest.FixtureRequest, keys: Keys, echo: EchoTarget, tmp: Path
+) -> None:
+    """With the server stalled, writers on open channels and on connections still waiting for
+    their channel cannot grow the client's memory beyond its windows and buffers."""
+    import psutil
+
+    server = owned(request, RelayServer(keys, tmp))
+    client = owned(
+        request, ClientProc(keys, tmp, server.port, str(echo.path), "--keepalive-interval", "60s")
+    )
+    opened = []
+    for _ in range(10):
+        s = _connect(client.socket)
+        s.sendall(b"x")
+        assert s.recv(1) == b"x"
+        opened.append(s)
+    server.proc.signal(signal.SIGSTOP)
+    request.addfinalizer(lambda: server.proc.signal(signal.SIGCONT))
+    pending = [_connect(client.socket) for _ in range(20)]
+    proc = psutil.Process(client.proc.pid)
+    before = proc.memory_info().rss
+    chunk = b"m" * (1 << 20)
+
+    def flood(sock: socket.socket) -> None:
+        sock.settimeout(3)
+        try:
+            for _ in range(16):  # 16 MiB each, 480 MiB in all if nothing pushed back
+                sock.sendall(chunk)
+        except OSError:
+            pass
+
+    threads = [threading.Thread(target=flood, args=(s,)) for s in opened + pending]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    grown = proc.memory_info().rss - before
+    for s in opened + pending:
+        s.close()
+    assert grown < 100 * MiB, f"client grew by {grown / MiB:.0f} MiB"

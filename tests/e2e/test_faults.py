@@ -250,10 +250,7 @@ def test_target_removed_and_recreated(chain: tuple[RelayServer, ClientProc],
     server, client = chain
     payload = os.urandom(32 * MiB)
 
-    def restart_engine() -> None:
-        echo.close()
-
-    outcomes = run_during(client.socket, payload, 2, restart_engine)
+    outcomes = run_during(client.socket, payload, 2, echo.crash)
     for out in outcomes:
         assert_complete_or_visible(out, payload, 20)
     t0 = time.monotonic()
@@ -266,7 +263,9 @@ def test_target_removed_and_recreated(chain: tuple[RelayServer, ClientProc],
         assert exchange(client.socket, small) == (len(small), sha(small))
     finally:
         again.close()
-    report("target socket removed and re-created (2 x 32 MiB echo)", outcomes, payload,
+    assert all(o.received < len(payload) or o.error for o in outcomes)
+    report("engine crashed (socket removed, connections reset), then re-created "
+           "(2 x 32 MiB echo)", outcomes, payload,
            "request while gone closed at once; re-created socket used")
 
 
@@ -347,3 +346,21 @@ def test_slow_reader_bounds_memory(keys: Keys, tmp: Path) -> None:
     record("fault", "target reading 1 KB/s, writer pushing up to 200 MB", 1,
            f"writer held to {sent[0] / MiB:.1f} MiB; RSS growth server "
            f"{growth_mb[0]:.1f} MiB, client {growth_mb[1]:.1f} MiB")
+
+
+def test_rekeying_keeps_a_first_use_link(keys: Keys, echo: EchoTarget, tmp: Path) -> None:
+    """Key re-exchange every 1 MiB on a link whose host key was just recorded (TOFU): the
+    re-validated key is the same, so streams stay byte-exact and the link stays up.
+
+    Regression: the re-exchange re-checked the key against the entry the first handshake had
+    just written and took it for a changed key, dropping the link every 1 GiB of traffic.
+    """
+    server = RelayServer(keys, tmp, "--rekey-limit", "1048576")
+    client = ClientProc(keys, tmp, server.port, str(echo.path), "--rekey-limit", "1048576")
+    with stopping(client, server):
+        payload = os.urandom(24 * MiB)
+        assert exchange(client.socket, payload) == (len(payload), sha(payload))
+        assert '"ssh_link_down"' not in client.log()
+        assert '"host_key_recorded"' in client.log()
+    record("fault", "SSH key re-exchange every 1 MiB on a first-use link (24 MiB echo)", 1,
+           "byte-exact, link stayed up")

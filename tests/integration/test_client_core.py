@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,11 +76,23 @@ async def _wait(predicate: Callable[[], object], what: str) -> None:
 
 async def _roundtrip(sock: Path, data: bytes) -> bytes:
     reader, writer = await asyncio.open_unix_connection(str(sock))
-    writer.write(data)
-    writer.write_eof()
-    got = await asyncio.wait_for(reader.read(), TIMEOUT)
-    writer.close()
-    return got
+    try:
+        writer.write(data)
+        writer.write_eof()
+        return await asyncio.wait_for(reader.read(), TIMEOUT)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def _closed_without_answer(sock: Path, data: bytes) -> bool:
+    """Whether a connection sending ``data`` is closed without any reply (EOF or reset: a
+    socket closed with unread input resets its peer)."""
+    try:
+        return await _roundtrip(sock, data) == b""
+    except ConnectionResetError:
+        return True
 
 
 @pytest.mark.asyncio
@@ -107,6 +120,7 @@ async def test_link_loss_closes_connections_and_clears_ready(pair: Pair) -> None
     pair.server.close_all()
     assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
     writer.close()
+    await writer.wait_closed()
     await _wait(lambda: pair.client.state.link_up is False, "link down")
     assert pair.client.state.ready is False
     assert pair.client.state.reason.startswith("SSH link down")
@@ -120,7 +134,7 @@ async def test_channel_open_failure_closes_local_and_is_counted(keys: Keys, tmp:
     try:
         await _wait(lambda: "remote socket unreachable" in p.client.state.reason, "probe")
         assert p.client.state.ready is False and p.client.state.link_up is True
-        assert await _roundtrip(p.socket, b"data") == b""
+        assert await _closed_without_answer(p.socket, b"data")
         await _wait(lambda: p.client.metrics.connection_errors >= 1, "error count")
         assert "does not exist" in p.client.metrics.last_error
         await _wait(lambda: not p.client.metrics.active, "pump finished")
@@ -143,3 +157,29 @@ async def test_second_client_on_same_socket_refused(pair: Pair, keys: Keys, tmp:
         await other.start()
     assert pair.socket.exists()
     assert await _roundtrip(pair.socket, b"still") == b"still"
+
+
+@pytest.mark.asyncio
+async def test_max_connections_refuses_extra_local_connections(
+    keys: Keys, tmp: Path, echo: EchoTarget
+) -> None:
+    """Beyond --max-connections a local connection is closed with the pool reason; others go on."""
+    p = await _start_pair(keys, tmp, str(echo.path), ("max_connections", "2"))
+    try:
+        held = []
+        for _ in range(2):
+            reader, writer = await asyncio.open_unix_connection(str(p.socket))
+            writer.write(b"ping")
+            assert await asyncio.wait_for(reader.readexactly(4), TIMEOUT) == b"ping"
+            held.append((reader, writer))
+        assert await _closed_without_answer(p.socket, b"extra")
+        assert "connection pool exhausted (max: 2)" in p.client.metrics.last_error
+        for reader, writer in held:
+            writer.write(b"more")
+            assert await asyncio.wait_for(reader.readexactly(4), TIMEOUT) == b"more"
+            writer.close()
+            await writer.wait_closed()
+    finally:
+        await p.client.aclose()
+        p.server.stop_accepting()
+        p.server.close_all()

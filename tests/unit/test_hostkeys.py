@@ -149,3 +149,26 @@ def test_unparsable_lines_are_skipped(tmp_path: Path) -> None:
                   key.export_public_key("openssh").decode() + _line("h", key))
     entries = read_known_hosts(kh)
     assert [(e.line, e.key.public_data) for e in entries] == [(4, key.public_data)]
+
+
+def test_pinned_key_presented_again_is_accepted(tmp_path: Path) -> None:
+    """The key a first handshake recorded is accepted when asked again (re-keying)."""
+    key = asyncssh.generate_private_key("ssh-ed25519").convert_to_public()
+    policy = HostKeyPolicy(tmp_path / "known_hosts", secure=False)
+    assert policy.check("127.0.0.1", "127.0.0.1", 2222, key)
+    policy.commit()
+    assert policy.check("127.0.0.1", "127.0.0.1", 2222, key)
+    other = asyncssh.generate_private_key("ssh-ed25519").convert_to_public()
+    assert not policy.check("127.0.0.1", "127.0.0.1", 2222, other)
+
+
+def test_key_pinned_under_address_is_accepted(tmp_path: Path) -> None:
+    """A key recorded for the server's IP address is accepted when connecting by name."""
+    kh = tmp_path / "known_hosts"
+    key = _key()
+    kh.write_text(_line("[127.0.0.1]:2222", key))
+    policy = HostKeyPolicy(kh, secure=True)
+    assert policy.trusted_keys("localhost", 2222) == []
+    assert policy.check("localhost", "127.0.0.1", 2222, key) is True
+    assert policy.refusal is None and policy.pending_record is None
+    assert policy.check("localhost", "127.0.0.1", 2222, _key()) is False
