@@ -25,7 +25,9 @@ venv: $(STAMP)
 lint: venv
 	$(BIN)/ruff check src tests
 
-test: system venv lint
+# Everything: unit, end-to-end (OpenSSH, Podman, docker), the Windows client under Wine
+# (tests/windows, set up by wine-setup) and the standalone executable (tests/dist).
+test: system venv lint wine-setup
 	$(BIN)/python -m pytest -q
 
 unit: venv

@@ -138,6 +138,13 @@ def _config_command(role: str) -> Callable[[Sequence[str]], int]:
     return run
 
 
+def run_bench_command(argv: Sequence[str]) -> int:
+    """``bench``: the benchmark (imported on use; see container_desktop_relay.bench)."""
+    from container_desktop_relay.bench.command import run_bench_command as run
+
+    return run(argv)
+
+
 def _status(argv: Sequence[str]) -> int:
     from container_desktop_relay import status
 
@@ -182,6 +189,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "client": _config_command("client"),
     "keygen": _config_command("keygen"),
     "status": _status,
+    "bench": run_bench_command,
     "config-docs": _config_docs,
     "install-service": _install_service,
     "completion": _completion,
@@ -208,6 +216,7 @@ def _usage() -> str:
 
 _EXTRA_HELP: dict[str, str] = {
     "status": "query a running relay's /health, /ready and /metrics (exit 0/1/2)",
+    "bench": "compare throughput, latency and memory with OpenSSH and the bare socket",
     "config-docs": "print the configuration reference (docs/configuration.md)",
     "install-service": "write the systemd unit for the server role ([--user] [--print])",
     "completion": "print the shell completion script (bash, zsh or fish)",

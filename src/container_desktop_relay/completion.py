@@ -34,7 +34,8 @@ def _builders() -> dict[str, Callable[[], argparse.ArgumentParser | None]]:
     builders["install-service"] = service._parser
     builders["completion"] = _own_parser
     builders["status"] = _status_parser
-    for module, name in (("doctor", "doctor"), ("dockerctx", "docker-context")):
+    for module, name in (("doctor", "doctor"), ("dockerctx", "docker-context"),
+                         ("bench.command", "bench")):
         builders[name] = lambda module=module: importlib.import_module(
             f"container_desktop_relay.{module}").build_parser()
     return builders

@@ -49,8 +49,11 @@ class ChannelEnd(asyncssh.SSHUNIXSession[bytes]):
         chan = self._chan
         if chan is not None:
             # A closing channel raises BrokenPipeError; the pump learns via connection_lost.
-            with contextlib.suppress(BrokenPipeError):
+            # try/except, not contextlib.suppress: this runs for every chunk (profiled ~2%).
+            try:  # noqa: SIM105
                 chan.write(data)
+            except BrokenPipeError:
+                pass
 
     def write_eof(self) -> None:
         chan = self._chan

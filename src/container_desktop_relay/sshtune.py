@@ -1,7 +1,10 @@
-"""The one place asyncssh is corrected: flow-control fixes, version-guarded.
+"""The one place asyncssh is corrected: flow-control and hot-path fixes, version-guarded.
 
-asyncssh 2.24.1 has flow-control defects that break bounded memory whatever the speed
-(see docs/performance.md and docs/reliability.md):
+Everything here patches private methods of asyncssh 2.24.1, so :func:`apply` refuses any other
+version (pin it; re-measure and re-test on every upgrade). No patch changes the wire format:
+tests/e2e/test_sshtune_interop.py runs the patched code against real OpenSSH both ways.
+
+Flow control (correctness: bounded memory whatever the speed; docs/reliability.md):
 
 1. Window credit is returned on receipt, not on consumption: ``SSHChannel._deliver_data``
    re-opens the whole receive window when it delivers the first buffered packet after
@@ -10,27 +13,78 @@ asyncssh 2.24.1 has flow-control defects that break bounded memory whatever the 
 2. ``SSHConnection.pause_writing()`` is a no-op: when the SSH TCP socket backs up, channels
    keep writing until their windows are exhausted. Fixed: a congested transport pauses every
    channel's session (which pauses the local reader through the pump) until it drains.
-
 3. A channel closed by the peer while reading is paused never finishes closing: asyncssh
    waits for the session to take the buffered data first, so a stuck target would keep the
    channel (and its forwarded connection) forever. Fixed: once the peer has closed, what is
    buffered (at most one window) is delivered at once and the close completes; the pump's
    linger bound then deals with a target that never reads.
 
+Hot path (speed; measured in docs/performance.md, bulk MB/s through ``ssh -L`` and our server):
+
+4. No SSH_MSG_IGNORE before every packet with AEAD ciphers. asyncssh sends an empty IGNORE
+   ahead of *every* packet once encrypting, doubling packets, cipher calls and ``send()``
+   calls. That is a defence for CBC's predictable IV; AES-GCM and ChaCha20-Poly1305 have no
+   such weakness. CBC and CTR keep asyncssh's behaviour unchanged.
+5. Copy-free receive buffer. asyncssh keeps its input in ``bytes`` and re-slices it for every
+   packet (``self._inpbuf = self._inpbuf[n:]`` copies everything still buffered, twice per
+   packet). Here it is a ``bytearray`` consumed with ``del buf[:n]`` (O(1) at the front), the
+   header is peeked in place, AES-GCM decrypts straight from a memoryview of the buffer, and
+   CHANNEL_DATA for an open channel goes straight to ``_accept_data`` without ``SSHPacket``,
+   the packet logger and the handler dispatch. Every other packet is handed, already
+   decrypted, to asyncssh's own ``_recv_packet`` so its checks and dispatch stay asyncssh's.
+6. Cheaper sending: padding comes from a pooled ``os.urandom`` block (each byte used once;
+   no ``getrandom`` per packet), the ``AESGCM`` object is created once per key instead of per
+   packet, channel writes keep the caller's ``bytes`` (no ``bytearray`` copy; large writes are
+   split with memoryviews), and CHANNEL_DATA under AES-GCM is built with one ``join`` and
+   encrypted with ``encrypt_into`` directly behind its length header (one copy instead of
+   five).
+7. Per-packet chores: ``SSHLogger.log`` converted every argument to text before the level
+   check (asyncssh logs each channel open/close at info), packet logs were formatted even
+   below debug level 3, and every ``data_received`` cancelled and re-created the keepalive
+   timer. Now the level is checked first, packet logs are skipped below level 3, and the
+   keepalive timer re-arms itself for the rest of the interval when input arrived meanwhile
+   (same detection time). Together: -14% CPU per new connection.
+8. Larger windows and packets (:data:`CHANNEL_WINDOW`, :data:`MAX_PACKET_SIZE`): with the
+   patches above, 4 MiB / 128 KiB. 256 KiB packets are avoided: they exceed the Unix socket
+   send buffer and measured slower. Both ends must create channels with the larger
+   ``max_pktsize``: asyncssh accepts packets up to max(256 KiB, its channels' size + 1 KiB).
+
 The pump already keeps data that arrives before a channel is open from growing memory (it
-pauses the reader). :func:`apply` patches private methods, so it refuses any asyncssh version
-other than the one it was written and tested against.
+pauses the reader).
 """
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 import asyncssh
 from asyncssh import channel as _channel
 from asyncssh import connection as _connection
-from asyncssh.constants import MSG_CHANNEL_CLOSE, MSG_CHANNEL_WINDOW_ADJUST
-from asyncssh.packet import UInt32
+from asyncssh import packet as _packet
+from asyncssh.constants import (
+    MSG_CHANNEL_CLOSE,
+    MSG_CHANNEL_DATA,
+    MSG_CHANNEL_EOF,
+    MSG_CHANNEL_EXTENDED_DATA,
+    MSG_CHANNEL_WINDOW_ADJUST,
+    MSG_DEBUG,
+    MSG_IGNORE,
+    MSG_KEX_LAST,
+    MSG_NEWKEYS,
+    MSG_SERVICE_ACCEPT,
+    MSG_SERVICE_REQUEST,
+    MSG_USERAUTH_BANNER,
+    MSG_USERAUTH_LAST,
+)
+from asyncssh.crypto import cipher as _cipher
+from asyncssh.encryption import ChachaEncryption, GCMEncryption
+from asyncssh.logging import SSHLogger
+from asyncssh.misc import MACError, ProtocolError
+from asyncssh.packet import Byte, String, UInt32
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from container_desktop_relay.log import get_logger
 
@@ -49,14 +103,26 @@ __all__ = [
 log = get_logger(__name__)
 
 SUPPORTED_ASYNCSSH = "2.24.1"
-CHANNEL_WINDOW = 2 * 1024 * 1024
-MAX_PACKET_SIZE = 32 * 1024
+CHANNEL_WINDOW = 4 * 1024 * 1024
+MAX_PACKET_SIZE = 128 * 1024
 TRANSPORT_HIGH_WATER = 1024 * 1024
 TRANSPORT_LOW_WATER = 256 * 1024
 
+_AEAD = (GCMEncryption, ChachaEncryption)
+_GCM_TAG = 16
+_PAD_POOL = 64 * 1024
+_EMPTY_STRING = String(b"")
+_DATA_BYTE = Byte(MSG_CHANNEL_DATA)
+_PAD_BYTES = [Byte(n) for n in range(256)]
+_DEFERRED_BEFORE_KEX = frozenset({MSG_DEBUG, MSG_SERVICE_REQUEST, MSG_SERVICE_ACCEPT})
+
 _applied = False
+_orig: dict[str, Any] = {}
+_pad_pool = b""
+_pad_off = 0
 
 
+# --------------------------------------------------------------------- flow control
 def _deliver_data(self: Any, data: bytes, datatype: Any) -> None:
     """Deliver one packet; grant window credit only for bytes no longer queued."""
     queued = sum(len(d) for d, _ in self._recv_buf) if self._recv_buf else 0
@@ -129,6 +195,314 @@ def _conn_resume_writing(self: Any) -> None:
             chan._session.resume_writing()
 
 
+# ------------------------------------------------------------------------- sending
+def _padding(n: int) -> bytes:
+    """``n`` random padding bytes from a pooled ``os.urandom`` block (each byte used once)."""
+    global _pad_pool, _pad_off
+    off = _pad_off
+    if off + n > len(_pad_pool):
+        _pad_pool = os.urandom(_PAD_POOL)
+        off = 0
+    _pad_off = off + n
+    return _pad_pool[off:off + n]
+
+
+def _aesgcm(cipher: Any) -> AESGCM:
+    """The ``AESGCM`` object for a GCMCipher's key, created once (asyncssh makes one per packet)."""
+    aead = cipher.__dict__.get("_cdr_aead")
+    if aead is None:
+        aead = cipher._cdr_aead = AESGCM(cipher._key)
+    return aead
+
+
+def _gcm_encrypt_and_sign(self: Any, header: bytes, data: bytes) -> tuple[bytes, bytes]:
+    """GCMCipher.encrypt_and_sign with a cached AESGCM object."""
+    sealed = _aesgcm(self).encrypt(self._iv, data, header)
+    self._update_iv()
+    return header + sealed[:-_GCM_TAG], sealed[-_GCM_TAG:]
+
+
+def _gcm_verify_and_decrypt(self: Any, header: bytes, data: bytes, mac: bytes) -> bytes | None:
+    """GCMCipher.verify_and_decrypt with a cached AESGCM object."""
+    try:
+        plain: bytes | None = _aesgcm(self).decrypt(self._iv, data + mac, header)
+    except InvalidTag:
+        plain = None
+    self._update_iv()
+    return plain
+
+
+def _rekey_due(self: Any) -> bool:
+    return bool(self._rekey_bytes_sent >= self._rekey_bytes
+                or (self._rekey_seconds and time.monotonic() >= self._rekey_time))
+
+
+def _send_packet(self: Any, pkttype: int, *args: bytes, handler: Any = None) -> None:
+    """SSHConnection.send_packet: no IGNORE ahead of each packet under AEAD, pooled padding."""
+    if self._auth_complete and self._kex_complete and _rekey_due(self):
+        self._send_kexinit()
+        self._kexinit_sent = True
+    if (((pkttype in _DEFERRED_BEFORE_KEX or pkttype > MSG_KEX_LAST)
+         and not self._kex_complete)
+            or (pkttype == MSG_USERAUTH_BANNER
+                and not (self._auth_in_progress or self._auth_complete))
+            or (pkttype > MSG_USERAUTH_LAST and not self._auth_complete)):
+        self._deferred_packets.append((pkttype, args))
+        return
+    enc = self._send_encryption
+    if enc is not None and pkttype > MSG_KEX_LAST and not isinstance(enc, _AEAD):
+        self.send_packet(MSG_IGNORE, _EMPTY_STRING)  # CBC/CTR: asyncssh's defence, kept
+    orig_payload = b"".join((Byte(pkttype), *args))
+    if self._compressor and (self._auth_complete or not self._compress_after_auth):
+        payload = self._compressor.compress(orig_payload)
+        if payload is None:
+            raise asyncssh.CompressionError("Compression failed")
+    else:
+        payload = orig_payload
+    blocksize = self._send_blocksize
+    padlen = -(self._send_enchdrlen + len(payload)) % blocksize
+    if padlen < 4:
+        padlen += blocksize
+    packet = b"".join((_PAD_BYTES[padlen], payload, _padding(padlen)))
+    pktlen = len(packet)
+    hdr = UInt32(pktlen)
+    seq = self._send_seq
+    if enc is not None:
+        packet, mac = enc.encrypt_packet(seq, hdr, packet)
+        self._send(packet + mac)
+    else:
+        self._send(hdr + packet)
+    if self._send_seq == 0xFFFFFFFF and enc is None:
+        self._send_seq = 0
+        raise ProtocolError("Sequence rollover before kex complete")
+    if pkttype == MSG_NEWKEYS and self._strict_kex:
+        self._send_seq = 0
+    else:
+        self._send_seq = (seq + 1) & 0xFFFFFFFF
+    if self._kex_complete:
+        self._rekey_bytes_sent += pktlen
+    if SSHLogger._debug_level >= 3:
+        (handler or self).log_sent_packet(pkttype, seq, orig_payload)
+
+
+def _send_channel_data(chan: Any, data: bytes | memoryview) -> None:
+    """Send one CHANNEL_DATA packet; under AES-GCM in steady state, with one copy."""
+    conn = chan._conn
+    enc = conn._send_encryption
+    if (type(enc) is not GCMEncryption or not conn._kex_complete or not conn._auth_complete
+            or conn._compressor is not None or chan._send_chan is None
+            or SSHLogger._debug_level >= 3 or _rekey_due(conn)):
+        chan.send_packet(MSG_CHANNEL_DATA, String(data))
+        return
+    n = len(data)
+    # GCM leaves the length in clear: padlen byte + type + channel + data length + data
+    # + padding must be a multiple of the 16-byte block.
+    padlen = -(10 + n) % 16
+    if padlen < 4:
+        padlen += 16
+    pktlen = 10 + n + padlen
+    hdr = pktlen.to_bytes(4, "big")
+    plain = b"".join((
+        _PAD_BYTES[padlen], _DATA_BYTE, chan._send_chan.to_bytes(4, "big"),
+        n.to_bytes(4, "big"), data, _padding(padlen),
+    ))
+    cipher = enc._cipher
+    out = bytearray(4 + pktlen + _GCM_TAG)
+    out[:4] = hdr
+    with memoryview(out) as view, view[4:] as body:
+        _aesgcm(cipher).encrypt_into(cipher._iv, plain, hdr, body)
+    cipher._update_iv()
+    conn._send(out)
+    conn._send_seq = (conn._send_seq + 1) & 0xFFFFFFFF
+    conn._rekey_bytes_sent += pktlen
+
+
+def _chan_write(self: Any, data: Any, datatype: Any = None) -> None:
+    """SSHChannel.write without copying the caller's bytes into a bytearray."""
+    if self._send_state != "open":
+        raise BrokenPipeError("Channel not open for sending")
+    if datatype is not None and datatype not in self._write_datatypes:
+        raise OSError("Invalid extended data type")
+    if not data:
+        return
+    if self._encoding:
+        encoded = self._encoder.encode(data)
+    else:
+        encoded = data if type(data) is bytes else bytes(data)  # callers may reuse buffers
+    if SSHLogger._debug_level >= 2:
+        self.logger.debug2("Sending %d data bytes", len(encoded))
+    self._send_buf.append((encoded, datatype))
+    self._send_buf_len += len(encoded)
+    self._flush_send_buf()
+
+
+def _flush_send_buf(self: Any) -> None:
+    """SSHChannel._flush_send_buf splitting with memoryviews, data through the fast path."""
+    send_buf = self._send_buf
+    while send_buf and self._send_window:
+        pktsize = min(self._send_window, self._send_pktsize)
+        buf, datatype = send_buf[0]
+        if len(buf) > pktsize:
+            view = buf if type(buf) is memoryview else memoryview(buf)
+            data = view[:pktsize]
+            send_buf[0] = (view[pktsize:], datatype)
+        else:
+            data = buf
+            del send_buf[0]
+        n = len(data)
+        self._send_buf_len -= n
+        self._send_window -= n
+        if datatype is None:
+            _send_channel_data(self, data)
+        else:
+            self.send_packet(MSG_CHANNEL_EXTENDED_DATA, UInt32(datatype), String(data))
+    self._pause_resume_writing()
+    if not self._send_buf:
+        if self._send_state == "eof_pending":
+            self.send_packet(MSG_CHANNEL_EOF)
+            self._send_state = "eof"
+        elif self._send_state == "close_pending":
+            self._close_send()
+
+
+# ------------------------------------------------------------------ per-packet chores
+def _logger_log(self: Any, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+    """SSHLogger.log that checks the level before converting its arguments to text."""
+    if self.isEnabledFor(level):
+        _orig["SSHLogger.log"](self, level, msg, *args, **kwargs)
+
+
+def _log_packet(self: Any, msg: str, pkttype: int, pktid: Any, packet: Any, note: str) -> None:
+    """SSHPacketLogger._log_packet only when packet logging is on (debug level 3)."""
+    if SSHLogger._debug_level >= 3:
+        _orig["_log_packet"](self, msg, pkttype, pktid, packet, note)
+
+
+def _reset_keepalive_timer(self: Any) -> None:
+    """Note the receive time; the keepalive timer re-arms itself instead of being replaced."""
+    if self._auth_complete:
+        self._cdr_rx_at = self._loop.time()
+        if self._keepalive_timer is None:
+            self._set_keepalive_timer()
+
+
+def _keepalive_timer_callback(self: Any) -> None:
+    """Probe only after a full interval without input, as asyncssh's reset timer does."""
+    idle = self._loop.time() - self._cdr_rx_at
+    if self._keepalive_interval and idle < self._keepalive_interval:
+        self._keepalive_timer = self._loop.call_later(
+            self._keepalive_interval - idle, self._keepalive_timer_callback)
+        return
+    _orig["_keepalive_timer_callback"](self)
+
+
+# ----------------------------------------------------------------------- receiving
+class _Decrypted:
+    """Stands in for the receive cipher while asyncssh dispatches an already-decrypted packet."""
+
+    __slots__ = ("conn", "enc", "plain")
+
+    def __init__(self, conn: Any, enc: Any, plain: bytes) -> None:
+        self.conn = conn
+        self.enc = enc
+        self.plain = plain
+
+    def decrypt_packet(self, seq: int, first: bytes, rest: bytes, header_len: int,
+                       mac: bytes) -> bytes:
+        self.conn._recv_encryption = self.enc  # dispatch (and NEWKEYS) sees the real cipher
+        return self.plain
+
+
+def _data_received(self: Any, data: bytes, datatype: Any = None) -> None:
+    """SSHConnection.data_received, appending in place once the buffer is a bytearray.
+
+    The buffer stays ``bytes`` (asyncssh's own handling) until the first binary packet, so
+    the version banner is parsed exactly as asyncssh does; :func:`_recv_packet` converts it.
+    """
+    buf = self._inpbuf
+    if type(buf) is bytearray:
+        buf += data
+    else:
+        self._inpbuf = buf + data
+    self._recv_data()
+
+
+def _recv_pkthdr(self: Any) -> bool:
+    """Decrypt the first block's length; the block stays in the buffer (no copy of the rest)."""
+    buf = self._inpbuf
+    blocksize = self._recv_blocksize
+    if len(buf) < blocksize:
+        return False
+    first = bytes(buf[:blocksize])
+    if self._recv_encryption:
+        first, pktlen = self._recv_encryption.decrypt_header(self._recv_seq, first, 4)
+    else:
+        pktlen = first[:4]
+    self._packet = first
+    self._pktlen = int.from_bytes(pktlen, "big")
+    if self._pktlen > self._max_recv_pktlen:
+        raise ProtocolError("Max packet size exceeded")
+    self._recv_handler = self._recv_packet
+    return True
+
+
+def _recv_packet(self: Any) -> bool:
+    """Decrypt one packet in place; CHANNEL_DATA goes straight to its channel."""
+    buf = self._inpbuf
+    total = 4 + self._pktlen + self._recv_macsize
+    if type(buf) is not bytearray:
+        buf = self._inpbuf = bytearray(buf)
+    if len(buf) < total:
+        return False
+    blocksize = self._recv_blocksize
+    enc = self._recv_encryption
+    if enc is None or self._decompressor is not None:
+        del buf[:blocksize]  # before encryption or with compression: asyncssh's own code
+        return _orig["_recv_packet"](self)  # type: ignore[no-any-return]
+    seq = self._recv_seq
+    if type(enc) is GCMEncryption:
+        cipher = enc._cipher
+        with memoryview(buf) as view, view[4:total] as sealed:
+            try:
+                plain: bytes | None = _aesgcm(cipher).decrypt(cipher._iv, sealed, self._packet[:4])
+            except InvalidTag:
+                plain = None
+        cipher._update_iv()
+    else:
+        macsize = self._recv_macsize
+        plain = enc.decrypt_packet(seq, self._packet, bytes(buf[blocksize:total - macsize]), 4,
+                                   bytes(buf[total - macsize:total]))
+    if not plain:
+        raise MACError("MAC verification failed")
+    padlen = plain[0]
+    end = len(plain) - padlen
+    if (plain[1] == MSG_CHANNEL_DATA and padlen >= 4 and end > 10 and self._auth_complete
+            and SSHLogger._debug_level < 2):
+        chan = self._channels.get(int.from_bytes(plain[2:6], "big"))
+        size = int.from_bytes(plain[6:10], "big")
+        if (chan is not None and size == end - 10 and chan._recv_state == "open"
+                and size <= chan._recv_window):
+            del buf[:total]
+            chan._accept_data(plain[10:end])
+            self._auth_final = True
+            self._recv_seq = (seq + 1) & 0xFFFFFFFF
+            self._recv_handler = self._recv_pkthdr
+            return True
+    # Anything else: asyncssh's _recv_packet checks and dispatches it, from a buffer holding
+    # just this packet and with a stand-in cipher that returns the plaintext.
+    packet = bytes(buf[blocksize:total])
+    del buf[:total]
+    stand_in = _Decrypted(self, enc, plain)
+    self._recv_encryption = stand_in
+    self._inpbuf = packet
+    try:
+        return _orig["_recv_packet"](self)  # type: ignore[no-any-return]
+    finally:
+        if self._recv_encryption is stand_in:
+            self._recv_encryption = enc
+        self._inpbuf = buf
+
+
 def cpu_has_aes() -> bool:
     """Whether the CPU has AES instructions (Linux: /proc/cpuinfo; elsewhere assume x86-64 does)."""
     try:
@@ -165,14 +539,35 @@ def apply() -> bool:
             extra={"asyncssh": asyncssh.__version__, "supported": SUPPORTED_ASYNCSSH},
         )
         return False
-    _channel.SSHChannel._deliver_data = _deliver_data  # type: ignore[method-assign]
-    _channel.SSHChannel._pause_resume_writing = _pause_resume_writing  # type: ignore[method-assign]
-    _channel.SSHChannel._process_close = _process_close  # type: ignore[method-assign]
+    _orig["_recv_packet"] = _connection.SSHConnection._recv_packet
+    _orig["_keepalive_timer_callback"] = _connection.SSHConnection._keepalive_timer_callback
+    _orig["SSHLogger.log"] = SSHLogger.log
+    _orig["_log_packet"] = _packet.SSHPacketLogger._log_packet
+    patches: list[tuple[Any, str, Any]] = [
+        (_channel.SSHChannel, "_deliver_data", _deliver_data),
+        (_channel.SSHChannel, "_pause_resume_writing", _pause_resume_writing),
+        (_channel.SSHChannel, "_process_close", _process_close),
+        (_channel.SSHChannel, "pause_reading", _pause_reading),
+        (_channel.SSHChannel, "write", _chan_write),
+        (_channel.SSHChannel, "_flush_send_buf", _flush_send_buf),
+        (_connection.SSHConnection, "pause_writing", _conn_pause_writing),
+        (_connection.SSHConnection, "resume_writing", _conn_resume_writing),
+        (_connection.SSHConnection, "send_packet", _send_packet),
+        (_connection.SSHConnection, "data_received", _data_received),
+        (_connection.SSHConnection, "_recv_pkthdr", _recv_pkthdr),
+        (_connection.SSHConnection, "_recv_packet", _recv_packet),
+        (_connection.SSHConnection, "_reset_keepalive_timer", _reset_keepalive_timer),
+        (_connection.SSHConnection, "_keepalive_timer_callback", _keepalive_timer_callback),
+        (_connection.SSHConnection, "_cdr_rx_at", 0.0),
+        (SSHLogger, "log", _logger_log),
+        (_packet.SSHPacketLogger, "_log_packet", _log_packet),
+        (_cipher.GCMCipher, "encrypt_and_sign", _gcm_encrypt_and_sign),
+        (_cipher.GCMCipher, "verify_and_decrypt", _gcm_verify_and_decrypt),
+    ]
+    for owner, name, func in patches:
+        setattr(owner, name, func)
     # packets are dispatched through a class-level table built from the original functions
     _channel.SSHChannel._packet_handlers[MSG_CHANNEL_CLOSE] = _process_close
-    _channel.SSHChannel.pause_reading = _pause_reading  # type: ignore[method-assign]
-    _connection.SSHConnection.pause_writing = _conn_pause_writing  # type: ignore[method-assign]
-    _connection.SSHConnection.resume_writing = _conn_resume_writing  # type: ignore[method-assign]
     _applied = True
     return True
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -71,17 +72,27 @@ class Chain:
         out["server_tasks"] = self.tasks()
         return out
 
-    def trims(self) -> list[int]:
-        """How many idle memory trims each relay has logged so far."""
-        return [log().count('"memory_trimmed"')
-                for log in (self.server.proc.log, self.client.proc.log)]
-
-    def wait_trimmed(self, before: list[int]) -> dict[str, float]:
-        """A reading taken after both relays trimmed their heap on going idle again."""
+    def wait_settled(self, base: dict[str, float] | None = None,
+                     slack_mb: float = 16) -> dict[str, float]:
+        """A reading once connections ended and both RSS are within ``slack_mb`` of ``base``
+        (freed memory is handed back when a relay goes idle); without ``base``, once both
+        relays have trimmed after going idle."""
         self.settle()
-        wait_for(lambda: all(now > then for now, then in zip(self.trims(), before, strict=True)),
-                 20, "both relays to trim memory after going idle", interval=0.2)
-        return self.reading()
+        if base is None:
+            wait_for(lambda: all(log().count('"memory_trimmed"')
+                                 for log in (self.server.proc.log, self.client.proc.log)),
+                     20, "both relays to trim memory after going idle", interval=0.2)
+            return self.reading()
+        keys = ("server_rss_mb", "client_rss_mb")
+        last: dict[str, float] = {}
+
+        def within() -> bool:
+            last.update(self.reading())
+            return all(last[k] <= base[k] + slack_mb for k in keys)
+
+        with contextlib.suppress(AssertionError):
+            wait_for(within, 30, "RSS back near the baseline", interval=0.5)
+        return last
 
     def settle(self) -> None:
         wait_for(lambda: self.metrics()["active_connections"] == 0, 60, "connections to end",
@@ -127,12 +138,10 @@ def test_sequential_then_concurrent_without_leaks(chain: Chain) -> None:
     big = os.urandom(CONCURRENT_BYTES)
     # Warm-up at full size: the first burst sizes the allocator's pools; a leak shows as
     # growth on top of that, round after round.
-    marks = chain.trims()
     asyncio.run(_run_sequential(chain.client.socket, payload, 50))
     assert all(r is True for r in asyncio.run(
         _run_concurrent(chain.client.socket, big, CONCURRENT)))
-    base = chain.wait_trimmed(marks)
-    marks = chain.trims()
+    base = chain.wait_settled()
 
     ok = asyncio.run(_run_sequential(chain.client.socket, payload, SEQUENTIAL))
     assert ok == SEQUENTIAL
@@ -145,7 +154,7 @@ def test_sequential_then_concurrent_without_leaks(chain: Chain) -> None:
     record("load", f"{CONCURRENT} concurrent connections, {CONCURRENT_BYTES} B echo each",
            CONCURRENT, f"{good} byte-exact, 0 errors")
 
-    after = chain.wait_trimmed(marks)
+    after = chain.wait_settled(base)
     snapshot = chain.metrics()
     assert snapshot["total_connections"] >= SEQUENTIAL + CONCURRENT
     for key in ("server_fds", "client_fds"):
