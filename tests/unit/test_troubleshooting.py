@@ -10,7 +10,8 @@ from helpers import REPO, SRC
 def _source_text() -> str:
     """Every module's text, adjacent string literals joined as Python joins them."""
     text = "\n".join(p.read_text(encoding="utf-8") for p in SRC.rglob("*.py"))
-    return re.sub(r"\"\s*\n\s*f?\"", "", text)
+    joined = re.sub(r"\"\s*\n\s*f?\"", "", text)
+    return joined.replace("\\\\", "\\")  # a message's "\\" is one backslash when printed
 
 
 def _headings() -> list[str]:
