@@ -42,7 +42,7 @@ from container_desktop_relay.hostkeys import HostKeyPolicy, host_key_algs
 from container_desktop_relay.idle import sweep_idle
 from container_desktop_relay.keys import load_private_key
 from container_desktop_relay.log import get_logger
-from container_desktop_relay.metrics import Metrics
+from container_desktop_relay.metrics import Metrics, account_finished
 from container_desktop_relay.pump import CLIENT, TARGET, Pump
 from container_desktop_relay.spawn import ServerProcess
 from container_desktop_relay.sshurl import DEFAULT_REMOTE_SOCKET, SSHTarget, parse_ssh_url
@@ -445,20 +445,6 @@ class RelayClient:
     def _finished(self, pump: Pump) -> None:
         """A pump ended: account and log it once."""
         self._linked.discard(pump)
-        self.metrics.connection_finished(pump)
+        account_finished(self.metrics, pump, log)
         if not self.metrics.active:
             self._idle.set()
-        if pump.error is not None:
-            kind = "connection" if isinstance(pump.error, asyncssh.Error) else "socket"
-            self.metrics.error(kind, f"{pump.conn_id}: {pump.reason}")
-        log.info(
-            "connection_closed",
-            extra={
-                "conn_id": pump.conn_id,
-                "socket_path": pump.target,
-                "bytes_up": pump.up,
-                "bytes_down": pump.down,
-                "duration_ms": round(pump.duration * 1000, 3),
-                "reason": pump.reason,
-            },
-        )

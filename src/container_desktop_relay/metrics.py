@@ -17,6 +17,7 @@ counts of live connections are summed at read time, so a scrape sees bytes as th
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,7 +27,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from container_desktop_relay.pump import Pump
 
-__all__ = ["DURATION_BUCKETS", "OPEN_LATENCY_BUCKETS", "Metrics", "Snapshot"]
+__all__ = [
+    "DURATION_BUCKETS",
+    "OPEN_LATENCY_BUCKETS",
+    "Metrics",
+    "Snapshot",
+    "account_finished",
+]
 
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0)
 OPEN_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
@@ -168,3 +175,24 @@ class Metrics:
             last_error=self.last_error,
             last_error_time=self.last_error_time,
         )
+
+
+def account_finished(metrics: Metrics, pump: Pump, logger: logging.Logger) -> None:
+    """Count a finished forwarded connection (and its failure), and log its one close event."""
+    import asyncssh
+
+    metrics.connection_finished(pump)
+    if pump.error is not None:
+        kind = "connection" if isinstance(pump.error, asyncssh.Error) else "socket"
+        metrics.error(kind, f"{pump.conn_id}: {pump.reason}")
+    logger.info(
+        "connection_closed",
+        extra={
+            "conn_id": pump.conn_id,
+            "socket_path": pump.target,
+            "bytes_up": pump.up,
+            "bytes_down": pump.down,
+            "duration_ms": round(pump.duration * 1000, 3),
+            "reason": pump.reason,
+        },
+    )

@@ -21,7 +21,7 @@ from container_desktop_relay.errors import ListenError
 from container_desktop_relay.idle import sweep_idle
 from container_desktop_relay.keys import load_authorized_keys, load_private_key
 from container_desktop_relay.log import get_logger
-from container_desktop_relay.metrics import Metrics
+from container_desktop_relay.metrics import Metrics, account_finished
 from container_desktop_relay.pump import CLIENT, TARGET, Pump
 from container_desktop_relay.state import RoleState
 
@@ -165,23 +165,9 @@ class RelayServer:
 
     def finished(self, pump: Pump) -> None:
         """A pump ended: account and log it once."""
-        self.metrics.connection_finished(pump)
+        account_finished(self.metrics, pump, log)
         if not self.metrics.active and not self.pending:
             self._idle.set()
-        if pump.error is not None:
-            kind = "connection" if isinstance(pump.error, asyncssh.Error) else "socket"
-            self.metrics.error(kind, f"{pump.conn_id}: {pump.reason}")
-        log.info(
-            "connection_closed",
-            extra={
-                "conn_id": pump.conn_id,
-                "socket_path": pump.target,
-                "bytes_up": pump.up,
-                "bytes_down": pump.down,
-                "duration_ms": round(pump.duration * 1000, 3),
-                "reason": pump.reason,
-            },
-        )
 
 
 class _ServerConnection(asyncssh.SSHServer):
