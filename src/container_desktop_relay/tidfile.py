@@ -14,7 +14,7 @@ from container_desktop_relay.keys import atomic_write
 from container_desktop_relay.log import get_logger
 from container_desktop_relay.state import RoleState
 
-__all__ = ["remove_tid_file", "tid_file_extra", "tid_text", "write_tid_file"]
+__all__ = ["check_writable", "remove_tid_file", "tid_file_extra", "tid_text", "write_tid_file"]
 
 log = get_logger(__name__)
 
@@ -29,6 +29,27 @@ def write_tid_file(path: Path) -> str:
     text = tid_text()
     atomic_write(path, text.encode("ascii"), 0o644)
     return text
+
+
+def check_writable(path: Path) -> None:
+    """Fail at start, clearly, when the readiness file could not be written later.
+
+    Raises:
+        ConfigError: the directory is missing or not writable (nothing is created or changed).
+    """
+    import tempfile
+
+    from container_desktop_relay.errors import ConfigError
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tid-probe.", dir=path.parent)
+    except OSError as exc:
+        raise ConfigError(
+            f"invalid tid_path={path}: cannot create files in {path.parent} "
+            f"({exc.strerror or exc}); the readiness file could never be written"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def remove_tid_file(path: Path, text: str) -> None:

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import asyncssh
+import pytest
 
 from container_desktop_relay.errors import HostKeyMismatch, HostKeyUnknown
 from container_desktop_relay.hostkeys import HostKeyPolicy, host_label, read_known_hosts
@@ -172,3 +173,18 @@ def test_key_pinned_under_address_is_accepted(tmp_path: Path) -> None:
     assert policy.check("localhost", "127.0.0.1", 2222, key) is True
     assert policy.refusal is None and policy.pending_record is None
     assert policy.check("localhost", "127.0.0.1", 2222, _key()) is False
+
+
+def test_unwritable_known_hosts_commit_fails_clearly(tmp_path: Path) -> None:
+    """Recording into a known_hosts that cannot be written raises a clear KeyFileError and
+    leaves what is in the way untouched."""
+    from container_desktop_relay.errors import KeyFileError
+
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"keep")
+    policy = HostKeyPolicy(blocker / "known_hosts", secure=False)
+    key = asyncssh.generate_private_key("ssh-ed25519").convert_to_public()
+    policy.pending_record = ("[127.0.0.1]:2222", key)
+    with pytest.raises(KeyFileError, match="cannot record host key of"):
+        policy.commit()
+    assert blocker.read_bytes() == b"keep"
