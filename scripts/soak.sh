@@ -12,7 +12,7 @@ export CDR_SOAK=1 CDR_REPORT="$PWD/$report"
 for round in $(seq 1 "$rounds"); do
     echo "== soak round $round/$rounds" >&2
     .venv/bin/python -m pytest -q -p no:cacheprovider tests/e2e/test_faults.py \
-        tests/e2e/test_hostile.py
+        tests/e2e/test_hostile.py tests/e2e/test_disk_faults.py
 done
 .venv/bin/python -m pytest -q -p no:cacheprovider tests/e2e/test_load.py
 .venv/bin/python scripts/reliability_table.py "$report"
