@@ -28,7 +28,7 @@ lint: venv
 # Everything: unit, end-to-end (OpenSSH, Podman, docker), the Windows client under Wine
 # (tests/windows, set up by wine-setup) and the standalone executable (tests/dist).
 test: system venv lint wine-setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 unit: venv
 	$(BIN)/python -m pytest -q tests/unit
