@@ -39,7 +39,8 @@ def dist() -> Iterator[Path]:
     # A copy of the tree, so the build's egg-info and build/ never land in the checkout.
     tree = out / "tree"
     shutil.copytree(REPO, tree, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "__pycache__", "*.egg-info", "build", "dist", ".*_cache"))
+        ".git", ".venv", ".cache", ".hypothesis", "__pycache__", "*.egg-info", "build", "dist",
+        ".*_cache"))
     result = _run([sys.executable, "-m", "build", "--outdir", str(out), str(tree)], cwd=out)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     yield out

@@ -494,7 +494,8 @@ def client_args(keys: Any, workdir: Path, port: int, remote: str, url: str,
             "--ssh-connection", f"ssh://relay@127.0.0.1:{port}{remote}",
             "--identity-path", winpath(keys.identity),
             "--known-hosts-path", winpath(workdir / "known_hosts"),
-            "--log-level", "info", *extra]
+            # the burst tests open 300 pipe connections at once: above the default pool (100)
+            "--max-connections", "1000", "--log-level", "info", *extra]
 
 
 def start_pipe_client(wine: Wine, keys: Any, workdir: Path, port: int, remote: str,
