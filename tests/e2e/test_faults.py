@@ -254,8 +254,13 @@ def test_target_removed_and_recreated(chain: tuple[RelayServer, ClientProc],
     for out in outcomes:
         assert_complete_or_visible(out, payload, 20)
     t0 = time.monotonic()
-    got = exchange(client.socket, b"anyone?", strict=False)
-    assert got[0] == 0 and time.monotonic() - t0 < 5 * FACTOR  # closed promptly, not hung
+    try:
+        received = exchange(client.socket, b"anyone?", strict=False)[0]
+    except ConnectionResetError:
+        # The relay closed before reading the request (the channel open failed first):
+        # the kernel answers the unread bytes with a reset. Closed either way, nothing echoed.
+        received = 0
+    assert received == 0 and time.monotonic() - t0 < 5 * FACTOR  # closed promptly, not hung
     wait_for(lambda: "does not exist" in server.proc.log(), 10, "server to log the reason")
     again = EchoTarget(echo.path)
     try:
