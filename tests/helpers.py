@@ -370,15 +370,25 @@ class SendFirstTarget:
         self._sock.close()
 
 
+def unix_connect(path: Path | str, timeout: float = 10) -> socket.socket:
+    """A blocking AF_UNIX client socket connected to ``path`` (timeout scaled by FACTOR)."""
+    sock = socket.socket(socket.AF_UNIX)
+    sock.settimeout(timeout * FACTOR)
+    try:
+        sock.connect(str(path))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def exchange(path: Path, payload: bytes, timeout: float = 60,
              strict: bool = True) -> tuple[int, str]:
     """Connect to ``path``, send ``payload`` while reading, half-close, read to EOF.
 
     Returns (bytes received, sha256 hex of them). With ``strict``, a failed send raises.
     """
-    sock = socket.socket(socket.AF_UNIX)
-    sock.settimeout(timeout * FACTOR)
-    sock.connect(str(path))
+    sock = unix_connect(path, timeout)
     errors: list[BaseException] = []
 
     def writer() -> None:

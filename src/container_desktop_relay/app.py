@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -116,6 +117,10 @@ async def serve(
                              lambda: shutdown.request("parent process exited")),
                 name="parent-watch",
             )
+        # Everything imported and set up so far lives for the whole run: move it out of the
+        # garbage collector's view, so the collections that per-connection garbage triggers
+        # do not walk asyncssh's and cryptography's module objects each time.
+        gc.freeze()
         await shutdown.requested.wait()
         role.state.start_draining()
         role.stop_accepting()

@@ -434,8 +434,9 @@ class RelayClient:
         if pump.closing:
             return
         self._linked.add(pump)
-        log.info("connection_opened", extra={"conn_id": pump.conn_id, "socket_path": path,
-                                             "endpoint": str(self.endpoint)})
+        if log.isEnabledFor(logging.INFO):  # per connection: skip building the fields
+            log.info("connection_opened", extra={"conn_id": pump.conn_id, "socket_path": path,
+                                                 "endpoint": str(self.endpoint)})
 
     def _refuse(self, pump: Pump, reason: str) -> None:
         self.metrics.error("connection", f"{pump.conn_id}: {reason}")

@@ -92,7 +92,6 @@ class TransportEnd(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._reading_paused = False
         self._eof_sent = False
-        self.closed = asyncio.get_running_loop().create_future()
 
     def bind(self, pump: Pump) -> None:
         """Attach to ``pump`` (for ends accepted before their pump exists)."""
@@ -130,8 +129,6 @@ class TransportEnd(asyncio.Protocol):
             self.pump.resume_writing(self.side)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(exc)
         if self.pump is not None:
             self.pump.lost(self.side, exc)
 

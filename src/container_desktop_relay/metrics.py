@@ -185,6 +185,8 @@ def account_finished(metrics: Metrics, pump: Pump, logger: logging.Logger) -> No
     if pump.error is not None:
         kind = "connection" if isinstance(pump.error, asyncssh.Error) else "socket"
         metrics.error(kind, f"{pump.conn_id}: {pump.reason}")
+    if not logger.isEnabledFor(logging.INFO):  # per connection: skip building the fields
+        return
     logger.info(
         "connection_closed",
         extra={

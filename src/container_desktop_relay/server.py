@@ -7,8 +7,10 @@ import contextlib
 import errno
 import fnmatch
 import itertools
+import logging
 import os
 import posixpath
+import socket
 import time
 from typing import Any
 
@@ -65,6 +67,35 @@ def _target_error(path: str, exc: BaseException, wait: float) -> str:
     if isinstance(exc, OSError) and exc.errno == errno.EAGAIN:
         return f"target socket {path} is overloaded (listen backlog full)"
     return f"cannot connect to target socket {path}: {exc}"
+
+
+def connect_now(path: str) -> socket.socket | None:
+    """A Unix socket connected to ``path`` without waiting; None when the backlog is full.
+
+    A Unix-socket connect completes (or fails) in the call itself, so the common case needs
+    no timer and no event-loop round trip; only a full listen backlog makes it wait.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.connect(path)
+    except BlockingIOError:
+        sock.close()
+        return None
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _adopt(loop: asyncio.AbstractEventLoop, factory: Any,
+                 sock: socket.socket) -> tuple[asyncio.BaseTransport, Any]:
+    """Wrap an already connected socket in a transport (closing it if that fails)."""
+    try:
+        return await loop.create_unix_connection(factory, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
 
 
 class RelayServer:
@@ -310,11 +341,17 @@ class _ServerConnection(asyncssh.SSHServer):
         started = time.monotonic()
         pump = Pump(f"c-{next(_conn_ids)}", path, relay.finished)
         loop = asyncio.get_running_loop()
+
+        def end() -> TransportEnd:
+            return TransportEnd(pump, TARGET, config.buffer_size)
+
         try:
-            async with asyncio.timeout(config.max_request_wait_time):
-                _, target = await loop.create_unix_connection(
-                    lambda: TransportEnd(pump, TARGET, config.buffer_size), path
-                )
+            sock = connect_now(path)
+            if sock is not None:
+                _, target = await _adopt(loop, end, sock)
+            else:  # the listener's backlog is full: wait for it, up to the limit
+                async with asyncio.timeout(config.max_request_wait_time):
+                    _, target = await loop.create_unix_connection(end, path)
         except (OSError, TimeoutError) as exc:
             relay.pending -= 1
             if not relay.metrics.active and not relay.pending:
@@ -333,7 +370,8 @@ class _ServerConnection(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "SSH connection closed")
         relay.metrics.connection_started(pump)
         relay.metrics.channel_opened(time.monotonic() - started)
-        log.info("connection_opened",
-                 extra=self._extra(conn_id=pump.conn_id, socket_path=path, user=self.user))
+        if log.isEnabledFor(logging.INFO):  # per connection: skip building the fields
+            log.info("connection_opened",
+                     extra=self._extra(conn_id=pump.conn_id, socket_path=path, user=self.user))
         return ChannelEnd(pump, CLIENT)
 

@@ -82,7 +82,7 @@ from asyncssh.crypto import cipher as _cipher
 from asyncssh.encryption import ChachaEncryption, GCMEncryption
 from asyncssh.logging import SSHLogger
 from asyncssh.misc import MACError, ProtocolError
-from asyncssh.packet import Byte, String, UInt32
+from asyncssh.packet import Byte, PacketDecodeError, SSHPacket, String, UInt32
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -113,6 +113,8 @@ _GCM_TAG = 16
 _PAD_POOL = 64 * 1024
 _EMPTY_STRING = String(b"")
 _DATA_BYTE = Byte(MSG_CHANNEL_DATA)
+#: Channel messages whose asyncssh handlers are synchronous and take the fast receive path.
+_CONTROL_FAST = frozenset({MSG_CHANNEL_WINDOW_ADJUST, MSG_CHANNEL_EOF, MSG_CHANNEL_CLOSE})
 _PAD_BYTES = [Byte(n) for n in range(256)]
 _DEFERRED_BEFORE_KEX = frozenset({MSG_DEBUG, MSG_SERVICE_REQUEST, MSG_SERVICE_ACCEPT})
 
@@ -486,6 +488,23 @@ def _recv_packet(self: Any) -> bool:
             chan._accept_data(plain[10:end])
             self._auth_final = True
             self._recv_seq = (seq + 1) & 0xFFFFFFFF
+            self._recv_handler = self._recv_pkthdr
+            return True
+    if (plain[1] in _CONTROL_FAST and padlen >= 4 and end >= 6 and self._auth_complete
+            and SSHLogger._debug_level < 3):
+        chan = self._channels.get(int.from_bytes(plain[2:6], "big"))
+        if chan is not None:
+            # Window adjust, EOF and close: the channel's own (synchronous) handler, without
+            # asyncssh's generic checks, logging calls and copies (3 per forwarded connection).
+            pkttype = plain[1]
+            del buf[:total]
+            try:
+                chan._packet_handlers[pkttype](chan, pkttype, seq, SSHPacket(plain[6:end]))
+            except PacketDecodeError as exc:
+                raise ProtocolError(str(exc)) from None
+            self._auth_final = True
+            if self._transport:
+                self._recv_seq = (seq + 1) & 0xFFFFFFFF
             self._recv_handler = self._recv_pkthdr
             return True
     # Anything else: asyncssh's _recv_packet checks and dispatches it, from a buffer holding

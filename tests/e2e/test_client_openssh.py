@@ -19,6 +19,7 @@ from helpers import (
     exchange,
     sha,
     stopping,
+    unix_connect,
     wait_for,
 )
 
@@ -52,9 +53,7 @@ def test_half_close_both_ways_through_sshd(
         request, ClientProc(keys, tmp, sshd.port, str(target.path), user=getpass.getuser())
     )
     with stopping(client, target):
-        s = socket.socket(socket.AF_UNIX)
-        s.settimeout(30)
-        s.connect(str(client.socket))
+        s = unix_connect(client.socket, 30)
         got = b""
         while data := s.recv(MiB):
             got += data

@@ -29,6 +29,7 @@ from helpers import (
     run_relay,
     sha,
     stopping,
+    unix_connect,
     wait_for,
 )
 
@@ -37,15 +38,8 @@ pytestmark = pytest.mark.e2e
 MiB = 1 << 20
 
 
-def _connect(path: Path, timeout: float = 10) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(timeout * FACTOR)
-    s.connect(str(path))
-    return s
-
-
 def _roundtrip(path: Path, data: bytes = b"ping") -> bytes:
-    with _connect(path) as s:
+    with unix_connect(path) as s:
         s.sendall(data)
         s.shutdown(socket.SHUT_WR)
         got = b""
@@ -86,7 +80,7 @@ def test_server_sigkill_closes_local_connection_fast(
     server = owned(request, RelayServer(keys, tmp))
     client = owned(request, ClientProc(keys, tmp, server.port, str(echo.path)))
     with stopping(server, client):
-        s = _connect(client.socket, 30)
+        s = unix_connect(client.socket, 30)
         stop = threading.Event()
 
         def pump() -> None:
@@ -147,7 +141,7 @@ def test_connection_while_link_down_waits_then_closes(
         server.proc.signal(signal.SIGKILL)
         server.stop()
         wait_for(lambda: '"ssh_link_down"' in client.log(), 5, "link-down log")
-        s = _connect(client.socket)
+        s = unix_connect(client.socket)
         started = time.monotonic()
         assert s.recv(1) == b""
         waited = time.monotonic() - started
@@ -167,7 +161,7 @@ def test_connection_waiting_for_link_is_served_when_it_returns(
         server.proc.signal(signal.SIGKILL)
         server.stop()
         wait_for(lambda: '"ssh_link_down"' in client.log(), 5, "link-down log")
-        waiting = _connect(client.socket, 60)
+        waiting = unix_connect(client.socket, 60)
         waiting.sendall(b"late")
         waiting.shutdown(socket.SHUT_WR)
         wait_for(lambda: '"connection_waiting_for_link"' in client.log(), 5, "waiting log")
@@ -355,7 +349,7 @@ def test_read_timeout_applies_to_client_connections(
         request, ClientProc(keys, tmp, relay_server.port, str(echo.path), "--read-timeout", "500ms")
     )
     with stopping(client):
-        with _connect(client.socket) as s:
+        with unix_connect(client.socket) as s:
             s.sendall(b"hi")
             assert s.recv(2) == b"hi"
             assert s.recv(1) == b""  # closed by the client role, not by us
@@ -382,7 +376,7 @@ def test_frozen_server_detected_by_keepalive(
         ),
     )
     with stopping(server, client):
-        s = _connect(client.socket, 30)
+        s = unix_connect(client.socket, 30)
         s.sendall(b"hi")
         assert s.recv(2) == b"hi"
         server.proc.signal(signal.SIGSTOP)
@@ -451,13 +445,13 @@ def test_memory_bounded_while_server_is_frozen(
     )
     opened = []
     for _ in range(10):
-        s = _connect(client.socket)
+        s = unix_connect(client.socket)
         s.sendall(b"x")
         assert s.recv(1) == b"x"
         opened.append(s)
     server.proc.signal(signal.SIGSTOP)
     request.addfinalizer(lambda: server.proc.signal(signal.SIGCONT))
-    pending = [_connect(client.socket) for _ in range(20)]
+    pending = [unix_connect(client.socket) for _ in range(20)]
     proc = psutil.Process(client.proc.pid)
     before = proc.memory_info().rss
     chunk = b"m" * (1 << 20)

@@ -31,6 +31,7 @@ from helpers import (
     record,
     sha,
     stopping,
+    unix_connect,
     wait_for,
 )
 
@@ -59,9 +60,7 @@ def transfer(path: Path, payload: bytes, started: threading.Event | None = None,
     out = Outcome()
     t0 = time.monotonic()
     try:
-        s = socket.socket(socket.AF_UNIX)
-        s.settimeout(timeout * FACTOR)
-        s.connect(str(path))
+        s = unix_connect(path, timeout)
         digest = hashlib.sha256()
 
         def writer() -> None:

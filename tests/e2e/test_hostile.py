@@ -269,3 +269,31 @@ def test_channel_requests_refused(bench: Bench, keys: Keys) -> None:
     bench.still_serving()
     record("hostile", "exec, session, direct-tcpip, relative and dotted socket paths", 6,
            "all refused: administratively prohibited, with the reason")
+
+
+@pytest.mark.parametrize("pkttype,body", [
+    (96, b"\x00"),              # CHANNEL_EOF with trailing junk
+    (97, b"junk"),              # CHANNEL_CLOSE with trailing junk
+    (93, b"\x00\x01"),          # WINDOW_ADJUST cut short
+], ids=["eof-junk", "close-junk", "window-adjust-short"])
+def test_malformed_channel_control_packets(bench: Bench, keys: Keys, echo: EchoTarget,
+                                           pkttype: int, body: bytes) -> None:
+    """Malformed EOF/CLOSE/WINDOW_ADJUST on an open channel (these take the server's fast
+    receive path): that SSH connection is dropped with a protocol error, nothing else is hurt."""
+    key = asyncssh.read_private_key(str(keys.identity))
+
+    async def run() -> str:
+        async with asyncssh.connect("127.0.0.1", bench.server.port, known_hosts=None,
+                                    agent_path=None, username="t", client_keys=[key]) as conn:
+            chan, _ = await conn.create_unix_connection(asyncssh.SSHUNIXSession, str(echo.path))
+            chan.send_packet(pkttype, body)  # asyncssh prefixes the recipient channel
+            try:
+                await asyncio.wait_for(conn.wait_closed(), 10 * FACTOR)
+            except TimeoutError:
+                return "still open"
+            return "closed"
+
+    assert asyncio.run(run()) == "closed"
+    wait_for(lambda: "Unexpected data at end of packet" in bench.server.proc.log()
+             or "Incomplete packet" in bench.server.proc.log(), 10, "the protocol error logged")
+    bench.still_serving()

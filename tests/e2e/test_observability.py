@@ -26,6 +26,7 @@ from helpers import (
     sha,
     ssh_forward,
     stopping,
+    unix_connect,
     wait_for,
 )
 from obs_helpers import bound_ports, get, get_json
@@ -137,9 +138,7 @@ def test_ready_turns_503_first_during_shutdown(keys: Keys, echo: EchoTarget, tmp
         port = bound_ports(server.proc)["health_port"]
         assert get_json(port, "/ready") == (200, {"status": "ready", "reason": "listening",
                                                   "role": "server", "link_up": None})
-        held = socket.socket(socket.AF_UNIX)
-        held.settimeout(30 * FACTOR)
-        held.connect(str(tmp / "l.sock"))
+        held = unix_connect(tmp / "l.sock", 30)
         with held:
             held.sendall(b"ping")
             assert held.recv(4) == b"ping"

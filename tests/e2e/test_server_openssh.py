@@ -22,6 +22,7 @@ from helpers import (
     sha,
     ssh_forward,
     stopping,
+    unix_connect,
     wait_for,
 )
 
@@ -63,9 +64,7 @@ def test_half_close_both_directions(relay_server: RelayServer, keys: Keys, tmp: 
     fwd = ssh_forward(relay_server.port, keys.identity, tmp / "l.sock", str(target.path), tmp)
     with stopping(fwd, target):
         # target -> client EOF first; the client then sends and half-closes.
-        s = socket.socket(socket.AF_UNIX)
-        s.settimeout(30)
-        s.connect(str(tmp / "l.sock"))
+        s = unix_connect(tmp / "l.sock", 30)
         got = b""
         while data := s.recv(MiB):
             got += data
@@ -84,9 +83,7 @@ def test_client_half_close_keeps_responses_flowing(relay_server: RelayServer, ke
     payload = os.urandom(8 * MiB)
     fwd = ssh_forward(relay_server.port, keys.identity, tmp / "l.sock", str(echo.path), tmp)
     with stopping(fwd):
-        s = socket.socket(socket.AF_UNIX)
-        s.settimeout(30)
-        s.connect(str(tmp / "l.sock"))
+        s = unix_connect(tmp / "l.sock", 30)
         s.sendall(payload[: 64 * 1024])  # small enough to fit socket buffers before reading
         s.shutdown(socket.SHUT_WR)
         got = b""
@@ -135,9 +132,7 @@ def test_missing_target_closes_promptly(relay_server: RelayServer, keys: Keys,
     fwd = ssh_forward(relay_server.port, keys.identity, tmp / "l.sock", str(tmp / "nope.sock"),
                       tmp)
     with stopping(fwd):
-        s = socket.socket(socket.AF_UNIX)
-        s.settimeout(10)
-        s.connect(str(tmp / "l.sock"))
+        s = unix_connect(tmp / "l.sock", 10)
         started = time.monotonic()
         assert s.recv(1) == b""
         assert time.monotonic() - started < 5
@@ -151,9 +146,7 @@ def test_allowlist_refuses_other_paths(keys: Keys, echo: EchoTarget, tmp: Path) 
     server = RelayServer(keys, tmp, "--allow-socket", "/nowhere/*.sock")
     fwd = ssh_forward(server.port, keys.identity, tmp / "l.sock", str(echo.path), tmp)
     with stopping(server, fwd):
-        s = socket.socket(socket.AF_UNIX)
-        s.settimeout(10)
-        s.connect(str(tmp / "l.sock"))
+        s = unix_connect(tmp / "l.sock", 10)
         assert s.recv(1) == b""
         s.close()
         wait_for(lambda: "is not allowed" in fwd.log(), 10, "refusal reason at the client")
@@ -169,15 +162,11 @@ def test_max_connections_refusal_keeps_existing_streams(keys: Keys, echo: EchoTa
     with stopping(server, fwd):
         held = []
         for _ in range(2):
-            s = socket.socket(socket.AF_UNIX)
-            s.settimeout(10)
-            s.connect(str(tmp / "l.sock"))
+            s = unix_connect(tmp / "l.sock", 10)
             s.sendall(b"ping")
             assert s.recv(4) == b"ping"
             held.append(s)
-        extra = socket.socket(socket.AF_UNIX)
-        extra.settimeout(10)
-        extra.connect(str(tmp / "l.sock"))
+        extra = unix_connect(tmp / "l.sock", 10)
         assert extra.recv(1) == b""
         extra.close()
         wait_for(lambda: "connection pool exhausted (max: 2)" in fwd.log(), 10, "refusal")
@@ -223,9 +212,7 @@ def test_graceful_shutdown_drains_then_exits_zero(keys: Keys, echo: EchoTarget,
     server = RelayServer(keys, tmp, "--shutdown-timeout", "30s")
     fwd = ssh_forward(server.port, keys.identity, tmp / "l.sock", str(echo.path), tmp)
     with stopping(server, fwd):
-        s = socket.socket(socket.AF_UNIX)
-        s.settimeout(30)
-        s.connect(str(tmp / "l.sock"))
+        s = unix_connect(tmp / "l.sock", 30)
         s.sendall(b"a" * 1000)
         assert s.recv(1000)
         server.proc.signal(signal.SIGTERM)
@@ -248,9 +235,7 @@ def test_second_signal_forces_exit(keys: Keys, echo: EchoTarget, tmp: Path) -> N
     server = RelayServer(keys, tmp, "--shutdown-timeout", "10m")
     fwd = ssh_forward(server.port, keys.identity, tmp / "l.sock", str(echo.path), tmp)
     with stopping(server, fwd):
-        s = socket.socket(socket.AF_UNIX)
-        s.settimeout(30)
-        s.connect(str(tmp / "l.sock"))
+        s = unix_connect(tmp / "l.sock", 30)
         s.sendall(b"x")
         assert s.recv(1) == b"x"
         server.proc.signal(signal.SIGTERM)
@@ -297,9 +282,7 @@ def test_read_timeout_closes_idle_connection(keys: Keys, echo: EchoTarget, tmp: 
     server = RelayServer(keys, tmp, "--read-timeout", "500ms")
     fwd = ssh_forward(server.port, keys.identity, tmp / "l.sock", str(echo.path), tmp)
     with stopping(server, fwd):
-        s = socket.socket(socket.AF_UNIX)
-        s.settimeout(15)
-        s.connect(str(tmp / "l.sock"))
+        s = unix_connect(tmp / "l.sock", 15)
         s.sendall(b"hi")
         assert s.recv(2) == b"hi"
         assert s.recv(1) == b""  # closed by the relay, not by us
@@ -315,9 +298,7 @@ def test_write_timeout_closes_stuck_peer(keys: Keys, tmp: Path) -> None:
     server = RelayServer(keys, tmp, "--write-timeout", "1s")
     fwd = ssh_forward(server.port, keys.identity, tmp / "l.sock", str(tmp / "stuck.sock"), tmp)
     with stopping(server, fwd, stuck):
-        s = socket.socket(socket.AF_UNIX)
-        s.settimeout(30)
-        s.connect(str(tmp / "l.sock"))
+        s = unix_connect(tmp / "l.sock", 30)
         accepted, _ = stuck.accept()
         chunk = b"w" * 65536
         with pytest.raises(OSError):
