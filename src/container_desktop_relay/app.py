@@ -119,7 +119,9 @@ async def serve(
             )
         # Everything imported and set up so far lives for the whole run: move it out of the
         # garbage collector's view, so the collections that per-connection garbage triggers
-        # do not walk asyncssh's and cryptography's module objects each time.
+        # do not walk asyncssh's and cryptography's module objects each time. Start-up
+        # garbage is collected first (frozen objects are never freed).
+        gc.collect()
         gc.freeze()
         await shutdown.requested.wait()
         role.state.start_draining()

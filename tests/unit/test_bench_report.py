@@ -21,6 +21,7 @@ def _measured(name: str, *, rss: bool = True) -> ChainResult:
     if rss:
         r.rss_base_mb = [40.0, 42.0, 41.0]
         r.rss_per_conn_kb = [8.0, 6.0, 7.0]
+        r.rss_base_each_mb = [[20.0, 20.0], [21.0, 21.0], [22.0, 19.0]]
     return r
 
 
@@ -54,6 +55,10 @@ def test_verdicts_compare_relay_with_openssh() -> None:
     lines = verdicts(doc)
     assert any(line.startswith("met") and "bulk" in line for line in lines)
     assert any(line.startswith("MISSED") and "concurrent" in line for line in lines)
+    per_process = [line for line in lines if "per relay process" in line]
+    assert per_process == ["met     RSS base <= 50 MB per relay process: largest 22.0 MB "
+                           "(22.0 / 19.0 MB client / server)"]
+    assert doc["details"]["relay"]["rss_base_mb_per_process"][0] == [20.0, 20.0]
 
 
 def test_plans_and_percentiles() -> None:

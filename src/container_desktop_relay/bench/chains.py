@@ -58,6 +58,10 @@ class Chain:
         """Summed RSS of the forwarder processes and their children, KiB."""
         return sum(rss_kb(pid, children=True) for pid in self.pids)
 
+    def rss_kb_each(self) -> list[int]:
+        """RSS of each forwarder process (with its children), KiB, in ``pids`` order."""
+        return [rss_kb(pid, children=True) for pid in self.pids]
+
     def cpu_s(self) -> float:
         """Summed user+system CPU seconds of the forwarder processes and live children."""
         return sum(cpu_s(pid, children=True) for pid in self.pids)

@@ -89,6 +89,7 @@ async def _measure(chain: chains.Chain, plan: Plan, result: ChainResult,
     base = chain.rss_kb() if result.has_rss else 0
     if result.has_rss:
         result.rss_base_mb.append(base / 1024)
+        result.rss_base_each_mb.append([kb / 1024 for kb in chain.rss_kb_each()])
     cpu0 = chain.cpu_s()
     up = await workloads.bulk_upload(chain.path, plan.bulk_bytes)
     say(f"{name}: upload {plan.bulk_bytes // MIB} MiB {up.mb_s:.0f} MB/s (sha256 ok)")
@@ -98,12 +99,18 @@ async def _measure(chain: chains.Chain, plan: Plan, result: ChainResult,
         result.cpu_s_per_gib.append((chain.cpu_s() - cpu0) * 1024 * MIB / (2 * plan.bulk_bytes))
     result.upload_mb_s.append(up.mb_s)
     result.download_mb_s.append(down.mb_s)
+    cpu0 = chain.cpu_s()
     pp = await workloads.ping_pong(chain.path, plan.pingpong_rounds)
+    if result.has_rss:
+        result.pingpong_cpu_us.append((chain.cpu_s() - cpu0) * 1e6 / plan.pingpong_rounds)
     say(f"{name}: ping-pong 1 KiB x{plan.pingpong_rounds} p50 {pp.p50:.0f} us "
         f"p99 {pp.p99:.0f} us")
     result.latency_p50_us.append(pp.p50)
     result.latency_p99_us.append(pp.p99)
+    cpu0 = chain.cpu_s()
     cc = await workloads.connect_cost(chain.path, plan.connect_rounds)
+    if result.has_rss:
+        result.connect_cpu_us.append((chain.cpu_s() - cpu0) * 1e6 / plan.connect_rounds)
     say(f"{name}: connect+64 B echo+close x{plan.connect_rounds} p50 {cc.p50:.0f} us")
     result.connect_p50_us.append(cc.p50)
     before = chain.rss_kb() if result.has_rss else 0
