@@ -17,9 +17,10 @@ Rules:
    most one read's worth is buffered (a connection accepted before its SSH channel is open
    cannot grow memory).
 3. EOF from a side becomes ``write_eof`` on the other (half-close); the other direction keeps
-   flowing. When both directions have seen EOF, or either side closes, both sides are closed
-   (gracefully: buffered bytes are flushed first). A side that fails (reset, broken pipe, SSH
-   link lost) aborts the other, so a broken stream never looks like a clean end of stream.
+   flowing. When both directions have seen EOF, or a side closes after its EOF, both sides
+   are closed (gracefully: buffered bytes are flushed first). A side that fails (reset,
+   broken pipe, SSH link lost) or closes without EOF (an SSH channel cut off by the peer
+   relay) aborts the other, so a broken stream never looks like a clean end of stream.
 4. The pump finishes when both attached sides have reported ``lost``; it then reports itself
    once to its ``on_finished`` callback with the byte counts and the close reason.
 """
@@ -216,6 +217,16 @@ class Pump:
         if exc is not None:
             # A failed side is passed on as a failure (abort: a reset where the transport
             # can signal one), never as a clean end of stream.
+            self.close(self.reason, abort=True)
+            return
+        if not self._eof[side] and not self.closing:
+            # Gone without EOF and without our asking: the stream was cut off (an SSH channel
+            # closed without EOF because the peer relay's client vanished or its target
+            # failed; the SSH connection went away). Passing it on as a clean end of stream
+            # would make a truncated stream look complete, so it is passed on as a failure.
+            if not self.reason:
+                self.reason = (f"{'client' if side == CLIENT else 'target'} "
+                               "closed without end of stream")
             self.close(self.reason, abort=True)
             return
         self._close_all("peer closed" if self._eof[side] else

@@ -148,10 +148,19 @@ _orig_process_close = _channel.SSHChannel._process_close
 
 
 def _process_close(self: Any, pkttype: int, pktid: int, packet: Any) -> None:
-    """Peer closed the channel: stop holding buffered data back, so the close can finish."""
+    """Peer closed the channel: deliver what is buffered, then its EOF, so the close finishes.
+
+    asyncssh holds data (and an EOF behind it) while reading is paused. A CLOSE arriving then
+    overwrote the pending EOF and the session never heard of it: a stream that ended
+    properly looked cut off. The buffered data is now delivered at once (nothing more can
+    come, so there is nothing to hold back), and the EOF after it.
+    """
+    eof_pending = self._recv_state == "eof_pending"
     if self._recv_paused is True:
         self._recv_paused = False
     _orig_process_close(self, pkttype, pktid, packet)
+    if eof_pending and not self._recv_buf and self._session is not None:
+        self._session.eof_received()
 
 
 def _pause_reading(self: Any) -> None:

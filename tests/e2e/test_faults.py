@@ -10,6 +10,7 @@ may end with the full byte count but different bytes.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -293,18 +294,22 @@ def test_local_client_vanishes_mid_transfer(chain: tuple[RelayServer, ClientProc
         writer.kill()
         writer.wait()
         # The server's first connection is the client's readiness probe; the stream is the
-        # second. Its target never read the echo, so the close lingers (CLOSE_LINGER) first.
+        # second. The client aborts its channel (CLOSE without EOF); the server passes that
+        # on to the target as a failure instead of a clean end of the upload.
         wait_for(lambda: server.proc.log().count('"connection_closed"') >= 2
                  and client.log().count('"connection_closed"') >= 1, 30,
                  "both relays to close the connection")
     finally:
         writer.kill()
         writer.wait()
+    closed = [json.loads(line) for line in server.proc.log().splitlines()
+              if '"connection_closed"' in line]
+    assert any(c["reason"] == "client closed without end of stream" for c in closed), closed
     small = os.urandom(MiB)
     assert exchange(client.socket, small) == (len(small), sha(small))
     record("fault", "local client killed mid-upload", 1,
-           "both relays closed the connection (server after the 10 s close linger); "
-           "next request byte-exact")
+           "both relays closed it at once, the target saw a reset (not a clean end of the "
+           "upload); next request byte-exact")
 
 
 def test_slow_reader_bounds_memory(keys: Keys, tmp: Path) -> None:
