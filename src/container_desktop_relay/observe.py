@@ -1,6 +1,7 @@
 """HTTP observability of a role: /health and /ready on one port, /metrics (JSON or Prometheus).
 
-Served by aiohttp on the role's own event loop. Every handler reads the live
+Served by :mod:`~container_desktop_relay.httpserve` (h11) on the role's own event loop. Every
+handler reads the live
 :class:`~container_desktop_relay.metrics.Metrics` and
 :class:`~container_desktop_relay.state.RoleState` in O(active connections) without awaiting,
 so a scrape never stalls the data path. When the health and metrics ports are equal (including
@@ -15,12 +16,11 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
 from container_desktop_relay import prometheus
 from container_desktop_relay.config import Config
 from container_desktop_relay.durations import format_duration
 from container_desktop_relay.errors import ListenError
+from container_desktop_relay.httpserve import HttpServer, Request, Response, json_response
 from container_desktop_relay.log import get_logger
 from container_desktop_relay.metrics import Metrics, Snapshot
 from container_desktop_relay.state import RoleState
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Observability",
     "health_view",
-    "make_app",
+    "make_handler",
     "metrics_format",
     "metrics_view",
     "observability_extra",
@@ -152,59 +152,56 @@ def metrics_format(accept: str | None, fmt: str | None) -> str:
     return "prometheus"
 
 
-# --------------------------------------------------------------------------- aiohttp app
-@web.middleware
-async def _json_errors(request: web.Request,
-                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-                       ) -> web.StreamResponse:
-    """Answer 404/405 with a JSON body (keeping the Allow header) instead of aiohttp's text."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status not in (404, 405):
-            raise
-        headers = dict(_NO_STORE)
-        if "Allow" in exc.headers:
-            headers["Allow"] = exc.headers["Allow"]
-        return web.json_response({"error": exc.reason, "path": request.path},
-                                 status=exc.status, headers=headers)
+# --------------------------------------------------------------------------- routing
+_ALLOW = "GET, HEAD"
 
 
-def make_app(metrics: Metrics, state: RoleState, *, threshold: int,
-             paths: frozenset[str] = frozenset({HEALTH, METRICS})) -> web.Application:
-    """An aiohttp application serving /health and /ready (``health``) and/or /metrics."""
+def make_handler(metrics: Metrics, state: RoleState, *, threshold: int,
+                 paths: frozenset[str] = frozenset({HEALTH, METRICS}),
+                 ) -> Callable[[Request], Response]:
+    """The request handler serving /health and /ready (``health``) and/or /metrics."""
     registry = prometheus.make_registry(metrics, state)
 
-    async def health(request: web.Request) -> web.Response:
+    def health() -> Response:
         status, body = health_view(metrics.snapshot(), state, threshold)
-        return web.json_response(body, status=status, headers=_NO_STORE)
+        return json_response(body, status, _NO_STORE)
 
-    async def ready(request: web.Request) -> web.Response:
+    def ready() -> Response:
         status, body = ready_view(state)
-        return web.json_response(body, status=status, headers=_NO_STORE)
+        return json_response(body, status, _NO_STORE)
 
-    async def metrics_handler(request: web.Request) -> web.Response:
+    def metrics_page(request: Request) -> Response:
         headers = {**_NO_STORE, "Vary": "Accept"}
-        accept = request.headers.get("Accept", "")
+        accept = request.headers.get("accept", "")
         try:
             fmt = metrics_format(accept, request.query.get("format"))
         except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400, headers=headers)
+            return json_response({"error": str(exc)}, 400, headers)
         if fmt == "json":
-            return web.json_response(metrics_view(metrics.snapshot()), headers=headers)
+            return json_response(metrics_view(metrics.snapshot()), 200, headers)
         if fmt == "openmetrics":
             accept = OPENMETRICS
         payload, content_type = prometheus.render(registry, accept)
         headers["Content-Type"] = content_type
-        return web.Response(body=payload, headers=headers)
+        return Response(200, payload, headers)
 
-    app = web.Application(middlewares=[_json_errors])
+    routes: dict[str, Callable[[Request], Response]] = {}
     if HEALTH in paths:
-        app.router.add_get("/health", health)
-        app.router.add_get("/ready", ready)
+        routes["/health"] = lambda _request: health()
+        routes["/ready"] = lambda _request: ready()
     if METRICS in paths:
-        app.router.add_get("/metrics", metrics_handler)
-    return app
+        routes["/metrics"] = metrics_page
+
+    def handle(request: Request) -> Response:
+        view = routes.get(request.path)
+        if view is None:
+            return json_response({"error": "Not Found", "path": request.path}, 404, _NO_STORE)
+        if request.method not in ("GET", "HEAD"):
+            return json_response({"error": "Method Not Allowed", "path": request.path}, 405,
+                                 {**_NO_STORE, "Allow": _ALLOW})
+        return view(request)
+
+    return handle
 
 
 # --------------------------------------------------------------------------- lifecycle
@@ -218,7 +215,7 @@ class Observability:
         self.host = config.health_check_host
         #: bound ports once started: {"health": port, "metrics": port} for the enabled ones.
         self.ports: dict[str, int] = {}
-        self._runners: list[web.AppRunner] = []
+        self._servers: list[HttpServer] = []
 
     def plan(self) -> list[tuple[int, frozenset[str]]]:
         """(port, paths) of each server to start, merging equal health and metrics ports."""
@@ -257,27 +254,25 @@ class Observability:
         return dict(self.ports)
 
     async def _start_one(self, port: int, paths: frozenset[str]) -> int:
-        app = make_app(self.metrics, self.state, threshold=self.config.degraded_threshold,
-                       paths=paths)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                               shutdown_timeout=1.0)
-        await runner.setup()
-        self._runners.append(runner)
+        handler = make_handler(self.metrics, self.state,
+                               threshold=self.config.degraded_threshold, paths=paths)
+        server = HttpServer(handler)
         what = " and ".join(sorted("/health, /ready" if p == HEALTH else "/metrics"
                                    for p in paths))
         try:
-            await web.TCPSite(runner, self.host, port).start()
+            bound = await server.start(self.host, port)
         except OSError as exc:  # asyncio rewrites strerror; the errno says it plainly
             why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             raise ListenError(f"cannot listen for {what} on {self.host}:{port}: {why}") from None
-        return int(runner.addresses[0][1])
+        self._servers.append(server)
+        return bound
 
     async def stop(self) -> None:
-        """Close every server (in-flight requests get a moment to finish)."""
-        runners, self._runners = self._runners, []
-        for runner in reversed(runners):
+        """Close every server and its connections."""
+        servers, self._servers = self._servers, []
+        for server in reversed(servers):
             with contextlib.suppress(Exception):
-                await runner.cleanup()
+                await server.close()
 
 
 def observability_extra(

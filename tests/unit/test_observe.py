@@ -1,4 +1,4 @@
-"""/health, /ready and /metrics: views, content negotiation, and the aiohttp app on port 0."""
+"""/health, /ready and /metrics: views, content negotiation, and the HTTP server on port 0."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
@@ -19,11 +18,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from container_desktop_relay.config import Config
 from container_desktop_relay.errors import ListenError
+from container_desktop_relay.httpserve import HttpServer
 from container_desktop_relay.metrics import Metrics
 from container_desktop_relay.observe import (
     Observability,
     health_view,
-    make_app,
+    make_handler,
     metrics_format,
     metrics_view,
     ready_view,
@@ -149,7 +149,8 @@ def test_metrics_format_rejects_unknown() -> None:
 class Served:
     """A role's state and counters behind a test client."""
 
-    def __init__(self, client: TestClient, state: RoleState, metrics: Metrics) -> None:
+    def __init__(self, client: aiohttp.ClientSession, state: RoleState,
+                 metrics: Metrics) -> None:
         self.client = client
         self.state = state
         self.metrics = metrics
@@ -160,9 +161,13 @@ async def served() -> AsyncIterator[Served]:
     """The observability app (all paths) of a server role on a real port 0."""
     state = RoleState("server")
     metrics = Metrics("server")
-    app = make_app(metrics, state, threshold=2)
-    async with TestClient(TestServer(app)) as client:
-        yield Served(client, state, metrics)
+    server = HttpServer(make_handler(metrics, state, threshold=2))
+    port = await server.start("127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as client:
+            yield Served(client, state, metrics)
+    finally:
+        await server.close()
 
 
 @pytest.mark.asyncio
@@ -318,6 +323,6 @@ async def test_bind_failure_is_listen_error_and_unbinds_the_rest() -> None:
                             RoleState("server"))
         with pytest.raises(ListenError, match=f"cannot listen for /metrics on 127.0.0.1:{port}"):
             await obs.start()
-        assert obs._runners == []
+        assert obs._servers == []
     finally:
         busy.close()
