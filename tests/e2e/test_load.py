@@ -83,15 +83,17 @@ class Chain:
                                  for log in (self.server.proc.log, self.client.proc.log)),
                      20, "both relays to trim memory after going idle", interval=0.2)
             return self.reading()
-        keys = ("server_rss_mb", "client_rss_mb")
         last: dict[str, float] = {}
 
         def within() -> bool:
+            # The server's count reaching 0 does not mean the client has released every
+            # local socket yet (it may still be flushing the last echo to a slow reader).
             last.update(self.reading())
-            return all(last[k] <= base[k] + slack_mb for k in keys)
+            return (all(last[k] <= base[k] + slack_mb for k in ("server_rss_mb", "client_rss_mb"))
+                    and all(last[k] <= base[k] + 2 for k in ("server_fds", "client_fds")))
 
         with contextlib.suppress(AssertionError):
-            wait_for(within, 30, "RSS back near the baseline", interval=0.5)
+            wait_for(within, 30, "RSS and descriptors back near the baseline", interval=0.5)
         return last
 
     def settle(self) -> None:
