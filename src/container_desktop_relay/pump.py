@@ -17,10 +17,10 @@ Rules:
    most one read's worth is buffered (a connection accepted before its SSH channel is open
    cannot grow memory).
 3. EOF from a side becomes ``write_eof`` on the other (half-close); the other direction keeps
-   flowing. When both directions have seen EOF, or a side closes after its EOF, both sides
-   are closed (gracefully: buffered bytes are flushed first). A side that fails (reset,
-   broken pipe, SSH link lost) or closes without EOF (an SSH channel cut off by the peer
-   relay) aborts the other, so a broken stream never looks like a clean end of stream.
+   flowing. When both directions have seen EOF, both sides are closed (gracefully: buffered
+   bytes are flushed first). A side that fails (reset, broken pipe, SSH link lost) or goes
+   away before both directions ended (an SSH channel cut off by the peer relay) aborts the
+   other, so a broken stream never looks like a clean end of stream.
 4. The pump finishes when both attached sides have reported ``lost``; it then reports itself
    once to its ``on_finished`` callback with the byte counts and the close reason.
 """
@@ -219,19 +219,20 @@ class Pump:
             # can signal one), never as a clean end of stream.
             self.close(self.reason, abort=True)
             return
-        if not self._eof[side] and not self.closing:
-            # Gone without EOF and without our asking: the stream was cut off (an SSH channel
-            # closed without EOF because the peer relay's client vanished or its target
-            # failed; the SSH connection went away). Passing it on as a clean end of stream
-            # would make a truncated stream look complete, so it is passed on as a failure.
+        if not self.closing:
+            # Gone before both directions ended, and without our asking: the stream was cut
+            # off (an SSH channel closed because the peer relay's client vanished or its
+            # target failed, the SSH connection went away). Without EOF, a clean close would
+            # make a truncated stream look complete; after its EOF, the other side would go
+            # on producing data nobody can receive (and, not being read, block). Either way
+            # it is passed on as a failure.
+            who = "client" if side == CLIENT else "target"
             if not self.reason:
-                self.reason = (f"{'client' if side == CLIENT else 'target'} "
-                               "closed without end of stream")
+                self.reason = (f"{who} closed without end of stream" if not self._eof[side]
+                               else f"{who} closed before the other direction ended")
             self.close(self.reason, abort=True)
             return
-        self._close_all("peer closed" if self._eof[side] else
-                        ("client closed" if side == CLIENT else "target closed"))
-        self._maybe_finish()
+        self._close_all("peer closed")
 
     # ---------------------------------------------------------------- close
     def close(self, reason: str, *, abort: bool = False) -> None:

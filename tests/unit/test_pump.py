@@ -126,3 +126,36 @@ def test_abort_discards() -> None:
     pump.lost(CLIENT)
     pump.lost(TARGET)
     assert done == [pump]
+
+
+def test_side_gone_without_eof_aborts_the_other() -> None:
+    """A channel closed without EOF (the peer relay's client vanished): the target gets a
+    reset, not a clean end of a truncated upload."""
+    pump, _a, b, done = make()
+    pump.data(CLIENT, b"half an upload")
+    pump.lost(CLIENT)
+    assert b.aborted and not b.closed and not b.eof
+    assert pump.reason == "client closed without end of stream"
+    pump.lost(TARGET)
+    assert done == [pump]
+
+
+def test_side_gone_before_the_other_direction_ended_aborts_the_other() -> None:
+    """The client finished sending (EOF), then went away while the target still answers:
+    the target is aborted instead of being left writing to nobody."""
+    pump, _a, b, _done = make()
+    pump.eof(CLIENT)
+    pump.lost(CLIENT)
+    assert b.eof and b.aborted
+    assert pump.reason == "client closed before the other direction ended"
+
+
+def test_loss_after_both_eofs_is_a_clean_close() -> None:
+    """Both directions ended: the sides are closed gracefully, nothing is aborted."""
+    pump, a, b, done = make()
+    pump.eof(CLIENT)
+    pump.eof(TARGET)
+    assert a.closed and b.closed
+    pump.lost(CLIENT)
+    pump.lost(TARGET)
+    assert not a.aborted and not b.aborted and pump.reason == "done" and done == [pump]
