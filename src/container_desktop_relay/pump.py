@@ -232,7 +232,7 @@ class Pump:
                                else f"{who} closed before the other direction ended")
             self.close(self.reason, abort=True)
             return
-        self._close_all("peer closed")
+        self._maybe_finish()  # we were closing it: finished once every attached side is gone
 
     # ---------------------------------------------------------------- close
     def close(self, reason: str, *, abort: bool = False) -> None:

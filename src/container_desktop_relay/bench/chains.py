@@ -56,7 +56,7 @@ class Chain:
 
     def rss_kb(self) -> int:
         """Summed RSS of the forwarder processes and their children, KiB."""
-        return sum(rss_kb(pid, children=True) for pid in self.pids)
+        return sum(self.rss_kb_each())
 
     def rss_kb_each(self) -> list[int]:
         """RSS of each forwarder process (with its children), KiB, in ``pids`` order."""

@@ -9,14 +9,16 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from container_desktop_relay.bench import chains, workloads
 from container_desktop_relay.bench.report import ChainResult, document, machine, table, verdicts
+
+T = TypeVar("T")
 
 __all__ = ["CHAINS", "Plan", "build_parser", "run_bench", "run_bench_command"]
 
@@ -82,35 +84,44 @@ def _progress(msg: str) -> None:
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
+async def _with_cpu(chain: chains.Chain, work: Awaitable[T]) -> tuple[T, float]:
+    """Run ``work``; return its result and the CPU seconds the forwarders spent meanwhile."""
+    before = chain.cpu_s()
+    out = await work
+    return out, chain.cpu_s() - before
+
+
 async def _measure(chain: chains.Chain, plan: Plan, result: ChainResult,
                    say: Callable[[str], None]) -> None:
     name = chain.name
     await workloads.connect_cost(chain.path, 3)  # warm-up: first channel, lazy imports
-    base = chain.rss_kb() if result.has_rss else 0
     if result.has_rss:
-        result.rss_base_mb.append(base / 1024)
-        result.rss_base_each_mb.append([kb / 1024 for kb in chain.rss_kb_each()])
-    cpu0 = chain.cpu_s()
-    up = await workloads.bulk_upload(chain.path, plan.bulk_bytes)
-    say(f"{name}: upload {plan.bulk_bytes // MIB} MiB {up.mb_s:.0f} MB/s (sha256 ok)")
-    down = await workloads.bulk_download(chain.path, plan.bulk_bytes)
-    say(f"{name}: download {plan.bulk_bytes // MIB} MiB {down.mb_s:.0f} MB/s (sha256 ok)")
+        each = chain.rss_kb_each()
+        result.rss_base_mb.append(sum(each) / 1024)
+        result.rss_base_each_mb.append([kb / 1024 for kb in each])
+
+    async def bulk() -> tuple[workloads.Bulk, workloads.Bulk]:
+        up = await workloads.bulk_upload(chain.path, plan.bulk_bytes)
+        say(f"{name}: upload {plan.bulk_bytes // MIB} MiB {up.mb_s:.0f} MB/s (sha256 ok)")
+        down = await workloads.bulk_download(chain.path, plan.bulk_bytes)
+        say(f"{name}: download {plan.bulk_bytes // MIB} MiB {down.mb_s:.0f} MB/s (sha256 ok)")
+        return up, down
+
+    (up, down), cpu = await _with_cpu(chain, bulk())
     if result.has_rss:
-        result.cpu_s_per_gib.append((chain.cpu_s() - cpu0) * 1024 * MIB / (2 * plan.bulk_bytes))
+        result.cpu_s_per_gib.append(cpu * 1024 * MIB / (2 * plan.bulk_bytes))
     result.upload_mb_s.append(up.mb_s)
     result.download_mb_s.append(down.mb_s)
-    cpu0 = chain.cpu_s()
-    pp = await workloads.ping_pong(chain.path, plan.pingpong_rounds)
+    pp, cpu = await _with_cpu(chain, workloads.ping_pong(chain.path, plan.pingpong_rounds))
     if result.has_rss:
-        result.pingpong_cpu_us.append((chain.cpu_s() - cpu0) * 1e6 / plan.pingpong_rounds)
+        result.pingpong_cpu_us.append(cpu * 1e6 / plan.pingpong_rounds)
     say(f"{name}: ping-pong 1 KiB x{plan.pingpong_rounds} p50 {pp.p50:.0f} us "
         f"p99 {pp.p99:.0f} us")
     result.latency_p50_us.append(pp.p50)
     result.latency_p99_us.append(pp.p99)
-    cpu0 = chain.cpu_s()
-    cc = await workloads.connect_cost(chain.path, plan.connect_rounds)
+    cc, cpu = await _with_cpu(chain, workloads.connect_cost(chain.path, plan.connect_rounds))
     if result.has_rss:
-        result.connect_cpu_us.append((chain.cpu_s() - cpu0) * 1e6 / plan.connect_rounds)
+        result.connect_cpu_us.append(cpu * 1e6 / plan.connect_rounds)
     say(f"{name}: connect+64 B echo+close x{plan.connect_rounds} p50 {cc.p50:.0f} us")
     result.connect_p50_us.append(cc.p50)
     before = chain.rss_kb() if result.has_rss else 0
