@@ -366,6 +366,21 @@ class SendFirstTarget:
                 return
             self.received.append((total, digest.hexdigest()))
 
+    def check_half_close_both_ways(self, local: Path, up: bytes) -> None:
+        """Through the forwarder at ``local``: this target's payload and EOF arrive while the
+        client's write side is still open; then ``up`` and the client's EOF reach the target."""
+        s = unix_connect(local, 30)
+        got = b""
+        while data := s.recv(1 << 20):
+            got += data
+        assert got == self.payload  # EOF arrived while our write side is still open
+        s.sendall(up)
+        s.shutdown(socket.SHUT_WR)
+        assert s.recv(1) == b""
+        s.close()
+        wait_for(lambda: self.received, 20, "target to receive the upload")
+        assert self.received[0] == (len(up), hashlib.sha256(up).hexdigest())
+
     def close(self) -> None:
         self._sock.close()
 

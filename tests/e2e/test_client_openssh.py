@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import socket
 from pathlib import Path
 
 import asyncssh
@@ -19,7 +18,6 @@ from helpers import (
     exchange,
     sha,
     stopping,
-    unix_connect,
     wait_for,
 )
 
@@ -53,17 +51,7 @@ def test_half_close_both_ways_through_sshd(
         request, ClientProc(keys, tmp, sshd.port, str(target.path), user=getpass.getuser())
     )
     with stopping(client, target):
-        s = unix_connect(client.socket, 30)
-        got = b""
-        while data := s.recv(MiB):
-            got += data
-        assert got == down
-        s.sendall(up)
-        s.shutdown(socket.SHUT_WR)
-        assert s.recv(1) == b""
-        s.close()
-        wait_for(lambda: target.received, 20, "target to receive the upload")
-        assert target.received[0] == (len(up), sha(up))
+        target.check_half_close_both_ways(client.socket, up)
 
 
 def test_sshd_host_key_recorded_on_first_use(

@@ -64,17 +64,7 @@ def test_half_close_both_directions(relay_server: RelayServer, keys: Keys, tmp: 
     fwd = ssh_forward(relay_server.port, keys.identity, tmp / "l.sock", str(target.path), tmp)
     with stopping(fwd, target):
         # target -> client EOF first; the client then sends and half-closes.
-        s = unix_connect(tmp / "l.sock", 30)
-        got = b""
-        while data := s.recv(MiB):
-            got += data
-        assert got == down  # EOF arrived while our write side is still open
-        s.sendall(up)
-        s.shutdown(socket.SHUT_WR)
-        assert s.recv(1) == b""
-        s.close()
-        wait_for(lambda: target.received, 20, "target to receive the upload")
-        assert target.received[0] == (len(up), sha(up))
+        target.check_half_close_both_ways(tmp / "l.sock", up)
 
 
 def test_client_half_close_keeps_responses_flowing(relay_server: RelayServer, keys: Keys,
