@@ -197,6 +197,14 @@ class RelayServer:
     def finished(self, pump: Pump) -> None:
         """A pump ended: account and log it once."""
         account_finished(self.metrics, pump, log)
+        self._wake_drain()
+
+    def open_finished(self) -> None:
+        """A target connect that counted as pending is over (connected, failed or cancelled)."""
+        self.pending -= 1
+        self._wake_drain()
+
+    def _wake_drain(self) -> None:
         if not self.metrics.active and not self.pending:
             self._idle.set()
 
@@ -353,18 +361,13 @@ class _ServerConnection(asyncssh.SSHServer):
                 async with asyncio.timeout(config.max_request_wait_time):
                     _, target = await loop.create_unix_connection(end, path)
         except (OSError, TimeoutError) as exc:
-            relay.pending -= 1
-            if not relay.metrics.active and not relay.pending:
-                relay._idle.set()
             reason = _target_error(path, exc, config.max_request_wait_time)
             relay.metrics.error("socket", reason)
             log.warning("channel_open_failed", extra=self._extra(socket_path=path,
                                                                   reason=reason))
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason) from None
-        except BaseException:
-            relay.pending -= 1
-            raise
-        relay.pending -= 1
+        finally:
+            relay.open_finished()
         if self.lost:
             target.close()
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "SSH connection closed")
