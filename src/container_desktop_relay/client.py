@@ -385,58 +385,65 @@ class RelayClient:
 
     # ------------------------------------------------------- local connections
     def _accept(self) -> asyncio.Protocol:
-        """Protocol factory of the listener: an unbound end plus the task that serves it."""
-        end = TransportEnd(None, CLIENT, self.config.buffer_size)
-        task = asyncio.create_task(self._serve_local(end), name="local-connection")
-        self._handlers.add(task)
-        task.add_done_callback(self._handlers.discard)
-        return end
-
-    async def _serve_local(self, end: TransportEnd) -> None:
+        """Protocol factory of the listener: a new end, its channel opening right away."""
         config = self.config
-        path = self.target.socket_path
-        pump = Pump(f"c-{next(_conn_ids)}", path, self._finished)
-        end.bind(pump)
+        pump = Pump(f"c-{next(_conn_ids)}", self.target.socket_path, self._finished)
+        end = TransportEnd(pump, CLIENT, config.buffer_size)
         self.metrics.connection_started(pump)
+        conn = self.conn
         if self._closing:
             pump.close("shutting down")
-            return
-        if len(self.metrics.active) > config.max_connections:
+        elif len(self.metrics.active) > config.max_connections:
             self._refuse(pump, f"connection pool exhausted (max: {config.max_connections})")
+        elif self.link.is_set() and conn is not None:
+            self._open_channel(pump, conn)
+        else:
+            task = asyncio.create_task(self._open_when_linked(pump), name="local-connection")
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+        return end
+
+    async def _open_when_linked(self, pump: Pump) -> None:
+        """Wait up to ``ssh_timeout`` for the SSH link, then open ``pump``'s channel."""
+        timeout = self.config.ssh_timeout
+        log.info("connection_waiting_for_link", extra={"conn_id": pump.conn_id,
+                                                       "timeout_s": timeout})
+        try:
+            async with asyncio.timeout(timeout):
+                await self.link.wait()
+        except TimeoutError:
+            self._refuse(pump, f"SSH link to {self.target.host}:{self.target.port} not "
+                               f"available within {timeout:g}s ({self.state.reason})")
             return
-        if not self.link.is_set():
-            log.info("connection_waiting_for_link", extra={"conn_id": pump.conn_id,
-                                                           "timeout_s": config.ssh_timeout})
-            try:
-                async with asyncio.timeout(config.ssh_timeout):
-                    await self.link.wait()
-            except TimeoutError:
-                reason = (f"SSH link to {self.target.host}:{self.target.port} not available "
-                          f"within {config.ssh_timeout:g}s ({self.state.reason})")
-                self._refuse(pump, reason)
-                return
         conn = self.conn
         if pump.closing or conn is None:
             pump.close("client closed before the channel opened")
             return
+        self._open_channel(pump, conn)
+
+    def _open_channel(self, pump: Pump, conn: asyncssh.SSHClientConnection) -> None:
+        """Open ``pump``'s channel; the pump's target side is attached once it is confirmed."""
+        path = self.target.socket_path
         started = time.monotonic()
+
+        def opened(error: BaseException | None) -> None:
+            if error is not None:
+                if not pump.closing:  # else already ended (client gone, shutting down)
+                    self._refuse(pump, f"channel open to {path} failed: {_reason(error)}")
+                return
+            self.metrics.channel_opened(time.monotonic() - started)
+            if pump.closing:
+                return
+            self._linked.add(pump)
+            if log.isEnabledFor(logging.INFO):  # per connection: skip building the fields
+                log.info("connection_opened", extra={"conn_id": pump.conn_id,
+                                                     "socket_path": path,
+                                                     "endpoint": str(self.endpoint)})
+
         try:
-            await conn.create_unix_connection(
-                lambda: ChannelEnd(pump, TARGET),
-                path,
-                window=sshtune.CHANNEL_WINDOW,
-                max_pktsize=sshtune.MAX_PACKET_SIZE,
-            )
+            sshtune.open_unix_channel(conn, path, lambda: ChannelEnd(pump, TARGET), opened)
         except (OSError, asyncssh.Error) as exc:
             self._refuse(pump, f"channel open to {path} failed: {_reason(exc)}")
-            return
-        self.metrics.channel_opened(time.monotonic() - started)
-        if pump.closing:
-            return
-        self._linked.add(pump)
-        if log.isEnabledFor(logging.INFO):  # per connection: skip building the fields
-            log.info("connection_opened", extra={"conn_id": pump.conn_id, "socket_path": path,
-                                                 "endpoint": str(self.endpoint)})
 
     def _refuse(self, pump: Pump, reason: str) -> None:
         self.metrics.error("connection", f"{pump.conn_id}: {reason}")

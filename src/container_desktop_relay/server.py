@@ -12,7 +12,8 @@ import os
 import posixpath
 import socket
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import asyncssh
 
@@ -55,7 +56,8 @@ def check_socket_path(path: str, allow: list[str]) -> str | None:
 
 def _target_error(path: str, exc: BaseException, wait: float) -> str:
     if isinstance(exc, TimeoutError):
-        return f"connecting to target socket {path} timed out after {wait:g}s"
+        return (f"target socket {path} accepted nothing within {wait:g}s "
+                f"(its listen backlog stayed full)")
     if isinstance(exc, FileNotFoundError):
         return f"target socket {path} does not exist"
     if isinstance(exc, ConnectionRefusedError):
@@ -64,8 +66,6 @@ def _target_error(path: str, exc: BaseException, wait: float) -> str:
         return f"permission denied connecting to target socket {path}"
     if isinstance(exc, OSError) and exc.errno == errno.ENOTSOCK:
         return f"target {path} is not a socket"
-    if isinstance(exc, OSError) and exc.errno == errno.EAGAIN:
-        return f"target socket {path} is overloaded (listen backlog full)"
     return f"cannot connect to target socket {path}: {exc}"
 
 
@@ -112,6 +112,8 @@ class RelayServer:
         self.port = 0
         self._idle = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
+        #: tasks wrapping just-connected target sockets in transports (kept referenced)
+        self.adopting: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Load keys and start listening.
@@ -336,45 +338,77 @@ class _ServerConnection(asyncssh.SSHServer):
                                                              reason=refused))
             relay.metrics.error("connection", refused)
             raise asyncssh.ChannelOpenError(code, refused)
-        relay.pending += 1
         assert self._conn is not None
+        started = time.monotonic()
+        try:
+            sock = connect_now(dest_path)
+        except OSError as exc:
+            self._target_failed(dest_path, exc)
         chan = self._conn.create_unix_channel(
             window=sshtune.CHANNEL_WINDOW, max_pktsize=sshtune.MAX_PACKET_SIZE
         )
-        return chan, self._open_target(dest_path)
+        if sock is None:  # the listener's backlog is full: wait for it, counted as pending
+            relay.pending += 1
+            return chan, self._open_when_accepted(dest_path, started)
+        # Connected: the channel is confirmed now; wrapping the socket in a transport takes
+        # one event-loop pass, and the pump holds (and pauses) anything sent meanwhile.
+        pump = Pump(f"c-{next(_conn_ids)}", dest_path, relay.finished)
+        self._register(pump, dest_path, started)
+        task = asyncio.get_running_loop().create_task(self._adopt_target(pump, sock))
+        relay.adopting.add(task)
+        task.add_done_callback(relay.adopting.discard)
+        return chan, ChannelEnd(pump, CLIENT)
 
-    async def _open_target(self, path: str) -> ChannelEnd:
+    def _target_failed(self, path: str, exc: BaseException) -> NoReturn:
+        reason = _target_error(path, exc, self.relay.config.max_request_wait_time)
+        self.relay.metrics.error("socket", reason)
+        log.warning("channel_open_failed", extra=self._extra(socket_path=path, reason=reason))
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason) from None
+
+    def _register(self, pump: Pump, path: str, started: float) -> None:
         relay = self.relay
-        config = relay.config
-        started = time.monotonic()
-        pump = Pump(f"c-{next(_conn_ids)}", path, relay.finished)
-        loop = asyncio.get_running_loop()
-
-        def end() -> TransportEnd:
-            return TransportEnd(pump, TARGET, config.buffer_size)
-
-        try:
-            sock = connect_now(path)
-            if sock is not None:
-                _, target = await _adopt(loop, end, sock)
-            else:  # the listener's backlog is full: wait for it, up to the limit
-                async with asyncio.timeout(config.max_request_wait_time):
-                    _, target = await loop.create_unix_connection(end, path)
-        except (OSError, TimeoutError) as exc:
-            reason = _target_error(path, exc, config.max_request_wait_time)
-            relay.metrics.error("socket", reason)
-            log.warning("channel_open_failed", extra=self._extra(socket_path=path,
-                                                                  reason=reason))
-            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason) from None
-        finally:
-            relay.open_finished()
-        if self.lost:
-            target.close()
-            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "SSH connection closed")
         relay.metrics.connection_started(pump)
         relay.metrics.channel_opened(time.monotonic() - started)
         if log.isEnabledFor(logging.INFO):  # per connection: skip building the fields
             log.info("connection_opened",
                      extra=self._extra(conn_id=pump.conn_id, socket_path=path, user=self.user))
+
+    def _target_end(self, pump: Pump) -> Callable[[], TransportEnd]:
+        buffer_size = self.relay.config.buffer_size
+        return lambda: TransportEnd(pump, TARGET, buffer_size)
+
+    async def _adopt_target(self, pump: Pump, sock: socket.socket) -> None:
+        try:
+            await _adopt(asyncio.get_running_loop(), self._target_end(pump), sock)
+        except OSError as exc:
+            pump.close(f"target error: {exc}", abort=True)
+
+    async def _open_when_accepted(self, path: str, started: float) -> ChannelEnd:
+        """Retry a target whose listen queue is full until it accepts (or the wait runs out).
+
+        A non-blocking Unix connect to a full queue fails with EAGAIN and leaves nothing in
+        progress to wait on (the socket polls writable at once while still unconnected), so
+        the connect is retried, 1 ms apart at first, then up to 50 ms.
+        """
+        relay = self.relay
+        delay = 0.001
+        try:
+            async with asyncio.timeout(relay.config.max_request_wait_time):
+                while (sock := connect_now(path)) is None:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+        except (OSError, TimeoutError) as exc:
+            self._target_failed(path, exc)
+        finally:
+            relay.open_finished()
+        if self.lost:
+            sock.close()
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "SSH connection closed")
+        pump = Pump(f"c-{next(_conn_ids)}", path, relay.finished)
+        try:
+            await _adopt(asyncio.get_running_loop(), self._target_end(pump), sock)
+        except OSError as exc:
+            self._target_failed(path, exc)
+        self._register(pump, path, started)
         return ChannelEnd(pump, CLIENT)
 

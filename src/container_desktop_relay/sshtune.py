@@ -49,14 +49,30 @@ Hot path (speed; measured in docs/performance.md, bulk MB/s through ``ssh -L`` a
    send buffer and measured slower. Both ends must create channels with the larger
    ``max_pktsize``: asyncssh accepts packets up to max(256 KiB, its channels' size + 1 KiB).
 
+Channel lifecycle (speed: the docker CLI opens a connection per command; new-connection cost):
+
+9. An accepted channel open always finished in a new task, one event-loop pass later, even
+   when the owner answered with a ready session. Here a ready session is confirmed at once,
+   in the call that received the open request (an awaitable one still gets asyncssh's task).
+10. Opening a channel took two tasks and a chain of coroutines per connection (the caller's,
+    and ``_start_reading``). :func:`open_unix_channel` sends the same CHANNEL_OPEN and runs
+    a callback from the confirmation (or failure) itself; reading starts right after the
+    session is attached, as asyncssh's task would have done.
+11. Packets sent while one burst of input is processed (replies to several packets, EOF then
+    CLOSE) leave in one ``send()`` at the end of the burst, as OpenSSH's output buffer does;
+    the pump corks the channel's connection the same way around one transport event.
+
 The pump already keeps data that arrives before a channel is open from growing memory (it
 pauses the reader).
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import asyncssh
@@ -68,6 +84,7 @@ from asyncssh.constants import (
     MSG_CHANNEL_DATA,
     MSG_CHANNEL_EOF,
     MSG_CHANNEL_EXTENDED_DATA,
+    MSG_CHANNEL_OPEN,
     MSG_CHANNEL_WINDOW_ADJUST,
     MSG_DEBUG,
     MSG_IGNORE,
@@ -93,9 +110,11 @@ __all__ = [
     "MAX_PACKET_SIZE",
     "SUPPORTED_ASYNCSSH",
     "TRANSPORT_HIGH_WATER",
+    "OpenCallback",
     "apply",
     "cpu_has_aes",
     "is_applied",
+    "open_unix_channel",
     "preferred_ciphers",
     "tune_transport",
 ]
@@ -122,6 +141,7 @@ _applied = False
 _orig: dict[str, Any] = {}
 _pad_pool = b""
 _pad_off = 0
+_tasks: set[asyncio.Task[None]] = set()
 
 
 # --------------------------------------------------------------------- flow control
@@ -376,6 +396,101 @@ def _flush_send_buf(self: Any) -> None:
             self._close_send()
 
 
+# ------------------------------------------------------------------ channel lifecycle
+def _unix_process_open(self: Any, send_chan: int, send_window: int, send_pktsize: int,
+                       session: Any) -> None:
+    """SSHUNIXChannel.process_open: a ready session is confirmed now, not in a new task."""
+    if inspect.isawaitable(session):
+        _orig["process_open"](self, send_chan, send_window, send_pktsize, session)
+        return
+    self._send_chan = send_chan
+    self._send_window = send_window
+    self._send_pktsize = send_pktsize
+    # SSHChannel._finish_open_request, then SSHForwardChannel's additions, without the await.
+    conn = self._conn
+    if not conn:
+        self._loop.call_soon(self._cleanup)
+        return
+    chan, self._session = self._wrap_session(session)
+    conn.send_channel_open_confirmation(send_chan, self._recv_chan, self._recv_window,
+                                        self._recv_pktsize)
+    self._send_state = "open"
+    self._recv_state = "open"
+    self._session.connection_made(chan)
+    if self._session is not None:
+        self._session.session_started()
+        self.resume_reading()
+
+
+OpenCallback = Callable[[BaseException | None], None]
+
+
+class _OpenWaiter:
+    """Stands in for the future asyncssh awaits while a channel opens: calls back instead."""
+
+    __slots__ = ("_chan", "_factory", "_on_open")
+
+    def __init__(self, chan: Any, factory: Callable[[], Any], on_open: OpenCallback) -> None:
+        self._chan = chan
+        self._factory = factory
+        self._on_open = on_open
+
+    def cancelled(self) -> bool:
+        return False
+
+    def set_result(self, packet: SSHPacket) -> None:
+        # SSHForwardChannel._open_forward after its await; reading starts at once instead of
+        # in a _start_reading task (the session could pause it in connection_made, as there).
+        chan = self._chan
+        packet.check_end()  # malformed: a protocol error ends the connection, as in asyncssh
+        session = chan._session = self._factory()
+        session.connection_made(chan)
+        session.session_started()
+        if chan._recv_paused == "starting":
+            chan._recv_paused = False
+            chan._flush_recv_buf()
+        self._on_open(None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._on_open(exc)
+
+
+def open_unix_channel(conn: asyncssh.SSHClientConnection, path: str,
+                      session_factory: Callable[[], Any], on_open: OpenCallback) -> Any:
+    """Open a ``direct-streamlocal@openssh.com`` channel to ``path``; returns the channel.
+
+    ``on_open(None)`` runs when the peer confirmed it (the session from ``session_factory``
+    is attached and reading), ``on_open(error)`` when it refused or the connection closed
+    (an :class:`asyncssh.ChannelOpenError`). Same packets as ``create_unix_connection``;
+    without the fixes applied (another asyncssh), that public coroutine runs in a task.
+    """
+    if not _applied:
+        return _open_in_task(conn, path, session_factory, on_open)
+    chan = conn.create_unix_channel(window=CHANNEL_WINDOW, max_pktsize=MAX_PACKET_SIZE)
+    chan.set_extra_info(local_peername="", remote_peername=path)
+    chan._open_waiter = _OpenWaiter(chan, session_factory, on_open)
+    conn.send_packet(MSG_CHANNEL_OPEN, String(b"direct-streamlocal@openssh.com"),
+                     UInt32(chan._recv_chan), UInt32(chan._recv_window),
+                     UInt32(chan._recv_pktsize), String(path), _EMPTY_STRING, UInt32(0),
+                     handler=chan)
+    return chan
+
+
+def _open_in_task(conn: asyncssh.SSHClientConnection, path: str,
+                  session_factory: Callable[[], Any], on_open: OpenCallback) -> None:
+    async def opening() -> None:
+        try:
+            await conn.create_unix_connection(session_factory, path, window=CHANNEL_WINDOW,
+                                              max_pktsize=MAX_PACKET_SIZE)
+        except (OSError, asyncssh.Error) as exc:
+            on_open(exc)
+            return
+        on_open(None)
+
+    _tasks.add(task := asyncio.get_running_loop().create_task(opening()))
+    task.add_done_callback(_tasks.discard)
+
+
 # ------------------------------------------------------------------ per-packet chores
 def _logger_log(self: Any, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
     """SSHLogger.log that checks the level before converting its arguments to text."""
@@ -571,6 +686,7 @@ def apply() -> bool:
     _orig["_keepalive_timer_callback"] = _connection.SSHConnection._keepalive_timer_callback
     _orig["SSHLogger.log"] = SSHLogger.log
     _orig["_log_packet"] = _packet.SSHPacketLogger._log_packet
+    _orig["process_open"] = _channel.SSHChannel.process_open
     patches: list[tuple[Any, str, Any]] = [
         (_channel.SSHChannel, "_deliver_data", _deliver_data),
         (_channel.SSHChannel, "_pause_resume_writing", _pause_resume_writing),
@@ -578,6 +694,7 @@ def apply() -> bool:
         (_channel.SSHChannel, "pause_reading", _pause_reading),
         (_channel.SSHChannel, "write", _chan_write),
         (_channel.SSHChannel, "_flush_send_buf", _flush_send_buf),
+        (_channel.SSHUNIXChannel, "process_open", _unix_process_open),
         (_connection.SSHConnection, "pause_writing", _conn_pause_writing),
         (_connection.SSHConnection, "resume_writing", _conn_resume_writing),
         (_connection.SSHConnection, "send_packet", _send_packet),

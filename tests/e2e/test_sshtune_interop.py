@@ -12,6 +12,7 @@ import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import pytest
@@ -334,3 +335,71 @@ def test_backpressure_bounded_with_stalled_reader(workdir: Path, ed_keys: dict[s
 def test_keepalive_with_patched_timer(workdir: Path, ed_keys: dict[str, Path]) -> None:
     """The self-re-arming keepalive timer keeps an idle link up and detects a frozen peer."""
     asyncio.run(_test_keepalive_with_patched_timer(workdir, ed_keys))
+
+
+class _Collect(asyncssh.SSHUNIXSession[bytes]):
+    """A channel session that keeps what it receives and notes the end of stream."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.ended = asyncio.get_running_loop().create_future()
+        self.chan: asyncssh.SSHUNIXChannel[bytes] | None = None
+
+    def connection_made(self, chan: asyncssh.SSHUNIXChannel[bytes]) -> None:  # type: ignore[override]
+        self.chan = chan
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self.data += data
+
+    def eof_received(self) -> bool:
+        _set_once(self.ended)
+        return True
+
+
+async def _open(conn: asyncssh.SSHClientConnection, path: str,
+                session: _Collect) -> tuple[Any, BaseException | None]:
+    """open_unix_channel, waiting for its callback; returns (channel, error)."""
+    done: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+    chan = sshtune.open_unix_channel(conn, path, lambda: session, done.set_result)
+    return chan, await done
+
+
+async def _test_open_unix_channel_with_sshd(workdir: Path, keys: dict[str, Path],
+                                            applied: bool) -> None:
+    """open_unix_channel against sshd: echo through it, and sshd's refusal reaches on_open."""
+    async with asyncio.timeout(TIMEOUT), _target(workdir) as target, \
+            _sshd(workdir, keys) as port:
+        host_key = asyncssh.read_public_key(str(keys["host"]) + ".pub")
+        known = asyncssh.import_known_hosts(
+            f"[127.0.0.1]:{port} {host_key.export_public_key().decode()}")
+        async with asyncssh.connect(
+            "127.0.0.1", port, username=os.environ.get("USER", "root"),
+            client_keys=[str(keys["user"])], known_hosts=known, compression_algs=["none"],
+        ) as conn:
+            saved = sshtune._applied
+            sshtune._applied = applied  # False: the public-API fallback of other versions
+            try:
+                session = _Collect()
+                _, error = await _open(conn, target, session)
+                assert error is None
+                payload = pattern()[:300_000]
+                chan = session.chan
+                assert chan is not None
+                chan.write(b"ECHO\n" + payload)
+                chan.write_eof()
+                await session.ended
+                assert bytes(session.data) == payload
+                chan.close()
+
+                _, error = await _open(conn, str(workdir / "missing.sock"), _Collect())
+                assert isinstance(error, asyncssh.ChannelOpenError)
+                assert error.code == asyncssh.OPEN_CONNECT_FAILED
+            finally:
+                sshtune._applied = saved
+
+
+@pytest.mark.parametrize("applied", [True, False], ids=["fast-path", "fallback"])
+def test_open_unix_channel_with_sshd(workdir: Path, ed_keys: dict[str, Path],
+                                     applied: bool) -> None:
+    """The callback channel open works against real sshd, confirmed and refused."""
+    asyncio.run(_test_open_unix_channel_with_sshd(workdir, ed_keys, applied))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +32,13 @@ class Pair:
     socket: Path
 
 
-async def _start_pair(keys: Keys, tmp: Path, remote: str, *extra: tuple[str, str]) -> Pair:
+async def _start_pair(keys: Keys, tmp: Path, remote: str, *extra: tuple[str, str],
+                      server_extra: dict[str, str] | None = None) -> Pair:
     port = free_port()
     common = {"identity_path": str(keys.identity), "port": str(port), "log_level": "error"}
     server = RelayServer(
-        load_config({**common, "authorized_keys_path": str(keys.authorized_keys)}, environ={}),
+        load_config({**common, "authorized_keys_path": str(keys.authorized_keys),
+                     **(server_extra or {})}, environ={}),
         Metrics("server"), RoleState("server"),
     )
     await server.start()
@@ -183,3 +186,84 @@ async def test_max_connections_refuses_extra_local_connections(
         await p.client.aclose()
         p.server.stop_accepting()
         p.server.close_all()
+
+
+def _listener_with_full_backlog(path: Path) -> tuple[socket.socket, list[socket.socket]]:
+    """A Unix listener that accepts nothing, its queue filled until connects would block."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(0)
+    queued = []
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(str(path))
+        except BlockingIOError:
+            sock.close()
+            return listener, queued
+        queued.append(sock)
+
+
+class _EchoAll:
+    """A stream handler echoing each connection's input at its end; closes them all on exit."""
+
+    def __init__(self) -> None:
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        writer.write(await reader.read())
+        writer.close()
+
+    async def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_target_with_full_backlog_is_waited_for(keys: Keys, tmp: Path) -> None:
+    """A target whose listen queue is full: the open waits, counted as pending, and goes
+    through once the target accepts."""
+    listener, queued = _listener_with_full_backlog(tmp / "busy.sock")
+    p = await _start_pair(keys, tmp, str(tmp / "busy.sock"))
+    target = None
+    echo = _EchoAll()
+    try:
+        await _wait(lambda: p.server.pending >= 1, "the probe's open waiting for the target")
+        assert p.client.state.ready is False
+        target = await asyncio.start_unix_server(echo, sock=listener)
+        await _wait(lambda: p.client.state.ready, "client ready once the target accepts")
+        assert await _roundtrip(p.socket, b"waited") == b"waited"
+        assert p.server.pending == 0
+    finally:
+        await p.client.aclose()
+        p.server.stop_accepting()
+        p.server.close_all()
+        if target is not None:
+            target.close()
+        await echo.close()
+        listener.close()
+        for sock in queued:
+            sock.close()
+
+
+@pytest.mark.asyncio
+async def test_target_with_full_backlog_times_out(keys: Keys, tmp: Path) -> None:
+    """A target that never accepts: the open is refused after max_request_wait_time."""
+    listener, queued = _listener_with_full_backlog(tmp / "busy.sock")
+    p = await _start_pair(keys, tmp, str(tmp / "busy.sock"),
+                          server_extra={"max_request_wait_time": "0.2"})
+    try:
+        await _wait(lambda: "accepted nothing within 0.2s" in p.client.state.reason,
+                    "probe refused")
+        assert "listen backlog stayed full" in p.server.metrics.last_error
+    finally:
+        await p.client.aclose()
+        p.server.stop_accepting()
+        p.server.close_all()
+        listener.close()
+        for sock in queued:
+            sock.close()
