@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncssh
 
+from container_desktop_relay import sshtune
 from container_desktop_relay.pump import Pump, Side
 
 __all__ = ["ChannelEnd", "TransportEnd"]
@@ -60,6 +61,14 @@ class ChannelEnd(asyncssh.SSHUNIXSession[bytes]):
         if chan is not None:
             with contextlib.suppress(OSError):
                 chan.write_eof()
+
+    def finish(self) -> None:
+        chan = self._chan
+        if chan is not None:
+            with sshtune.Corked(chan):  # EOF and CLOSE leave in one send()
+                with contextlib.suppress(OSError):
+                    chan.write_eof()
+                chan.close()
 
     def pause_reading(self) -> None:
         if self._chan is not None:
@@ -148,6 +157,10 @@ class TransportEnd(asyncio.Protocol):
                 transport.write_eof()
         else:
             self.write_eof_unsupported(transport)
+
+    def finish(self) -> None:
+        self.write_eof()
+        self.close()
 
     def write_eof_unsupported(self, transport: Any) -> None:
         """Half-close for transports without ``write_eof``; subclasses emulate it."""

@@ -3,8 +3,8 @@
 The pump is transport-blind. Each side of a forwarded connection is an adapter (an SSH
 channel session, a Unix-socket protocol, a named-pipe protocol) that
 
-* implements :class:`End` (``write``, ``write_eof``, ``pause_reading``, ``resume_reading``,
-  ``close``, ``abort``) for the pump to drive, and
+* implements :class:`End` (``write``, ``write_eof``, ``finish``, ``pause_reading``,
+  ``resume_reading``, ``close``, ``abort``) for the pump to drive, and
 * reports its events to the pump: :meth:`Pump.data`, :meth:`Pump.eof`,
   :meth:`Pump.pause_writing`, :meth:`Pump.resume_writing`, :meth:`Pump.lost`.
 
@@ -54,6 +54,9 @@ class End(Protocol):
 
     def write_eof(self) -> None:
         """Half-close: no more data will be written."""
+
+    def finish(self) -> None:
+        """End of stream, then close after flushing (both directions are done)."""
 
     def pause_reading(self) -> None:
         """Stop delivering data until :meth:`resume_reading`."""
@@ -179,10 +182,13 @@ class Pump:
         self._eof[side] = True
         other = 1 - side
         dest = self._ends[other]
-        if dest is not None and not self._lost[other]:
-            dest.write_eof()
+        live = dest is not None and not self._lost[other]
         if self._eof[other]:
+            if live:
+                dest.finish()  # EOF and close together (one send() on an SSH channel)
             self._close_all("done")
+        elif live:
+            dest.write_eof()
 
     def pause_writing(self, side: Side) -> None:
         """``side``'s outgoing buffer is full: stop reading from the other side."""

@@ -58,9 +58,9 @@ Channel lifecycle (speed: the docker CLI opens a connection per command; new-con
     and ``_start_reading``). :func:`open_unix_channel` sends the same CHANNEL_OPEN and runs
     a callback from the confirmation (or failure) itself; reading starts right after the
     session is attached, as asyncssh's task would have done.
-11. Packets sent while one burst of input is processed (replies to several packets, EOF then
-    CLOSE) leave in one ``send()`` at the end of the burst, as OpenSSH's output buffer does;
-    the pump corks the channel's connection the same way around one transport event.
+11. Every packet was its own ``send()``. The EOF and CLOSE that end a forwarded connection
+    now leave together (:class:`Corked`), as OpenSSH's output buffer sends them: one system
+    call and one wake-up of the peer less per connection.
 
 The pump already keeps data that arrives before a channel is open from growing memory (it
 pauses the reader).
@@ -110,6 +110,7 @@ __all__ = [
     "MAX_PACKET_SIZE",
     "SUPPORTED_ASYNCSSH",
     "TRANSPORT_HIGH_WATER",
+    "Corked",
     "OpenCallback",
     "apply",
     "cpu_has_aes",
@@ -491,6 +492,47 @@ def _open_in_task(conn: asyncssh.SSHClientConnection, path: str,
     task.add_done_callback(_tasks.discard)
 
 
+def _send(self: Any, data: bytes) -> None:
+    """SSHConnection._send: collected while corked (see :class:`Corked`), else written."""
+    cork = self._cdr_cork
+    if cork is not None:
+        cork.append(data)
+        return
+    if self._transport:
+        try:  # noqa: SIM105 - per packet: no context manager
+            self._transport.write(data)
+        except ConnectionError:
+            pass
+
+
+class Corked:
+    """``with Corked(chan):`` packets the channel's connection sends inside leave in one write.
+
+    Order is kept (everything the connection sends goes through ``_send``); nested use and
+    an unpatched asyncssh just send as usual.
+    """
+
+    __slots__ = ("_conn", "_parts")
+
+    def __init__(self, chan: Any) -> None:
+        self._conn = chan._conn if _applied else None
+        self._parts: list[bytes] | None = None
+
+    def __enter__(self) -> None:
+        conn = self._conn
+        if conn is not None and conn._cdr_cork is None:
+            self._parts = conn._cdr_cork = []
+
+    def __exit__(self, *exc: object) -> None:
+        parts = self._parts
+        if parts is None:
+            return
+        conn = self._conn
+        conn._cdr_cork = None
+        if parts:
+            conn._send(parts[0] if len(parts) == 1 else b"".join(parts))
+
+
 # ------------------------------------------------------------------ per-packet chores
 def _logger_log(self: Any, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
     """SSHLogger.log that checks the level before converting its arguments to text."""
@@ -704,6 +746,8 @@ def apply() -> bool:
         (_connection.SSHConnection, "_reset_keepalive_timer", _reset_keepalive_timer),
         (_connection.SSHConnection, "_keepalive_timer_callback", _keepalive_timer_callback),
         (_connection.SSHConnection, "_cdr_rx_at", 0.0),
+        (_connection.SSHConnection, "_cdr_cork", None),
+        (_connection.SSHConnection, "_send", _send),
         (SSHLogger, "log", _logger_log),
         (_packet.SSHPacketLogger, "_log_packet", _log_packet),
         (_cipher.GCMCipher, "encrypt_and_sign", _gcm_encrypt_and_sign),

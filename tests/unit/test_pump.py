@@ -21,6 +21,10 @@ class FakeEnd:
     def write_eof(self) -> None:
         self.eof = True
 
+    def finish(self) -> None:
+        self.write_eof()
+        self.close()
+
     def pause_reading(self) -> None:
         self.paused = True
 
