@@ -13,9 +13,10 @@ Rules:
 1. Data read from one side is written to the other at once. When the other side's outgoing
    buffer passes its high-water mark (``pause_writing``), the reading side is paused until it
    drains (``resume_writing``): memory per direction is bounded by the adapter's buffer limit.
-2. Data that arrives before the other side is attached is held and its reader paused, so at
-   most one read's worth is buffered (a connection accepted before its SSH channel is open
-   cannot grow memory).
+2. Data that arrives before the other side is attached is held; once more than
+   :data:`HOLD_LIMIT` is held its reader is paused, so at most that plus one read is buffered
+   (a connection accepted before its SSH channel is open cannot grow memory, and a typical
+   request, which fits, costs no pause and resume).
 3. EOF from a side becomes ``write_eof`` on the other (half-close); the other direction keeps
    flowing. When both directions have seen EOF, both sides are closed (gracefully: buffered
    bytes are flushed first). A side that fails (reset, broken pipe, SSH link lost) or goes
@@ -32,7 +33,10 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["CLIENT", "TARGET", "End", "Pump", "Side"]
+__all__ = ["CLIENT", "HOLD_LIMIT", "TARGET", "End", "Pump", "Side"]
+
+#: Bytes a side may send before the other side is attached without its reader being paused.
+HOLD_LIMIT = 16 * 1024
 
 
 class Side(enum.IntEnum):
@@ -79,6 +83,7 @@ class Pump:
         "_eof",
         "_finished",
         "_held",
+        "_held_size",
         "_lost",
         "_on_finished",
         "_paused_by",
@@ -104,6 +109,7 @@ class Pump:
         self._on_finished = on_finished
         self._ends: list[End | None] = [None, None]
         self._held: list[list[bytes]] = [[], []]
+        self._held_size = [0, 0]
         self._eof = [False, False]
         self._lost = [False, False]
         self._paused_by = [False, False]  # side X paused because the other side is backed up
@@ -129,6 +135,7 @@ class Pump:
         held = self._held[other]
         if held:
             self._held[other] = []
+            self._held_size[other] = 0
             for chunk in held:
                 end.write(chunk)
         if self._eof[other]:
@@ -167,8 +174,9 @@ class Pump:
         dest = self._ends[1 - side]
         if dest is None:
             self._held[side].append(bytes(data))
+            self._held_size[side] += len(data)
             src = self._ends[side]
-            if src is not None:
+            if src is not None and self._held_size[side] > HOLD_LIMIT:
                 src.pause_reading()
             return
         if self._lost[1 - side]:

@@ -30,8 +30,10 @@ Hot path (speed; measured in docs/performance.md, bulk MB/s through ``ssh -L`` a
    packet). Here it is a ``bytearray`` consumed with ``del buf[:n]`` (O(1) at the front), the
    header is peeked in place, AES-GCM decrypts straight from a memoryview of the buffer, and
    CHANNEL_DATA for an open channel goes straight to ``_accept_data`` without ``SSHPacket``,
-   the packet logger and the handler dispatch. Every other packet is handed, already
-   decrypted, to asyncssh's own ``_recv_packet`` so its checks and dispatch stay asyncssh's.
+   the packet logger and the handler dispatch; channel open/confirmation/failure, window
+   adjust, EOF and close go straight to the handler asyncssh would call (its checks before
+   dispatch are all about key exchange and authentication, settled by then). Every other
+   packet is handed, already decrypted, to asyncssh's own ``_recv_packet``.
 6. Cheaper sending: padding comes from a pooled ``os.urandom`` block (each byte used once;
    no ``getrandom`` per packet), the ``AESGCM`` object is created once per key instead of per
    packet, channel writes keep the caller's ``bytes`` (no ``bytearray`` copy; large writes are
@@ -62,8 +64,8 @@ Channel lifecycle (speed: the docker CLI opens a connection per command; new-con
     now leave together (:class:`Corked`), as OpenSSH's output buffer sends them: one system
     call and one wake-up of the peer less per connection.
 
-The pump already keeps data that arrives before a channel is open from growing memory (it
-pauses the reader).
+The pump already keeps data that arrives before a channel is open from growing memory (past
+:data:`~container_desktop_relay.pump.HOLD_LIMIT` it pauses the reader).
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ from asyncssh.constants import (
     MSG_CHANNEL_EOF,
     MSG_CHANNEL_EXTENDED_DATA,
     MSG_CHANNEL_OPEN,
+    MSG_CHANNEL_OPEN_CONFIRMATION,
+    MSG_CHANNEL_OPEN_FAILURE,
     MSG_CHANNEL_WINDOW_ADJUST,
     MSG_DEBUG,
     MSG_IGNORE,
@@ -135,6 +139,9 @@ _EMPTY_STRING = String(b"")
 _DATA_BYTE = Byte(MSG_CHANNEL_DATA)
 #: Channel messages whose asyncssh handlers are synchronous and take the fast receive path.
 _CONTROL_FAST = frozenset({MSG_CHANNEL_WINDOW_ADJUST, MSG_CHANNEL_EOF, MSG_CHANNEL_CLOSE})
+#: ... and connection messages with synchronous handlers that take it too.
+_FAST_DISPATCH = _CONTROL_FAST | {MSG_CHANNEL_OPEN, MSG_CHANNEL_OPEN_CONFIRMATION,
+                                  MSG_CHANNEL_OPEN_FAILURE}
 _PAD_BYTES = [Byte(n) for n in range(256)]
 _DEFERRED_BEFORE_KEX = frozenset({MSG_DEBUG, MSG_SERVICE_REQUEST, MSG_SERVICE_ACCEPT})
 
@@ -656,16 +663,21 @@ def _recv_packet(self: Any) -> bool:
             self._recv_seq = (seq + 1) & 0xFFFFFFFF
             self._recv_handler = self._recv_pkthdr
             return True
-    if (plain[1] in _CONTROL_FAST and padlen >= 4 and end >= 6 and self._auth_complete
+    pkttype = plain[1]
+    if (pkttype in _FAST_DISPATCH and padlen >= 4 and end >= 2 and self._auth_complete
             and SSHLogger._debug_level < 3):
-        chan = self._channels.get(int.from_bytes(plain[2:6], "big"))
-        if chan is not None:
-            # Window adjust, EOF and close: the channel's own (synchronous) handler, without
-            # asyncssh's generic checks, logging calls and copies (3 per forwarded connection).
-            pkttype = plain[1]
+        # Channel open, confirmation, failure, window adjust, EOF and close: the synchronous
+        # handler asyncssh would pick, without its generic checks, logging calls and copies
+        # (all five or six packets of a forwarded connection that carry no data).
+        owner: Any = self
+        body = 2
+        if pkttype in _CONTROL_FAST:
+            owner = self._channels.get(int.from_bytes(plain[2:6], "big")) if end >= 6 else None
+            body = 6
+        if owner is not None:
             del buf[:total]
             try:
-                chan._packet_handlers[pkttype](chan, pkttype, seq, SSHPacket(plain[6:end]))
+                owner._packet_handlers[pkttype](owner, pkttype, seq, SSHPacket(plain[body:end]))
             except PacketDecodeError as exc:
                 raise ProtocolError(str(exc)) from None
             self._auth_final = True

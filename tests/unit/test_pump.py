@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from container_desktop_relay.pump import CLIENT, TARGET, Pump
+from container_desktop_relay.pump import CLIENT, HOLD_LIMIT, TARGET, Pump
 
 
 class FakeEnd:
@@ -84,18 +84,34 @@ def test_backpressure_pauses_the_other_reader() -> None:
     assert not b.paused
 
 
-def test_data_before_other_side_is_held_and_reader_paused() -> None:
-    """Bytes and EOF before the target attaches are held, reader paused, then delivered."""
+def test_data_before_other_side_is_held_then_delivered() -> None:
+    """Bytes and EOF before the target attaches are held (a small request without pausing
+    its reader), then delivered in order."""
     done: list[Pump] = []
     pump = Pump("c-2", "/t.sock", done.append)
     a = FakeEnd()
     pump.attach(CLIENT, a)
     pump.data(CLIENT, b"early")
+    pump.data(CLIENT, b" bird")
     pump.eof(CLIENT)
+    assert not a.paused
+    b = FakeEnd()
+    pump.attach(TARGET, b)
+    assert b.written == [b"early", b" bird"] and b.eof and not a.paused
+
+
+def test_held_data_beyond_the_limit_pauses_the_reader() -> None:
+    """More than HOLD_LIMIT before the other side attaches: the reader pauses until it does."""
+    pump = Pump("c-3", "/t.sock")
+    a = FakeEnd()
+    pump.attach(CLIENT, a)
+    pump.data(CLIENT, b"x" * HOLD_LIMIT)
+    assert not a.paused
+    pump.data(CLIENT, b"y")
     assert a.paused
     b = FakeEnd()
     pump.attach(TARGET, b)
-    assert b.written == [b"early"] and b.eof and not a.paused
+    assert b"".join(b.written) == b"x" * HOLD_LIMIT + b"y" and not a.paused
 
 
 def test_loss_closes_the_other_side_and_records_error() -> None:
