@@ -159,7 +159,8 @@ class TransportEnd(asyncio.Protocol):
             self.write_eof_unsupported(transport)
 
     def finish(self) -> None:
-        self.write_eof()
+        # A graceful close flushes what is queued and then ends the stream: the peer reads
+        # the same EOF that write_eof would give, without the extra shutdown() call.
         self.close()
 
     def write_eof_unsupported(self, transport: Any) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import fnmatch
+import functools
 import itertools
 import logging
 import os
@@ -37,12 +38,18 @@ MAX_AUTH_TRIES = 6
 _ssh_ids = itertools.count(1)
 
 
-def check_socket_path(path: str, allow: list[str]) -> str | None:
+def check_socket_path(path: str, allow: list[str] | tuple[str, ...]) -> str | None:
     """Why ``path`` may not be opened (None when it may).
 
     The path must be absolute and normalized (no ``.``/``..`` components, no ``//``), and
     match one of the ``allow`` globs when any are given.
     """
+    return _check_socket_path(path, tuple(allow))
+
+
+@functools.lru_cache(maxsize=256)
+def _check_socket_path(path: str, allow: tuple[str, ...]) -> str | None:
+    # Cached: clients ask for the same few paths on every connection.
     if "\x00" in path:
         return "socket path contains a NUL byte"
     if not path.startswith("/"):

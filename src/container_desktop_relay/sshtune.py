@@ -12,7 +12,8 @@ Flow control (correctness: bounded memory whatever the speed; docs/reliability.m
    cycle admits one more window. Fixed: credit only what was handed to the session.
 2. ``SSHConnection.pause_writing()`` is a no-op: when the SSH TCP socket backs up, channels
    keep writing until their windows are exhausted. Fixed: a congested transport pauses every
-   channel's session (which pauses the local reader through the pump) until it drains.
+   channel's session (which pauses the local reader through the pump) until it drains;
+   a channel opened meanwhile starts paused.
 3. A channel closed by the peer while reading is paused never finishes closing: asyncssh
    waits for the session to take the buffered data first, so a stuck target would keep the
    channel (and its forwarded connection) forever. Fixed: once the peer has closed, what is
@@ -72,6 +73,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -427,7 +429,15 @@ def _unix_process_open(self: Any, send_chan: int, send_window: int, send_pktsize
     self._session.connection_made(chan)
     if self._session is not None:
         self._session.session_started()
+        _join_connection_pause(self)
         self.resume_reading()
+
+
+def _join_connection_pause(chan: Any) -> None:
+    """A channel opened while its connection's transport is congested starts paused too."""
+    if getattr(chan._conn, "_cdr_write_paused", False) and chan._session is not None:
+        chan._cdr_conn_paused = True
+        chan._session.pause_writing()
 
 
 OpenCallback = Callable[[BaseException | None], None]
@@ -454,6 +464,7 @@ class _OpenWaiter:
         session = chan._session = self._factory()
         session.connection_made(chan)
         session.session_started()
+        _join_connection_pause(chan)
         if chan._recv_paused == "starting":
             chan._recv_paused = False
             chan._flush_recv_buf()
@@ -545,6 +556,12 @@ def _logger_log(self: Any, level: int, msg: object, *args: Any, **kwargs: Any) -
     """SSHLogger.log that checks the level before converting its arguments to text."""
     if self.isEnabledFor(level):
         _orig["SSHLogger.log"](self, level, msg, *args, **kwargs)
+
+
+def _logger_info(self: Any, msg: object, *args: Any, **kwargs: Any) -> None:
+    """SSHLogger.info (several per channel) that returns at once when info is not logged."""
+    if self.isEnabledFor(logging.INFO):
+        _orig["SSHLogger.log"](self, logging.INFO, msg, *args, **kwargs)
 
 
 def _log_packet(self: Any, msg: str, pkttype: int, pktid: Any, packet: Any, note: str) -> None:
@@ -761,6 +778,7 @@ def apply() -> bool:
         (_connection.SSHConnection, "_cdr_cork", None),
         (_connection.SSHConnection, "_send", _send),
         (SSHLogger, "log", _logger_log),
+        (SSHLogger, "info", _logger_info),
         (_packet.SSHPacketLogger, "_log_packet", _log_packet),
         (_cipher.GCMCipher, "encrypt_and_sign", _gcm_encrypt_and_sign),
         (_cipher.GCMCipher, "verify_and_decrypt", _gcm_verify_and_decrypt),

@@ -1,4 +1,4 @@
-"""sshtune.Corked: packets sent inside leave in one write, in order; nesting is harmless."""
+"""sshtune pieces in isolation: Corked output, channels joining a connection-level pause."""
 
 from __future__ import annotations
 
@@ -57,3 +57,29 @@ def test_nothing_sent_writes_nothing() -> None:
     with sshtune.Corked(chan):
         pass
     assert chan._conn._transport.writes == []
+
+
+class _Session:
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+
+
+def test_channel_opened_on_a_congested_connection_starts_paused() -> None:
+    """A new channel joins a connection-level pause, and the resume reaches it."""
+    conn = SimpleNamespace(_cdr_write_paused=False, _channels={})
+    calm = SimpleNamespace(_conn=conn, _session=_Session(), _send_paused=False)
+    sshtune._join_connection_pause(calm)
+    assert not calm._session.paused
+    conn._cdr_write_paused = True
+    late = SimpleNamespace(_conn=conn, _session=_Session(), _send_paused=False)
+    conn._channels[7] = late
+    sshtune._join_connection_pause(late)
+    assert late._session.paused
+    sshtune._conn_resume_writing(conn)
+    assert not late._session.paused and not conn._cdr_write_paused
