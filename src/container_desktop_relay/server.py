@@ -351,9 +351,14 @@ class _ServerConnection(asyncssh.SSHServer):
             sock = connect_now(dest_path)
         except OSError as exc:
             self._target_failed(dest_path, exc)
-        chan = self._conn.create_unix_channel(
-            window=sshtune.CHANNEL_WINDOW, max_pktsize=sshtune.MAX_PACKET_SIZE
-        )
+        try:
+            chan = self._conn.create_unix_channel(
+                window=sshtune.CHANNEL_WINDOW, max_pktsize=sshtune.MAX_PACKET_SIZE
+            )
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
         if sock is None:  # the listener's backlog is full: wait for it, counted as pending
             relay.pending += 1
             return chan, self._open_when_accepted(dest_path, started)
@@ -387,7 +392,7 @@ class _ServerConnection(asyncssh.SSHServer):
     async def _adopt_target(self, pump: Pump, sock: socket.socket) -> None:
         try:
             await _adopt(asyncio.get_running_loop(), self._target_end(pump), sock)
-        except OSError as exc:
+        except Exception as exc:  # whatever failed, the confirmed channel must end, not hang
             pump.close(f"target error: {exc}", abort=True)
 
     async def _open_when_accepted(self, path: str, started: float) -> ChannelEnd:

@@ -418,7 +418,9 @@ def _unix_process_open(self: Any, send_chan: int, send_window: int, send_pktsize
     self._send_pktsize = send_pktsize
     # SSHChannel._finish_open_request, then SSHForwardChannel's additions, without the await.
     conn = self._conn
-    if not conn:
+    if not conn:  # defensive: the open arrived on this connection, so it is still there
+        session.connection_lost(asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED,
+                                                          "SSH connection closed"))
         self._loop.call_soon(self._cleanup)
         return
     chan, self._session = self._wrap_session(session)

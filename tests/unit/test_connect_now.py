@@ -1,4 +1,4 @@
-"""connect_now: the server's wait-free Unix-socket connect and its full-backlog fallback."""
+"""The server's target connect: wait-free connect_now, full backlog, failed adoption."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from container_desktop_relay.server import connect_now
+from container_desktop_relay.config import load_config
+from container_desktop_relay.metrics import Metrics
+from container_desktop_relay.pump import CLIENT, Pump
+from container_desktop_relay.server import RelayServer, _ServerConnection, connect_now
+from container_desktop_relay.state import RoleState
 
 
 def test_connects_to_a_listener(tmp_path: Path) -> None:
@@ -57,3 +61,37 @@ def test_failures_raise_at_once(tmp_path: Path) -> None:
     path.write_text("not a socket")
     with pytest.raises(ConnectionRefusedError):
         connect_now(str(path))
+
+
+class _End:
+    """The client side of a pump, recording how it was ended."""
+
+    def __init__(self) -> None:
+        self.aborted = False
+
+    def write(self, data: bytes) -> None: ...
+    def write_eof(self) -> None: ...
+    def finish(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close(self) -> None: ...
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+@pytest.mark.asyncio
+async def test_failed_adoption_ends_the_confirmed_connection() -> None:
+    """A connected socket that cannot become a transport aborts the pump (the channel was
+    already confirmed: it must end, not wait forever)."""
+    config = load_config({"identity_path": "/nonexistent", "log_level": "error"}, environ={})
+    relay = RelayServer(config, Metrics("server"), RoleState("server"))
+    conn = _ServerConnection(relay)
+    done: list[Pump] = []
+    pump = Pump("c-1", "/t.sock", done.append)
+    client = _End()
+    pump.attach(CLIENT, client)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.close()  # no descriptor: the loop cannot wrap it
+    await conn._adopt_target(pump, sock)
+    assert client.aborted and "target error" in pump.reason
