@@ -81,6 +81,16 @@ async def _sshd(workdir: Path, keys: dict[str, Path]) -> AsyncIterator[int]:
         await chains.stop(proc)
 
 
+def _connect(port: int, keys: dict[str, Path], **options: Any) -> asyncssh.SSHClientConnection:
+    """asyncssh.connect to 127.0.0.1:``port`` with the test user key, the host key pinned."""
+    host_key = asyncssh.read_public_key(str(keys["host"]) + ".pub")
+    known = asyncssh.import_known_hosts(
+        f"[127.0.0.1]:{port} {host_key.export_public_key().decode()}")
+    return asyncssh.connect(  # type: ignore[return-value]
+        "127.0.0.1", port, username=os.environ.get("USER", "root"),
+        client_keys=[str(keys["user"])], known_hosts=known, **options)
+
+
 async def _echo_stream(reader: asyncssh.SSHReader[bytes], writer: asyncssh.SSHWriter[bytes],
                        nbytes: int) -> str:
     """Send ``nbytes`` of pattern while reading the echo; returns the echo's sha256."""
@@ -142,25 +152,19 @@ async def _test_patched_client_to_openssh_sshd(workdir: Path, keys: dict[str, Pa
                                               cipher: str) -> None:
     """Patched asyncssh client -> sshd -> target: 64 MiB echoed both ways, rekeyed midway."""
     async with asyncio.timeout(TIMEOUT), _target(workdir) as target, \
-            _sshd(workdir, keys) as port:
-        host_key = asyncssh.read_public_key(str(keys["host"]) + ".pub")
-        known = asyncssh.import_known_hosts(
-            f"[127.0.0.1]:{port} {host_key.export_public_key().decode()}")
-        async with asyncssh.connect(
-            "127.0.0.1", port, username=os.environ.get("USER", "root"),
-            client_keys=[str(keys["user"])], known_hosts=known, encryption_algs=[cipher],
-            compression_algs=["none"], rekey_bytes=REKEY_BYTES,
-        ) as conn:
-            assert conn.get_extra_info("send_cipher") == cipher
-            send_enc = conn._send_encryption  # type: ignore[attr-defined]
-            recv_enc = conn._recv_encryption  # type: ignore[attr-defined]
-            reader, writer = await conn.open_unix_connection(
-                target, window=sshtune.CHANNEL_WINDOW, max_pktsize=sshtune.MAX_PACKET_SIZE)
-            writer.write(b"ECHO\n")
-            assert await _echo_stream(reader, writer, PAYLOAD) == pattern_digest(PAYLOAD)
-            # rekey_bytes made asyncssh start at least one key exchange mid-transfer
-            assert conn._send_encryption is not send_enc  # type: ignore[attr-defined]
-            assert conn._recv_encryption is not recv_enc  # type: ignore[attr-defined]
+            _sshd(workdir, keys) as port, \
+            _connect(port, keys, encryption_algs=[cipher], compression_algs=["none"],
+                     rekey_bytes=REKEY_BYTES) as conn:
+        assert conn.get_extra_info("send_cipher") == cipher
+        send_enc = conn._send_encryption  # type: ignore[attr-defined]
+        recv_enc = conn._recv_encryption  # type: ignore[attr-defined]
+        reader, writer = await conn.open_unix_connection(
+            target, window=sshtune.CHANNEL_WINDOW, max_pktsize=sshtune.MAX_PACKET_SIZE)
+        writer.write(b"ECHO\n")
+        assert await _echo_stream(reader, writer, PAYLOAD) == pattern_digest(PAYLOAD)
+        # rekey_bytes made asyncssh start at least one key exchange mid-transfer
+        assert conn._send_encryption is not send_enc  # type: ignore[attr-defined]
+        assert conn._recv_encryption is not recv_enc  # type: ignore[attr-defined]
 
 
 async def _test_openssh_client_to_patched_server(workdir: Path, keys: dict[str, Path],
@@ -193,14 +197,7 @@ async def _test_keepalive_with_patched_timer(workdir: Path, keys: dict[str, Path
     server = await chains.start_relay_server(keys, port, 100)
     stopped = False
     try:
-        host_key = asyncssh.read_public_key(str(keys["host"]) + ".pub")
-        known = asyncssh.import_known_hosts(
-            f"[127.0.0.1]:{port} {host_key.export_public_key().decode()}")
-        async with asyncssh.connect(
-            "127.0.0.1", port, username=os.environ.get("USER", "root"),
-            client_keys=[str(keys["user"])], known_hosts=known,
-            keepalive_interval=0.2, keepalive_count_max=2,
-        ) as conn:
+        async with _connect(port, keys, keepalive_interval=0.2, keepalive_count_max=2) as conn:
             # Idle for many intervals: keepalives are answered, the link stays up.
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(conn.wait_closed()), 1.5)
@@ -368,34 +365,27 @@ async def _test_open_unix_channel_with_sshd(workdir: Path, keys: dict[str, Path]
                                             applied: bool) -> None:
     """open_unix_channel against sshd: echo through it, and sshd's refusal reaches on_open."""
     async with asyncio.timeout(TIMEOUT), _target(workdir) as target, \
-            _sshd(workdir, keys) as port:
-        host_key = asyncssh.read_public_key(str(keys["host"]) + ".pub")
-        known = asyncssh.import_known_hosts(
-            f"[127.0.0.1]:{port} {host_key.export_public_key().decode()}")
-        async with asyncssh.connect(
-            "127.0.0.1", port, username=os.environ.get("USER", "root"),
-            client_keys=[str(keys["user"])], known_hosts=known, compression_algs=["none"],
-        ) as conn:
-            saved = sshtune._applied
-            sshtune._applied = applied  # False: the public-API fallback of other versions
-            try:
-                session = _Collect()
-                _, error = await _open(conn, target, session)
-                assert error is None
-                payload = pattern()[:300_000]
-                chan = session.chan
-                assert chan is not None
-                chan.write(b"ECHO\n" + payload)
-                chan.write_eof()
-                await session.ended
-                assert bytes(session.data) == payload
-                chan.close()
+            _sshd(workdir, keys) as port, _connect(port, keys, compression_algs=["none"]) as conn:
+        saved = sshtune._applied
+        sshtune._applied = applied  # False: the public-API fallback of other versions
+        try:
+            session = _Collect()
+            _, error = await _open(conn, target, session)
+            assert error is None
+            payload = pattern()[:300_000]
+            chan = session.chan
+            assert chan is not None
+            chan.write(b"ECHO\n" + payload)
+            chan.write_eof()
+            await session.ended
+            assert bytes(session.data) == payload
+            chan.close()
 
-                _, error = await _open(conn, str(workdir / "missing.sock"), _Collect())
-                assert isinstance(error, asyncssh.ChannelOpenError)
-                assert error.code == asyncssh.OPEN_CONNECT_FAILED
-            finally:
-                sshtune._applied = saved
+            _, error = await _open(conn, str(workdir / "missing.sock"), _Collect())
+            assert isinstance(error, asyncssh.ChannelOpenError)
+            assert error.code == asyncssh.OPEN_CONNECT_FAILED
+        finally:
+            sshtune._applied = saved
 
 
 @pytest.mark.parametrize("applied", [True, False], ids=["fast-path", "fallback"])
