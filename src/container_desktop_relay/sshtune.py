@@ -478,12 +478,13 @@ class _OpenWaiter:
 
 def open_unix_channel(conn: asyncssh.SSHClientConnection, path: str,
                       session_factory: Callable[[], Any], on_open: OpenCallback) -> Any:
-    """Open a ``direct-streamlocal@openssh.com`` channel to ``path``; returns the channel.
+    """Open a ``direct-streamlocal@openssh.com`` channel to ``path``.
 
     ``on_open(None)`` runs when the peer confirmed it (the session from ``session_factory``
     is attached and reading), ``on_open(error)`` when it refused or the connection closed
     (an :class:`asyncssh.ChannelOpenError`). Same packets as ``create_unix_connection``;
     without the fixes applied (another asyncssh), that public coroutine runs in a task.
+    Returns the opening channel, or None on that fallback.
     """
     if not _applied:
         return _open_in_task(conn, path, session_factory, on_open)
