@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import asyncssh
 from asyncssh.public_key import get_default_public_key_algs
 
 from container_desktop_relay.errors import HostKeyMismatch, HostKeyUnknown, KeyFileError
-from container_desktop_relay.keys import atomic_write
+from container_desktop_relay.keys import append_line
 from container_desktop_relay.log import get_logger
 
 __all__ = ["HostKeyPolicy", "KnownHost", "host_key_algs", "host_label", "read_known_hosts"]
@@ -204,7 +203,7 @@ class HostKeyPolicy:
         return True
 
     def commit(self) -> None:
-        """Append a first-use key accepted by :meth:`check` to known_hosts, atomically.
+        """Append a first-use key accepted by :meth:`check` to known_hosts (in place, as ssh does).
 
         Raises:
             KeyFileError: known_hosts cannot be written (the key is still trusted this time).
@@ -217,21 +216,13 @@ class HostKeyPolicy:
         algorithm, blob = key.export_public_key("openssh").decode().split()[:2]
         line = f"{label} {algorithm} {blob}\n"
         try:
-            try:
-                existing = path.read_bytes()
-                mode = os.stat(path).st_mode & 0o777
-            except FileNotFoundError:
-                existing, mode = b"", 0o600
-                if not path.parent.exists():
-                    path.parent.mkdir(parents=True, mode=0o700)
-            if existing and not existing.endswith(b"\n"):
-                existing += b"\n"
-            atomic_write(path, existing + line.encode(), mode)
+            if not path.parent.exists():
+                path.parent.mkdir(parents=True, mode=0o700)
+            number = append_line(path, line.encode())
         except OSError as exc:
             raise KeyFileError(
                 f"cannot record host key of {label} in {path}: {exc.strerror or exc}"
             ) from None
-        number = existing.count(b"\n") + 1
         log.warning("host_key_recorded", extra={"host": label, "known_hosts": str(path),
                                                 "line": number, "fingerprint": fingerprint(key)})
 

@@ -20,6 +20,7 @@ from container_desktop_relay.mounts import on_windows_drive
 
 __all__ = [
     "KeyPairResult",
+    "append_line",
     "atomic_write",
     "authorized_key_line",
     "check_not_writable_by_others",
@@ -64,6 +65,37 @@ def atomic_write(path: Path, data: bytes, mode: int) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def append_line(path: Path, line: bytes, mode: int = 0o600) -> int:
+    """Append ``line`` to ``path`` in place; returns its line number.
+
+    The file's existing bytes, inode, owner, mode and links are never touched (unlike a
+    rewrite-and-rename, which would also lose a line another program appended meanwhile):
+    one ``O_APPEND`` write adds the line, after a newline when the file lacked a final one.
+    A missing file is created at ``mode``. Appenders of this program take an advisory lock
+    (POSIX) so the check for the final newline and the write stay together.
+    """
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags, mode)
+    try:
+        if _POSIX:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.lseek(fd, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        existing = b"".join(chunks)
+        data = line if not existing or existing.endswith(b"\n") else b"\n" + line
+        written = os.write(fd, data)
+        if written != len(data):
+            raise OSError(f"short write ({written} of {len(data)} bytes)")
+        os.fsync(fd)
+    finally:
+        os.close(fd)  # also releases the lock
+    return existing.count(b"\n") + (0 if data is line else 1) + 1
 
 
 def _check_private_permissions(path: Path) -> None:
@@ -181,9 +213,8 @@ def ensure_authorized(key: asyncssh.SSHKey, authorized_keys: Path) -> bool:
     """
     try:
         existing = authorized_keys.read_bytes()
-        mode = stat.S_IMODE(authorized_keys.stat().st_mode)
     except FileNotFoundError:
-        existing, mode = b"", 0o600
+        existing = b""
     except OSError as exc:
         raise KeyFileError(
             f"cannot read authorized keys {authorized_keys}: {exc.strerror}"
@@ -191,11 +222,9 @@ def ensure_authorized(key: asyncssh.SSHKey, authorized_keys: Path) -> bool:
     for present in load_authorized_keys(authorized_keys) if existing else []:
         if _same_key(present, key):
             return False
-    if existing and not existing.endswith(b"\n"):
-        existing += b"\n"
     try:
         _ensure_dir(authorized_keys.parent)
-        atomic_write(authorized_keys, existing + authorized_key_line(key), mode)
+        append_line(authorized_keys, authorized_key_line(key))
     except OSError as exc:
         raise KeyFileError(
             f"cannot update authorized keys {authorized_keys}: {exc.strerror or exc}"

@@ -145,3 +145,45 @@ def test_writable_authorized_keys_refused_by_server(tmp_path: Path, rsa_pem: byt
     assert len(keys.load_authorized_keys(ak)) == 1  # non-strict readers (keygen) still read
     ak.chmod(0o644)
     assert len(keys.load_authorized_keys(ak, strict=True)) == 1
+
+
+def test_append_line_keeps_the_file_itself(tmp_path: Path) -> None:
+    """Appending never replaces the file: inode, hard links, mode and every byte stay; a
+    missing final newline is supplied; line numbers count from 1."""
+    path = tmp_path / "known_hosts"
+    path.write_bytes(b"first\nsecond")  # no final newline
+    path.chmod(0o640)
+    link = tmp_path / "hard-link"
+    os.link(path, link)
+    inode = path.stat().st_ino
+    assert keys.append_line(path, b"third\n") == 3
+    assert keys.append_line(path, b"fourth\n") == 4
+    assert path.read_bytes() == b"first\nsecond\nthird\nfourth\n"
+    assert path.stat().st_ino == inode and link.read_bytes() == path.read_bytes()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    fresh = tmp_path / "new"
+    assert keys.append_line(fresh, b"only\n") == 1
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
+
+
+def _append_many(path: str, tag: str, count: int) -> None:
+    for i in range(count):
+        keys.append_line(Path(path), f"{tag} {i}\n".encode())
+
+
+def test_concurrent_appenders_lose_no_line(tmp_path: Path) -> None:
+    """Processes appending at once (relays recording host keys, ssh) lose nothing."""
+    import multiprocessing
+
+    path = tmp_path / "known_hosts"
+    path.write_bytes(b"# mine\n")
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_append_many, args=(str(path), f"p{n}", 200)) for n in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    lines = path.read_bytes().splitlines()
+    assert lines[0] == b"# mine"
+    assert sorted(lines[1:]) == sorted(f"p{n} {i}".encode() for n in range(4) for i in range(200))
