@@ -513,3 +513,36 @@ def stopping(*things: Any) -> Iterator[None]:
         for thing in reversed(things):
             with contextlib.suppress(Exception):
                 (getattr(thing, "stop", None) or thing.close)()
+
+
+class FakeEnd:
+    """Records what the pump does to one side."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.eof = False
+        self.paused = False
+        self.closed = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def finish(self) -> None:
+        self.write_eof()
+        self.close()
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True

@@ -3,8 +3,9 @@
 Theory of operation:
 
 * One SSH connection (the *link*) carries every local connection as its own channel. Each
-  accepted connection is a :class:`TransportEnd` that starts unbound (reading paused) and is
-  bound to a :class:`Pump`; the pump's other side is the channel once it opens.
+  accepted connection is a :class:`TransportEnd` of a new :class:`Pump` whose channel is
+  opened at once; the channel becomes the pump's other side once confirmed, and what the
+  local client sends meanwhile is held (past ``HOLD_LIMIT`` its reader is paused).
 * Start-up: listen, spawn the server when asked, then connect with up to ``max_retries``
   attempts (each bounded by ``ssh_timeout``, delays from :class:`Backoff`). Host-key problems
   and a refused key end the start-up at once; they will not fix themselves.

@@ -66,8 +66,7 @@ class ChannelEnd(asyncssh.SSHUNIXSession[bytes]):
         chan = self._chan
         if chan is not None:
             with sshtune.Corked(chan):  # EOF and CLOSE leave in one send()
-                with contextlib.suppress(OSError):
-                    chan.write_eof()
+                self.write_eof()
                 chan.close()
 
     def pause_reading(self) -> None:
@@ -94,19 +93,13 @@ class TransportEnd(asyncio.Protocol):
     pump pauses the other side's reader until it drains to a quarter of it.
     """
 
-    def __init__(self, pump: Pump | None, side: Side, buffer_size: int) -> None:
+    def __init__(self, pump: Pump, side: Side, buffer_size: int) -> None:
         self.pump = pump
         self.side = side
         self.buffer_size = buffer_size
         self.transport: asyncio.Transport | None = None
         self._reading_paused = False
         self._eof_sent = False
-
-    def bind(self, pump: Pump) -> None:
-        """Attach to ``pump`` (for ends accepted before their pump exists)."""
-        self.pump = pump
-        if self.transport is not None:
-            pump.attach(self.side, self)
 
     # asyncio protocol callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -115,31 +108,23 @@ class TransportEnd(asyncio.Protocol):
         self.transport.set_write_buffer_limits(
             high=self.buffer_size, low=max(self.buffer_size // 4, 1)
         )
-        if self.pump is not None:
-            self.pump.attach(self.side, self)
-        else:
-            self.pause_reading()
+        self.pump.attach(self.side, self)
 
     def data_received(self, data: bytes) -> None:
-        if self.pump is not None:
-            self.pump.data(self.side, data)
+        self.pump.data(self.side, data)
 
     def eof_received(self) -> bool:
-        if self.pump is not None:
-            self.pump.eof(self.side)
+        self.pump.eof(self.side)
         return True
 
     def pause_writing(self) -> None:
-        if self.pump is not None:
-            self.pump.pause_writing(self.side)
+        self.pump.pause_writing(self.side)
 
     def resume_writing(self) -> None:
-        if self.pump is not None:
-            self.pump.resume_writing(self.side)
+        self.pump.resume_writing(self.side)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.pump is not None:
-            self.pump.lost(self.side, exc)
+        self.pump.lost(self.side, exc)
 
     # End
     def write(self, data: bytes) -> None:

@@ -95,11 +95,10 @@ def connect_now(path: str) -> socket.socket | None:
     return sock
 
 
-async def _adopt(loop: asyncio.AbstractEventLoop, factory: Any,
-                 sock: socket.socket) -> tuple[asyncio.BaseTransport, Any]:
+async def _adopt(factory: Any, sock: socket.socket) -> tuple[asyncio.BaseTransport, Any]:
     """Wrap an already connected socket in a transport (closing it if that fails)."""
     try:
-        return await loop.create_unix_connection(factory, sock=sock)
+        return await asyncio.get_running_loop().create_unix_connection(factory, sock=sock)
     except BaseException:
         sock.close()
         raise
@@ -391,7 +390,7 @@ class _ServerConnection(asyncssh.SSHServer):
 
     async def _adopt_target(self, pump: Pump, sock: socket.socket) -> None:
         try:
-            await _adopt(asyncio.get_running_loop(), self._target_end(pump), sock)
+            await _adopt(self._target_end(pump), sock)
         except Exception as exc:  # whatever failed, the confirmed channel must end, not hang
             pump.close(f"target error: {exc}", abort=True)
 
@@ -418,7 +417,7 @@ class _ServerConnection(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "SSH connection closed")
         pump = Pump(f"c-{next(_conn_ids)}", path, relay.finished)
         try:
-            await _adopt(asyncio.get_running_loop(), self._target_end(pump), sock)
+            await _adopt(self._target_end(pump), sock)
         except OSError as exc:
             self._target_failed(path, exc)
         self._register(pump, path, started)

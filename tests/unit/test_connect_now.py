@@ -12,6 +12,7 @@ from container_desktop_relay.metrics import Metrics
 from container_desktop_relay.pump import CLIENT, Pump
 from container_desktop_relay.server import RelayServer, _ServerConnection, connect_now
 from container_desktop_relay.state import RoleState
+from helpers import FakeEnd
 
 
 def test_connects_to_a_listener(tmp_path: Path) -> None:
@@ -63,23 +64,6 @@ def test_failures_raise_at_once(tmp_path: Path) -> None:
         connect_now(str(path))
 
 
-class _End:
-    """The client side of a pump, recording how it was ended."""
-
-    def __init__(self) -> None:
-        self.aborted = False
-
-    def write(self, data: bytes) -> None: ...
-    def write_eof(self) -> None: ...
-    def finish(self) -> None: ...
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-    def close(self) -> None: ...
-
-    def abort(self) -> None:
-        self.aborted = True
-
-
 @pytest.mark.asyncio
 async def test_failed_adoption_ends_the_confirmed_connection() -> None:
     """A connected socket that cannot become a transport aborts the pump (the channel was
@@ -89,7 +73,7 @@ async def test_failed_adoption_ends_the_confirmed_connection() -> None:
     conn = _ServerConnection(relay)
     done: list[Pump] = []
     pump = Pump("c-1", "/t.sock", done.append)
-    client = _End()
+    client = FakeEnd()
     pump.attach(CLIENT, client)
     sock = socket.socket(socket.AF_UNIX)
     sock.close()  # no descriptor: the loop cannot wrap it
