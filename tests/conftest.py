@@ -21,6 +21,14 @@ from helpers import (
 )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Warnings are errors (pyproject.toml), except the third-party ones listed in one place."""
+    from container_desktop_relay.thirdparty import pytest_filters
+
+    for line in pytest_filters():
+        config.addinivalue_line("filterwarnings", line)
+
+
 @pytest.fixture
 def tmp(request: pytest.FixtureRequest) -> Iterator[Path]:
     """A short temp directory (Unix socket paths must stay short), removed afterwards."""

@@ -59,6 +59,11 @@ def setup_logging(level: str, stream: TextIO | None = None) -> None:
     ssh.handlers[:] = [handler]
     ssh.setLevel(logging.INFO if level == "trace" else logging.WARNING)
     ssh.propagate = False
+    # Any other warning (ours or a library's) becomes a JSON "warn" line, never plain text.
+    logging.captureWarnings(True)
+    warned = logging.getLogger("py.warnings")
+    warned.handlers[:] = [handler]
+    warned.propagate = False
 
 
 def get_logger(name: str) -> logging.Logger:
