@@ -14,6 +14,7 @@ import asyncssh
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from container_desktop_relay.authkeys import read_authorized_keys
 from container_desktop_relay.errors import KeyFileError
 from container_desktop_relay.log import get_logger
 from container_desktop_relay.mounts import on_windows_drive
@@ -164,7 +165,8 @@ def check_not_writable_by_others(path: Path, what: str) -> None:
 
 
 def load_authorized_keys(path: Path, *, strict: bool = False) -> list[asyncssh.SSHKey]:
-    """Public keys in an OpenSSH authorized_keys file; a missing file holds none.
+    """Public keys in an OpenSSH authorized_keys file (whatever their options); a missing
+    file holds none. Lines sshd would not read are skipped (:mod:`authkeys`).
 
     With ``strict`` (the server), a file other users could write is refused.
 
@@ -173,29 +175,7 @@ def load_authorized_keys(path: Path, *, strict: bool = False) -> list[asyncssh.S
     """
     if strict:
         check_not_writable_by_others(path, "authorized keys")
-    try:
-        data = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise KeyFileError(f"cannot read authorized keys {path}: {exc.strerror}") from None
-    keys: list[asyncssh.SSHKey] = []
-    for line in data.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        with contextlib.suppress(asyncssh.KeyImportError, ValueError):
-            keys.append(asyncssh.import_public_key(_strip_options(line)))
-    return keys
-
-
-def _strip_options(line: str) -> str:
-    """Drop a leading options field (``restrict,from=... ssh-rsa AAAA``) from a key line."""
-    parts = line.split()
-    for i, part in enumerate(parts):
-        if part.startswith(("ssh-", "ecdsa-", "sk-", "rsa-")):
-            return " ".join(parts[i:])
-    return line
+    return read_authorized_keys(path).listed_keys()
 
 
 def _same_key(a: asyncssh.SSHKey, b: asyncssh.SSHKey) -> bool:
