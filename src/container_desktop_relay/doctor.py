@@ -182,8 +182,12 @@ class Doctor:
             else:
                 fix = f"replace {path} with an unencrypted OpenSSH or PEM private key"
             raise Failed(str(exc), fix) from None
+        from container_desktop_relay.mounts import on_windows_drive, windows_drive_rule
+
+        modes = "mode not checked" if on_windows_drive(path) else "mode 0600"
         return (f"{path} ({self._identity.get_algorithm()} "
-                f"{self._identity.get_fingerprint('sha256')}), mode 0600")
+                f"{self._identity.get_fingerprint('sha256')}), {modes}; "
+                f"{windows_drive_rule(path)}")
 
     async def check_authorized(self) -> str:
         from container_desktop_relay.errors import KeyFileError
