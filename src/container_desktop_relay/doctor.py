@@ -190,19 +190,29 @@ class Doctor:
                 f"{windows_drive_rule(path)}")
 
     async def check_authorized(self) -> str:
+        from container_desktop_relay.authkeys import read_authorized_keys
         from container_desktop_relay.errors import KeyFileError
-        from container_desktop_relay.keys import check_not_writable_by_others, load_authorized_keys
+        from container_desktop_relay.keys import check_not_writable_by_others
 
         assert self._identity is not None
         path = self.cfg.path("authorized_keys_path")
         try:
             check_not_writable_by_others(path, "authorized keys")
-            keys = load_authorized_keys(path)
+            listed = read_authorized_keys(path)
         except KeyFileError as exc:
             fix = f"chmod go-w {path}" if "writable" in str(exc) else f"chown $USER {path}"
             raise Failed(str(exc), fix) from None
-        if any(k.public_data == self._identity.public_data for k in keys):
-            return f"{path} holds the identity's public key"
+        lines = [e for e in listed.entries if e.key.public_data == self._identity.public_data]
+        if lines:  # the first line with the key is the one sshd and the relay use
+            entry = lines[0]
+            why = entry.refused or entry.forwarding_refused or (
+                "cert-authority: it accepts certificates, not the key itself"
+                if entry.cert_authority else None)
+            if why is not None:
+                raise Failed(f"{path} line {entry.lineno} lists the identity's public key, but "
+                             f"{why}", f"remove that option from {path} line {entry.lineno}")
+            limit = f' (only from="{entry.option("from")}")' if entry.option("from") else ""
+            return f"{path} line {entry.lineno} holds the identity's public key{limit}"
         where = "does not exist" if not path.exists() else "does not hold the identity's key"
         raise Failed(
             f"{path} {where}",

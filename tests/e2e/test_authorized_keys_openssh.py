@@ -146,12 +146,11 @@ def test_certificates_from_a_cert_authority_line(both: tuple[RelayServer, Sshd],
     assert '"ssh_certificate_rejected"' in relay.proc.log()
 
 
-def test_latin1_comment_and_bad_lines_change_nothing(both: tuple[RelayServer, Sshd],
-                                                     keys: Keys, echo: EchoTarget,
+def test_latin1_comment_and_bad_lines_change_nothing(keys: Keys, echo: EchoTarget,
                                                      tmp: Path) -> None:
-    """A Latin-1 comment, a line sshd cannot read and an option the relay cannot enforce
-    leave the other keys working; each bad line is reported once, naming file and line."""
-    relay, _ = both
+    """With a Latin-1 comment, a line sshd cannot read and an option the relay cannot enforce
+    in the file, the server starts and the other keys work; each bad line is reported once,
+    naming file and line."""
     guest = make_ed25519(tmp / "guest")
     other = make_ed25519(tmp / "other")
     with keys.authorized_keys.open("ab") as fh:
@@ -159,6 +158,13 @@ def test_latin1_comment_and_bad_lines_change_nothing(both: tuple[RelayServer, Ss
         fh.write(_line("", Path(f"{guest}.pub")).replace("guest", "Jos\xe9").encode("latin-1"))
         fh.write(b"garbage \xff\xfe line\n")
         fh.write(_line("verify-required", Path(f"{other}.pub")).encode())
+    relay = RelayServer(keys, tmp)
+    with stopping(relay):
+        _check_latin1(relay, keys, echo, tmp, guest, other)
+
+
+def _check_latin1(relay: RelayServer, keys: Keys, echo: EchoTarget, tmp: Path, guest: Path,
+                  other: Path) -> None:
     for i in range(2):  # the file is re-read per connection; warnings are not repeated
         assert forward_outcome(relay.port, keys.identity, echo.path, tmp, f"i{i}") == OPEN
     assert forward_outcome(relay.port, guest, echo.path, tmp, "guest") == OPEN

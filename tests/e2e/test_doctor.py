@@ -173,6 +173,19 @@ def test_key_problems(relay_server: RelayServer, keys: Keys, echo: EchoTarget,
     assert checks["authorized_keys"]["fix"] == f"chmod go-w {keys.authorized_keys}"
 
 
+def test_restricted_identity_line_is_reported(relay_server: RelayServer, keys: Keys,
+                                              echo: EchoTarget, tmp: Path) -> None:
+    """An identity line with no-port-forwarding fails the authorized_keys check (and the
+    channel check, which the server refuses with the same reason)."""
+    line = keys.authorized_keys.read_text()
+    keys.authorized_keys.write_text("# Jos\xe9\nno-port-forwarding " + line)
+    code, checks = doctor(keys, tmp, relay_server.port, str(echo.path))
+    assert code == 1 and checks["authorized_keys"]["status"] == "FAIL"
+    assert "line 2 lists the identity's public key, but port forwarding is disabled by " \
+        "no-port-forwarding" in checks["authorized_keys"]["detail"]
+    assert "port forwarding is disabled" in checks["remote socket channel"]["detail"]
+
+
 def test_bad_config_and_dead_observability(keys: Keys, tmp: Path) -> None:
     """A bad CDR_ value fails the first check (exit 1); a health port with nobody on it fails
     the observability check; a bad doctor flag is exit 2."""
