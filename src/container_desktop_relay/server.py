@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 import asyncssh
 
 from container_desktop_relay import sshtune
-from container_desktop_relay.authkeys import LINE_OPTION, AuthorizedKeys, read_authorized_keys
+from container_desktop_relay.authkeys import LINE_OPTION, AuthorizedKeys, AuthorizedKeysReader
 from container_desktop_relay.config import Config
 from container_desktop_relay.ends import ChannelEnd, TransportEnd
 from container_desktop_relay.errors import ListenError
@@ -123,6 +123,8 @@ class RelayServer:
         self.adopting: set[asyncio.Task[None]] = set()
         #: authorized_keys warnings already logged (the file is re-read per connection)
         self._warned: set[tuple[object, ...]] = set()
+        self._authorized = AuthorizedKeysReader(config.path("authorized_keys_path"),
+                                                self._warn_once)
 
     async def start(self) -> None:
         """Load keys and start listening.
@@ -175,9 +177,8 @@ class RelayServer:
         Raises:
             KeyFileError: the file is unsafe (others can write it) or unreadable.
         """
-        path = self.config.path("authorized_keys_path")
-        check_not_writable_by_others(path, "authorized keys")
-        return read_authorized_keys(path, warn=self._warn_once)
+        check_not_writable_by_others(self._authorized.path, "authorized keys")
+        return self._authorized.read()
 
     def _warn_once(self, event: str, fields: dict[str, object]) -> None:
         seen = (event, *fields.values())

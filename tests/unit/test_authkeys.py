@@ -132,3 +132,24 @@ def test_non_utf8_bytes_change_nothing(key: asyncssh.SSHKey) -> None:
     entries, warned = _parse(data)
     assert [(e.lineno, e.refused) for e in entries] == [(2, None), (3, None)]
     assert warned == []
+
+
+def test_reader_parses_again_only_on_change_or_expiry(key: asyncssh.SSHKey,
+                                                      tmp_path: Path) -> None:
+    """An unchanged file is not parsed again; new bytes or a passed expiry-time are."""
+    import types
+
+    from container_desktop_relay.authkeys import AuthorizedKeysReader
+
+    clock = types.SimpleNamespace(now=expiry_seconds("20300101Z") - 10)
+    path = tmp_path / "authorized_keys"
+    path.write_bytes(_line(key, 'expiry-time="20300101Z"'))
+    reader = AuthorizedKeysReader(path, clock=lambda: clock.now)
+    first = reader.read()
+    assert first.entries[0].refused is None and reader.read() is first
+    assert first.for_asyncssh() is first.for_asyncssh()
+    clock.now += 10  # the expiry-time is reached: the line now lets nobody in
+    expired = reader.read()
+    assert expired is not first and expired.entries[0].refused is not None
+    path.write_bytes(_line(key))
+    assert reader.read().entries[0].refused is None
