@@ -83,6 +83,9 @@ CASES = [
     ('from="10.9.9.9"', NO_LOGIN),
     ('from="127.0.0.*,!127.0.0.1"', NO_LOGIN),
     ('from="10.0.0.0/8,127.0.0.0/8"', OPEN),
+    ('from="127.0.0.?"', OPEN),
+    ('from="localhost"', NO_LOGIN),  # host names match only under UseDNS; both check the address
+    ('FROM="*.example.com,127.*"', OPEN),
     ('expiry-time="20200101"', NO_LOGIN),
     ('expiry-time="29991231Z"', OPEN),
     ("restrict", NO_CHANNEL),
