@@ -25,7 +25,7 @@ import calendar
 import ipaddress
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,7 +100,7 @@ class AuthorizedKeys:
         """Every key the file lists (whatever its options), in file order."""
         return [entry.key for entry in self.entries]
 
-    def for_asyncssh(self, extra: list[asyncssh.SSHKey] = ()) -> asyncssh.SSHAuthorizedKeys:
+    def for_asyncssh(self, extra: Sequence[asyncssh.SSHKey] = ()) -> asyncssh.SSHAuthorizedKeys:
         """The lines that may let someone in, plus ``extra`` keys without options (built once
         per ``extra``; asyncssh only reads it)."""
         cache_key = tuple(key.public_data for key in extra)
