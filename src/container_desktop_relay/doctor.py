@@ -230,11 +230,26 @@ class Doctor:
                     "which is expected instead")
         path = self.cfg.path("known_hosts_path")
         policy = HostKeyPolicy(path, secure=self.cfg.secure_host_key)
-        entries = [e for e in policy.entries_for(target.host, target.port) if not e.revoked]
+        named = policy.entries_for(target.host, target.port)
         label = host_label(target.host, target.port)
+        revoked = {e.key.public_data: e.line for e in named if e.revoked}
+        entries = [e for e in named if not e.revoked and not e.cert_authority]
+        for entry in entries:
+            if entry.key.public_data in revoked:
+                raise Failed(
+                    f"{path} line {entry.line} pins {fingerprint(entry.key)} for {label}, but "
+                    f"line {revoked[entry.key.public_data]} marks that key @revoked, so it is "
+                    "refused",
+                    f"delete line {entry.line} and pin the server's current key (ssh-keyscan "
+                    f"-p {target.port} {target.host}, then compare the fingerprint)")
+        cas = [e for e in named if e.cert_authority and e.key.public_data not in revoked]
+        shown_cas = "; trusts host certificates from " + ", ".join(
+            f"line {e.line}: @cert-authority {fingerprint(e.key)}" for e in cas) if cas else ""
         if entries:
             shown = ", ".join(f"line {e.line}: {fingerprint(e.key)}" for e in entries)
-            return f"{path} pins {label} ({shown})"
+            return f"{path} pins {label} ({shown}){shown_cas}"
+        if cas:
+            return f"{path} pins no key for {label}{shown_cas}"
         if self.cfg.secure_host_key:
             raise Failed(
                 f"{path} has no key for {label} and --secure-host-key is on",
@@ -254,7 +269,7 @@ class Doctor:
             return [self._identity] if self._identity is not None else []
         policy = HostKeyPolicy(self.cfg.path("known_hosts_path"),
                                secure=self.cfg.secure_host_key)
-        return [e.key for e in policy.entries_for(target.host, target.port) if not e.revoked]
+        return policy.trusted_keys(target.host, target.port)  # revoked keys left out
 
     async def check_server(self) -> str:
         from container_desktop_relay.client import resolve_target

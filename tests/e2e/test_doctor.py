@@ -146,6 +146,27 @@ def test_changed_host_key(relay_server: RelayServer, keys: Keys, echo: EchoTarge
     assert checks["authentication"]["status"] == "skip"
 
 
+def test_revoked_pin_and_cert_authority(relay_server: RelayServer, keys: Keys,
+                                        echo: EchoTarget, tmp: Path) -> None:
+    """A pin whose key is @revoked fails known_hosts naming both lines; a @cert-authority
+    line is shown as such, not as a pin."""
+    label = f"[127.0.0.1]:{relay_server.port}"
+    key = " ".join(keys.authorized_keys.read_text().split()[:2])  # the server's host key
+    ca = " ".join(Path(f"{make_ed25519(tmp / 'ca')}.pub").read_text().split()[:2])
+    (tmp / "known_hosts").write_text(f"{label} {key}\n@revoked * {key}\n")
+    code, checks = doctor(keys, tmp, relay_server.port, str(echo.path))
+    assert code == 1 and checks["known_hosts"]["status"] == "FAIL"
+    assert "line 1 pins" in checks["known_hosts"]["detail"]
+    assert "line 2 marks that key @revoked" in checks["known_hosts"]["detail"]
+    assert checks["known_hosts"]["fix"].startswith("delete line 1")
+    (tmp / "known_hosts").write_text(f"{label} {key}\n@cert-authority {label} {ca}\n")
+    code, checks = doctor(keys, tmp, relay_server.port, str(echo.path))
+    assert checks["known_hosts"]["status"] == "ok"
+    assert "(line 1: ssh-rsa" in checks["known_hosts"]["detail"]
+    assert "trusts host certificates from line 2: @cert-authority ssh-ed25519" in \
+        checks["known_hosts"]["detail"]
+
+
 def test_unknown_host_under_secure_host_key(relay_server: RelayServer, keys: Keys,
                                             echo: EchoTarget, tmp: Path) -> None:
     """--secure-host-key with an empty known_hosts fails with the ssh-keyscan fix."""
