@@ -33,8 +33,8 @@ import asyncssh
 
 from container_desktop_relay.errors import KeyFileError
 
-__all__ = ["AuthorizedKeys", "AuthorizedKeysReader", "Entry", "parse_authorized_keys",
-           "read_authorized_keys", "split_options"]
+__all__ = ["LINE_OPTION", "AuthorizedKeys", "AuthorizedKeysReader", "Entry", "OptionError",
+           "expiry_seconds", "parse_authorized_keys", "read_authorized_keys", "split_options"]
 
 #: Options whose effect the relay has by construction: it runs no session (so no command,
 #: environment, pty or rc file), forwards no X11, agent or tunnel, and listens for nobody.
