@@ -177,6 +177,9 @@ class Doctor:
         except KeyFileError as exc:
             if not path.exists():
                 fix = (f"create it: container-desktop-relay keygen --identity-path {path}")
+            elif "is a public key" in str(exc):
+                fix = f"pass the private key: --identity-path {path.with_suffix('')}" \
+                    if path.suffix == ".pub" else "pass the private key to --identity-path"
             elif "0600" in str(exc):
                 fix = f"chmod 600 {path}"
             else:

@@ -192,6 +192,10 @@ def test_key_problems(relay_server: RelayServer, keys: Keys, echo: EchoTarget,
     code, checks = doctor(keys, tmp, relay_server.port, str(echo.path))
     assert "is writable by group/others" in checks["authorized_keys"]["detail"]
     assert checks["authorized_keys"]["fix"] == f"chmod go-w {keys.authorized_keys}"
+    pub = f"{keys.identity}.pub"  # the public half passed as the identity: named as such
+    code, checks = doctor(keys, tmp, relay_server.port, str(echo.path), "--identity-path", pub)
+    assert f"identity key {pub} is a public key" in checks["identity key"]["detail"]
+    assert checks["identity key"]["fix"] == f"pass the private key: --identity-path {keys.identity}"
 
 
 def test_restricted_identity_line_is_reported(relay_server: RelayServer, keys: Keys,
