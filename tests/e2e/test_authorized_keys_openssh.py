@@ -113,6 +113,8 @@ def test_each_option_as_sshd_enforces_it(both: tuple[RelayServer, Sshd], keys: K
         got[options] = (forward_outcome(sshd.port, guest, echo.path, tmp, f"s{i}"),
                         forward_outcome(relay.port, guest, echo.path, tmp, f"r{i}"))
     assert got == {options: (want, want) for options, want in CASES}
+    refused = (tmp / f"ssh-r{[c[0] for c in CASES].index('restrict')}.log").read_text()
+    assert "administratively prohibited: port forwarding is disabled by restrict" in refused
     assert forward_outcome(relay.port, keys.identity, echo.path, tmp, "identity") == OPEN
     log = relay.proc.log()
     assert "is not a permitted host" in log and 'from=\\"10.9.9.9\\"' in log
