@@ -232,7 +232,8 @@ class RelayServer:
 class Sshd:
     """A real OpenSSH sshd on a free loopback port, key auth only, streamlocal allowed."""
 
-    def __init__(self, workdir: Path, authorized_keys: Path, host_key: Path | None = None) -> None:
+    def __init__(self, workdir: Path, authorized_keys: Path, host_key: Path | None = None,
+                 extra_config: str = "") -> None:
         sshd = need_tool("sshd", "/usr/sbin/sshd")
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         self.port = free_port()
@@ -247,7 +248,7 @@ class Sshd:
             "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
             "AllowStreamLocalForwarding yes\nAllowTcpForwarding local\nPermitRootLogin yes\n"
             f"PidFile {workdir}/sshd.pid\nLogLevel VERBOSE\nStreamLocalBindUnlink yes\n"
-            "MaxSessions 1000\nMaxStartups 100:30:200\n"
+            "MaxSessions 1000\nMaxStartups 100:30:200\n" + extra_config
         )
         self.proc = Proc([sshd, "-D", "-e", "-f", str(config)], workdir / "sshd.log")
         try:

@@ -93,6 +93,12 @@ class _SSHClient(asyncssh.SSHClient):
             return True
         return False
 
+    def validate_host_ca_key(self, host: str, addr: str, port: int,
+                             key: asyncssh.SSHKey) -> bool:
+        # Reached only for a CA that no @cert-authority line for this host lists.
+        self.policy.refuse_ca(host, port, key)
+        return False
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost_reason = _reason(exc) if exc is not None else "closed by the server"
 
@@ -227,6 +233,8 @@ class RelayClient:
         assert policy is not None and self._identity is not None
         client = _SSHClient(policy)
         trusted = policy.trusted_keys(target.host, target.port)
+        cas, revoked = policy.host_cas(target.host, target.port)
+        certs = policy.expects_certificate(target.host, target.port)
         where = f"{target.host}:{target.port}"
         try:
             async with asyncio.timeout(config.ssh_timeout):
@@ -236,8 +244,8 @@ class RelayClient:
                     username=target.user,
                     client_factory=lambda: client,
                     client_keys=[self._identity],
-                    known_hosts=(trusted, [], []),
-                    server_host_key_algs=host_key_algs(trusted),
+                    known_hosts=(trusted, cas, revoked),
+                    server_host_key_algs=host_key_algs(trusted, certificates=certs),
                     agent_path=None,
                     config=None,
                     preferred_auth="publickey",
@@ -251,6 +259,8 @@ class RelayClient:
         except asyncssh.HostKeyNotVerifiable as exc:
             if policy.refusal is not None:
                 raise policy.refusal from None
+            if "revoked" in str(exc):
+                raise policy.revoked_refusal(target.host, target.port, str(exc)) from None
             raise HostKeyMismatch(f"host key of {where} was refused: {exc}") from None
         except asyncssh.PermissionDenied:
             raise AuthenticationRefused(

@@ -177,28 +177,45 @@ class Doctor:
         except KeyFileError as exc:
             if not path.exists():
                 fix = (f"create it: container-desktop-relay keygen --identity-path {path}")
+            elif "is a public key" in str(exc):
+                fix = f"pass the private key: --identity-path {path.with_suffix('')}" \
+                    if path.suffix == ".pub" else "pass the private key to --identity-path"
             elif "0600" in str(exc):
                 fix = f"chmod 600 {path}"
             else:
                 fix = f"replace {path} with an unencrypted OpenSSH or PEM private key"
             raise Failed(str(exc), fix) from None
+        from container_desktop_relay.mounts import on_windows_drive, windows_drive_rule
+
+        modes = "mode not checked" if on_windows_drive(path) else "mode 0600"
         return (f"{path} ({self._identity.get_algorithm()} "
-                f"{self._identity.get_fingerprint('sha256')}), mode 0600")
+                f"{self._identity.get_fingerprint('sha256')}), {modes}; "
+                f"{windows_drive_rule(path)}")
 
     async def check_authorized(self) -> str:
+        from container_desktop_relay.authkeys import read_authorized_keys
         from container_desktop_relay.errors import KeyFileError
-        from container_desktop_relay.keys import check_not_writable_by_others, load_authorized_keys
+        from container_desktop_relay.keys import check_not_writable_by_others
 
         assert self._identity is not None
         path = self.cfg.path("authorized_keys_path")
         try:
             check_not_writable_by_others(path, "authorized keys")
-            keys = load_authorized_keys(path)
+            listed = read_authorized_keys(path)
         except KeyFileError as exc:
             fix = f"chmod go-w {path}" if "writable" in str(exc) else f"chown $USER {path}"
             raise Failed(str(exc), fix) from None
-        if any(k.public_data == self._identity.public_data for k in keys):
-            return f"{path} holds the identity's public key"
+        lines = [e for e in listed.entries if e.key.public_data == self._identity.public_data]
+        if lines:  # the first line with the key is the one sshd and the relay use
+            entry = lines[0]
+            why = entry.refused or entry.forwarding_refused or (
+                "cert-authority: it accepts certificates, not the key itself"
+                if entry.cert_authority else None)
+            if why is not None:
+                raise Failed(f"{path} line {entry.lineno} lists the identity's public key, but "
+                             f"{why}", f"remove that option from {path} line {entry.lineno}")
+            limit = f' (only from="{entry.option("from")}")' if entry.option("from") else ""
+            return f"{path} line {entry.lineno} holds the identity's public key{limit}"
         where = "does not exist" if not path.exists() else "does not hold the identity's key"
         raise Failed(
             f"{path} {where}",
@@ -216,11 +233,26 @@ class Doctor:
                     "which is expected instead")
         path = self.cfg.path("known_hosts_path")
         policy = HostKeyPolicy(path, secure=self.cfg.secure_host_key)
-        entries = [e for e in policy.entries_for(target.host, target.port) if not e.revoked]
+        named = policy.entries_for(target.host, target.port)
         label = host_label(target.host, target.port)
+        revoked = {e.key.public_data: e.line for e in named if e.revoked}
+        entries = [e for e in named if not e.revoked and not e.cert_authority]
+        for entry in entries:
+            if entry.key.public_data in revoked:
+                raise Failed(
+                    f"{path} line {entry.line} pins {fingerprint(entry.key)} for {label}, but "
+                    f"line {revoked[entry.key.public_data]} marks that key @revoked, so it is "
+                    "refused",
+                    f"delete line {entry.line} and pin the server's current key (ssh-keyscan "
+                    f"-p {target.port} {target.host}, then compare the fingerprint)")
+        cas = [e for e in named if e.cert_authority and e.key.public_data not in revoked]
+        shown_cas = "; trusts host certificates from " + ", ".join(
+            f"line {e.line}: @cert-authority {fingerprint(e.key)}" for e in cas) if cas else ""
         if entries:
             shown = ", ".join(f"line {e.line}: {fingerprint(e.key)}" for e in entries)
-            return f"{path} pins {label} ({shown})"
+            return f"{path} pins {label} ({shown}){shown_cas}"
+        if cas:
+            return f"{path} pins no key for {label}{shown_cas}"
         if self.cfg.secure_host_key:
             raise Failed(
                 f"{path} has no key for {label} and --secure-host-key is on",
@@ -240,7 +272,7 @@ class Doctor:
             return [self._identity] if self._identity is not None else []
         policy = HostKeyPolicy(self.cfg.path("known_hosts_path"),
                                secure=self.cfg.secure_host_key)
-        return [e.key for e in policy.entries_for(target.host, target.port) if not e.revoked]
+        return policy.trusted_keys(target.host, target.port)  # revoked keys left out
 
     async def check_server(self) -> str:
         from container_desktop_relay.client import resolve_target

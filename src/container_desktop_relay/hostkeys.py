@@ -5,8 +5,12 @@ Policy, in order:
 1. When the client spawned the server itself, the server's host key is the shared identity key,
    so exactly that key is expected and known_hosts is neither read nor written.
 2. Otherwise the host's entries in known_hosts (``host`` for port 22, ``[host]:port`` else;
-   plain, wildcard or hashed ``|1|`` patterns; ``@revoked`` honoured) are the pinned keys.
-   A key that differs from a pinned one is always refused, naming the file and line.
+   plain, wildcard or hashed ``|1|`` patterns) are the pinned keys. A key that differs from
+   a pinned one is always refused, naming the file and line. A key under ``@revoked`` (for a
+   pattern naming this host) is refused even where it is also pinned, as ssh refuses it
+   ("REVOKED HOST KEY DETECTED"). ``@cert-authority`` keys for the host are trusted to sign
+   the server's host certificate (its principals must name the host); a certificate from any
+   other CA is refused, naming the CA.
 3. A host with no entry is refused under ``--secure-host-key``; otherwise its key is accepted
    and appended to known_hosts (like OpenSSH's ``StrictHostKeyChecking accept-new``).
 """
@@ -17,11 +21,12 @@ import base64
 import hashlib
 import hmac
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
-from asyncssh.public_key import get_default_public_key_algs
+from asyncssh.public_key import get_default_certificate_algs, get_default_public_key_algs
 
 from container_desktop_relay.errors import HostKeyMismatch, HostKeyUnknown, KeyFileError
 from container_desktop_relay.keys import append_line
@@ -40,6 +45,7 @@ class KnownHost:
     patterns: tuple[str, ...]
     key: asyncssh.SSHKey
     revoked: bool = False
+    cert_authority: bool = False
 
 
 def host_label(host: str, port: int) -> str:
@@ -52,21 +58,24 @@ def fingerprint(key: asyncssh.SSHKey) -> str:
     return f"{key.get_algorithm()} {key.get_fingerprint('sha256')}"
 
 
-def host_key_algs(trusted: list[asyncssh.SSHKey]) -> list[str]:
-    """Host-key algorithms to offer: those of the pinned keys first, then every default one.
+def host_key_algs(trusted: list[asyncssh.SSHKey], *, certificates: bool = False) -> list[str]:
+    """Host-key algorithms to offer: those of the pinned keys first, then every default one
+    (certificate algorithms first when a ``@cert-authority`` key is trusted for the host).
 
     Offering the others too (as OpenSSH does) lets a server whose key *type* changed be
     reported as a changed key rather than as a failed key exchange.
     """
-    algs: list[bytes] = []
+    algs: list[bytes] = list(get_default_certificate_algs()) if certificates else []
     for key in trusted:
         algs.extend(a for a in key.sig_algorithms if a not in algs)
     algs.extend(a for a in get_default_public_key_algs() if a not in algs)
     return [a.decode("ascii") for a in algs]
 
 
-def read_known_hosts(path: Path) -> list[KnownHost]:
-    """The key entries of ``path`` (a missing file has none); unparsable lines are skipped.
+def read_known_hosts(path: Path, warn: Callable[[str, dict[str, object]], None] | None = None,
+                     ) -> list[KnownHost]:
+    """The key entries of ``path`` (a missing file has none); unparsable lines are skipped,
+    each reported to ``warn(event, fields)`` naming the file and line.
 
     Raises:
         KeyFileError: the file exists but cannot be read.
@@ -85,14 +94,24 @@ def read_known_hosts(path: Path) -> list[KnownHost]:
         marker = ""
         if fields[0].startswith("@"):
             marker, fields = fields[0], fields[1:]
-        if marker not in ("", "@revoked") or len(fields) < 3:
-            continue  # @cert-authority entries: this client does not use host certificates
-        try:
-            key = asyncssh.import_public_key(f"{fields[1]} {fields[2]}")
-        except (asyncssh.KeyImportError, ValueError):
+        why = ""
+        if marker not in ("", "@revoked", "@cert-authority"):
+            why = f"unknown marker {marker} (allowed: @revoked, @cert-authority)"
+        elif len(fields) < 3:
+            why = "expected: [marker] host-patterns keytype base64 [comment]"
+        else:
+            try:
+                key = asyncssh.import_public_key(f"{fields[1]} {fields[2]}")
+            except (asyncssh.KeyImportError, ValueError) as exc:
+                why = f"not a public key: {exc}"
+        if why:
+            if warn is not None:
+                warn("known_hosts_line_skipped",
+                     {"path": str(path), "line": number, "reason": why})
             continue
         entries.append(KnownHost(number, tuple(fields[0].split(",")), key,
-                                 revoked=marker == "@revoked"))
+                                 revoked=marker == "@revoked",
+                                 cert_authority=marker == "@cert-authority"))
     return entries
 
 
@@ -143,19 +162,77 @@ class HostKeyPolicy:
         self.expected_source = expected_source
         self.refusal: Exception | None = None
         self.pending_record: tuple[str, asyncssh.SSHKey] | None = None
+        self._warned: set[tuple[object, ...]] = set()
+
+    def _warn_once(self, event: str, fields: dict[str, object]) -> None:
+        seen = (event, *fields.values())
+        if seen not in self._warned:  # the file is re-read on every (re)connection
+            self._warned.add(seen)
+            log.warning(event, extra=fields)
 
     def entries_for(self, host: str, port: int, addr: str = "") -> list[KnownHost]:
         """The known_hosts entries that name this server (by host name or address)."""
         names = [host_label(host, port)]
         if addr and addr != host:
             names.append(host_label(addr, port))
-        return [e for e in read_known_hosts(self.known_hosts) if _matches(e.patterns, names)]
+        return [e for e in read_known_hosts(self.known_hosts, self._warn_once)
+                if _matches(e.patterns, names)]
 
     def trusted_keys(self, host: str, port: int) -> list[asyncssh.SSHKey]:
-        """Keys to hand asyncssh as already trusted (it prefers their algorithms in the kex)."""
+        """Keys to hand asyncssh as already trusted (it prefers their algorithms in the kex).
+
+        A key revoked anywhere in the file is left out, so it reaches :meth:`check`, which
+        refuses it when its ``@revoked`` line names this host (by name or address).
+        """
         if self.expected is not None:
             return [self.expected]
-        return [e.key for e in self.entries_for(host, port) if not e.revoked]
+        revoked = {e.key.public_data for e in read_known_hosts(self.known_hosts) if e.revoked}
+        return [e.key for e in self.entries_for(host, port)
+                if not e.revoked and not e.cert_authority and e.key.public_data not in revoked]
+
+    def host_cas(self, host: str, port: int) -> tuple[list[asyncssh.SSHKey],
+                                                      list[asyncssh.SSHKey]]:
+        """(``@cert-authority`` keys, ``@revoked`` keys) for this host, for asyncssh's check of
+        a host certificate (a revoked CA or certificate key is refused)."""
+        if self.expected is not None:
+            return [], []
+        entries = self.entries_for(host, port)
+        revoked = [e.key for e in entries if e.revoked]
+        gone = {k.public_data for k in revoked}
+        cas = [e.key for e in entries if e.cert_authority and e.key.public_data not in gone]
+        # Without a CA there is no certificate to check: a revoked plain key then reaches
+        # check(), whose refusal names the line.
+        return cas, revoked if cas else []
+
+    def expects_certificate(self, host: str, port: int) -> bool:
+        """Whether a ``@cert-authority`` line names this host (even one revoked since), so
+        the server is asked for its host certificate first, as ssh asks for it."""
+        return self.expected is None and any(e.cert_authority
+                                             for e in self.entries_for(host, port))
+
+    def revoked_refusal(self, host: str, port: int, why: str) -> HostKeyMismatch:
+        """The refusal for a host certificate asyncssh found revoked (``why``)."""
+        lines = [str(e.line) for e in self.entries_for(host, port) if e.revoked]
+        return HostKeyMismatch(
+            f"host key of {host_label(host, port)} was refused: {why} (@revoked in "
+            f"{self.known_hosts} line {', '.join(lines)})"
+        )
+
+    def refuse_ca(self, host: str, port: int, ca: asyncssh.SSHKey) -> None:
+        """Remember why a host certificate signed by the untrusted ``ca`` is refused."""
+        for entry in self.entries_for(host, port):
+            if entry.revoked and entry.key.public_data == ca.public_data:
+                self.refusal = HostKeyMismatch(
+                    f"host certificate of {host_label(host, port)} is signed by CA "
+                    f"{fingerprint(ca)}, which is marked @revoked in {self.known_hosts} "
+                    f"line {entry.line}"
+                )
+                return
+        self.refusal = HostKeyMismatch(
+            f"host certificate of {host_label(host, port)} is signed by CA {fingerprint(ca)}, "
+            f"which no @cert-authority line of {self.known_hosts} trusts for that host; add "
+            f"'@cert-authority {host_label(host, port)} <CA public key>' if you trust it"
+        )
 
     def check(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
         """Whether ``key`` (not among :meth:`trusted_keys`) may be accepted; remembers why not.
@@ -181,7 +258,7 @@ class HostKeyPolicy:
                     f"{self.known_hosts} line {entry.line}"
                 )
                 return False
-        pinned = [e for e in entries if not e.revoked]
+        pinned = [e for e in entries if not e.revoked and not e.cert_authority]
         if any(e.key.public_data == key.public_data for e in pinned):
             return True  # pinned under the server's address rather than its name
         if pinned:

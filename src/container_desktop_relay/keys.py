@@ -14,6 +14,7 @@ import asyncssh
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from container_desktop_relay.authkeys import read_authorized_keys
 from container_desktop_relay.errors import KeyFileError
 from container_desktop_relay.log import get_logger
 from container_desktop_relay.mounts import on_windows_drive
@@ -29,6 +30,7 @@ __all__ = [
     "load_authorized_keys",
     "load_private_key",
     "public_pem",
+    "read_public_key",
 ]
 
 log = get_logger(__name__)
@@ -120,11 +122,32 @@ def load_private_key(path: Path, *, what: str = "identity key") -> asyncssh.SSHK
             f"{what} {path} does not exist; create it with --generate-key-pair or point "
             "--identity-path at an existing key"
         )
+    if read_public_key(path) is not None:
+        private = path.with_suffix("") if path.suffix == ".pub" else None
+        hint = f" ({private}?)" if private is not None and private.exists() else ""
+        raise KeyFileError(
+            f"{what} {path} is a public key; the path must name the private key{hint}"
+        )
     _check_private_permissions(path)
     try:
         return asyncssh.read_private_key(str(path))
     except (OSError, asyncssh.KeyImportError, ValueError) as exc:
         raise KeyFileError(f"{what} {path} cannot be loaded: {exc}") from None
+
+
+def read_public_key(path: Path) -> asyncssh.SSHKey | None:
+    """The public key in ``path`` in any format asyncssh reads (OpenSSH line, PEM "RSA PUBLIC
+    KEY"/"PUBLIC KEY", RFC 4716); None when it holds none or cannot be read."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if b"PRIVATE KEY" in data:
+        return None
+    try:
+        return asyncssh.import_public_key(data)
+    except (asyncssh.KeyImportError, ValueError):
+        return None
 
 
 def public_pem(key: asyncssh.SSHKey) -> bytes:
@@ -164,7 +187,8 @@ def check_not_writable_by_others(path: Path, what: str) -> None:
 
 
 def load_authorized_keys(path: Path, *, strict: bool = False) -> list[asyncssh.SSHKey]:
-    """Public keys in an OpenSSH authorized_keys file; a missing file holds none.
+    """Public keys in an OpenSSH authorized_keys file (whatever their options); a missing
+    file holds none. Lines sshd would not read are skipped (:mod:`authkeys`).
 
     With ``strict`` (the server), a file other users could write is refused.
 
@@ -173,29 +197,7 @@ def load_authorized_keys(path: Path, *, strict: bool = False) -> list[asyncssh.S
     """
     if strict:
         check_not_writable_by_others(path, "authorized keys")
-    try:
-        data = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise KeyFileError(f"cannot read authorized keys {path}: {exc.strerror}") from None
-    keys: list[asyncssh.SSHKey] = []
-    for line in data.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        with contextlib.suppress(asyncssh.KeyImportError, ValueError):
-            keys.append(asyncssh.import_public_key(_strip_options(line)))
-    return keys
-
-
-def _strip_options(line: str) -> str:
-    """Drop a leading options field (``restrict,from=... ssh-rsa AAAA``) from a key line."""
-    parts = line.split()
-    for i, part in enumerate(parts):
-        if part.startswith(("ssh-", "ecdsa-", "sk-", "rsa-")):
-            return " ".join(parts[i:])
-    return line
+    return read_authorized_keys(path).listed_keys()
 
 
 def _same_key(a: asyncssh.SSHKey, b: asyncssh.SSHKey) -> bool:
@@ -241,15 +243,28 @@ def ensure_key_pair(private_path: Path, authorized_keys: Path | None) -> KeyPair
     """Create the RSA 4096 pair at ``private_path`` if missing (else reuse it), write its PEM
     public half to ``<private>.pub`` if missing, and authorize it in ``authorized_keys``.
 
+    Never leaves a pair that does not match: a ``.pub`` that is not the private key's public
+    half (in any format) is refused before anything is written, naming the fix. Once a new
+    private key exists, it is authorized and its ``.pub`` written even if one of the two fails;
+    the failure is reported afterwards.
+
     Raises:
-        KeyFileError: an existing key is unsafe or unreadable, or a file cannot be written.
+        KeyFileError: an existing key is unsafe or unreadable, a stale ``.pub`` is in the way,
+            or a file cannot be written.
     """
     public_path = private_path.with_name(private_path.name + ".pub")
     created = False
     if private_path.exists():
         key = load_private_key(private_path)
+        _check_public_half(public_path, key)
         log.info("key_pair_reused", extra={"path": str(private_path)})
     else:
+        if public_path.exists():
+            raise KeyFileError(
+                f"public key {public_path} exists but its private key {private_path} does not; "
+                f"a new key would not match it: move it aside (mv {public_path} "
+                f"{public_path}.old) or point --identity-path at its private key"
+            )
         pyca = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
         pem = pyca.private_bytes(
             serialization.Encoding.PEM,
@@ -266,16 +281,38 @@ def ensure_key_pair(private_path: Path, authorized_keys: Path | None) -> KeyPair
         key = asyncssh.import_private_key(pem)
         created = True
         log.info("key_pair_generated", extra={"path": str(private_path), "bits": RSA_BITS})
-    pub = public_pem(key)
+    failures: list[str] = []
+    added = False
+    if authorized_keys:
+        try:
+            added = ensure_authorized(key, authorized_keys)
+        except KeyFileError as exc:
+            failures.append(str(exc))
     if not public_path.exists():
         try:
-            atomic_write(public_path, pub, 0o644)
+            atomic_write(public_path, public_pem(key), 0o644)
         except OSError as exc:
-            raise KeyFileError(f"cannot write public key {public_path}: {exc.strerror}") from None
-    elif public_path.read_bytes() != pub:
-        log.warning("public_key_file_differs_kept", extra={"path": str(public_path)})
-    added = ensure_authorized(key, authorized_keys) if authorized_keys else False
+            failures.append(f"cannot write public key {public_path}: {exc.strerror or exc}")
+    if failures:
+        kept = f" (the new key {private_path} is kept)" if created else ""
+        raise KeyFileError("; ".join(failures) + kept)
     return KeyPairResult(private_path, public_path, created, added)
+
+
+def _check_public_half(public_path: Path, key: asyncssh.SSHKey) -> None:
+    """Refuse a ``.pub`` next to ``key`` that is not its public half (any format matches)."""
+    if not public_path.exists():
+        return
+    public = read_public_key(public_path)
+    if public is not None and public.public_data == key.public_data:
+        return
+    what = "is not a public key" if public is None else (
+        f"holds another key ({public.get_fingerprint()}, not {key.get_fingerprint()})")
+    raise KeyFileError(
+        f"public key {public_path} {what}; ssh would offer it for the private key next to it: "
+        f"move it aside (mv {public_path} {public_path}.old) and run keygen again to write the "
+        "matching one"
+    )
 
 
 def _create_exclusive(path: Path, data: bytes) -> None:

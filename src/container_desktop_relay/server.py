@@ -19,11 +19,12 @@ from typing import Any, NoReturn
 import asyncssh
 
 from container_desktop_relay import sshtune
+from container_desktop_relay.authkeys import LINE_OPTION, AuthorizedKeys, AuthorizedKeysReader
 from container_desktop_relay.config import Config
 from container_desktop_relay.ends import ChannelEnd, TransportEnd
 from container_desktop_relay.errors import ListenError
 from container_desktop_relay.idle import sweep_idle
-from container_desktop_relay.keys import load_authorized_keys, load_private_key
+from container_desktop_relay.keys import check_not_writable_by_others, load_private_key
 from container_desktop_relay.log import get_logger
 from container_desktop_relay.metrics import Metrics, account_finished
 from container_desktop_relay.pump import CLIENT, TARGET, Pump
@@ -120,6 +121,10 @@ class RelayServer:
         self._sweeper: asyncio.Task[None] | None = None
         #: tasks wrapping just-connected target sockets in transports (kept referenced)
         self.adopting: set[asyncio.Task[None]] = set()
+        #: authorized_keys warnings already logged (the file is re-read per connection)
+        self._warned: set[tuple[object, ...]] = set()
+        self._authorized = AuthorizedKeysReader(config.path("authorized_keys_path"),
+                                                self._warn_once)
 
     async def start(self) -> None:
         """Load keys and start listening.
@@ -166,12 +171,30 @@ class RelayServer:
         self.state.set_ready("listening")
         log.info("server_listening", extra={"host": config.host, "port": self.port})
 
-    def authorized_keys(self) -> list[asyncssh.SSHKey]:
-        """The keys allowed in now: authorized_keys (re-read) plus the identity's public half."""
-        keys = load_authorized_keys(self.config.path("authorized_keys_path"), strict=True)
-        if self._identity is not None:
-            keys.append(self._identity)
-        return keys
+    def authorized_keys(self) -> AuthorizedKeys:
+        """authorized_keys as it reads now (each warning about a line is logged once).
+
+        Raises:
+            KeyFileError: the file is unsafe (others can write it) or unreadable.
+        """
+        check_not_writable_by_others(self._authorized.path, "authorized keys")
+        return self._authorized.read()
+
+    def _warn_once(self, event: str, fields: dict[str, object]) -> None:
+        seen = (event, *fields.values())
+        if seen not in self._warned:
+            self._warned.add(seen)
+            log.warning(event, extra=fields)
+
+    def allowed_keys(self, listed: AuthorizedKeys) -> asyncssh.SSHAuthorizedKeys:
+        """What asyncssh matches logins against: the file's lines, plus the identity's public
+        half unless the file has a line of its own for it (whose options then rule)."""
+        identity = self._identity
+        extra = []
+        if identity is not None and not any(
+                key.public_data == identity.public_data for key in listed.listed_keys()):
+            extra.append(identity)
+        return listed.for_asyncssh(extra)
 
     def stop_accepting(self) -> None:
         """Stop listening; existing connections go on."""
@@ -228,6 +251,10 @@ class _ServerConnection(asyncssh.SSHServer):
         self.authenticated = False
         self.failed_keys = 0
         self.lost = False
+        self.peer_addr = ""
+        self.auth_keys = AuthorizedKeys(relay.config.path("authorized_keys_path"))
+        #: why this login may not open direct-streamlocal channels (its authorized_keys line)
+        self.forwarding_refused: str | None = None
         self._conn: asyncssh.SSHServerConnection | None = None
 
     def close(self) -> None:
@@ -242,6 +269,7 @@ class _ServerConnection(asyncssh.SSHServer):
         self._conn = conn
         peer = conn.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.peer_addr = str(peer[0]) if peer else ""
         self.relay.connections.add(self)
         sshtune.tune_transport(conn)
         log.debug("ssh_connection_opened", extra=self._extra())
@@ -267,12 +295,10 @@ class _ServerConnection(asyncssh.SSHServer):
             self._conn.set_authorized_keys(asyncssh.SSHAuthorizedKeys())
             return True
         try:
-            keys = self.relay.authorized_keys()
+            self.auth_keys = self.relay.authorized_keys()
         except Exception as exc:  # a broken file must not crash the server
             log.error("authorized_keys_refused", extra=self._extra(error=str(exc)))
-            keys = [self.relay._identity] if self.relay._identity else []
-        text = "".join(k.export_public_key("openssh").decode() for k in keys if k)
-        self._conn.set_authorized_keys(asyncssh.import_authorized_keys(text))
+        self._conn.set_authorized_keys(self.relay.allowed_keys(self.auth_keys))
         return True
 
     def public_key_auth_supported(self) -> bool:
@@ -282,12 +308,20 @@ class _ServerConnection(asyncssh.SSHServer):
         # Reached only for keys that authorized_keys did not accept: count the failure.
         self.failed_keys += 1
         log.info("ssh_key_rejected", extra=self._extra(
-            user=username, fingerprint=key.get_fingerprint(), attempt=self.failed_keys))
+            user=username, fingerprint=key.get_fingerprint(), attempt=self.failed_keys,
+            reason=self.auth_keys.why_refused(key, self.peer_addr)))
         if self.failed_keys >= MAX_AUTH_TRIES and self._conn is not None:
             reason = f"too many authentication failures ({self.failed_keys})"
             log.warning("ssh_auth_tries_exceeded", extra=self._extra(user=username))
             asyncio.get_running_loop().call_soon(
                 self._conn.disconnect, asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, reason)
+        return False
+
+    def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        # Reached only for certificates that no cert-authority line accepted.
+        log.info("ssh_certificate_rejected", extra=self._extra(
+            user=username, ca_fingerprint=key.get_fingerprint(),
+            reason=self.auth_keys.why_refused_ca(key, username, self.peer_addr)))
         return False
 
     def password_auth_supported(self) -> bool:
@@ -298,7 +332,13 @@ class _ServerConnection(asyncssh.SSHServer):
 
     def auth_completed(self) -> None:
         self.authenticated = True
-        log.info("ssh_authenticated", extra=self._extra(user=self.user))
+        assert self._conn is not None
+        line = self._conn.get_key_option(LINE_OPTION)  # set only on lines of the file
+        entry = self.auth_keys.entry(int(line[-1])) if line else None
+        by = f"{self.auth_keys.path} line {entry.lineno}" if entry else "identity"
+        self.forwarding_refused = entry.forwarding_refused if entry else None
+        log.info("ssh_authenticated", extra=self._extra(
+            user=self.user, authorized_by=by, forwarding_refused=self.forwarding_refused))
 
     # --- channels: only direct-streamlocal
     def session_requested(self) -> bool:
@@ -332,7 +372,9 @@ class _ServerConnection(asyncssh.SSHServer):
         config = relay.config
         refused = None
         code = asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED
-        if relay.state.draining:
+        if self.forwarding_refused is not None:
+            refused = self.forwarding_refused
+        elif relay.state.draining:
             refused, code = "server is shutting down", asyncssh.OPEN_CONNECT_FAILED
         elif why := check_socket_path(dest_path, config.allow_socket):
             refused = why

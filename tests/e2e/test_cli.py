@@ -103,3 +103,26 @@ def test_world_writable_authorized_keys_refused_at_start(keys: Keys) -> None:
     result = run_relay("server", "--identity-path", str(keys.identity), "--authorized-keys-path",
                        str(keys.authorized_keys), "--log-level", "error")
     assert result.returncode == 2 and "chmod go-w" in result.stderr
+
+
+def test_keygen_refuses_a_stale_public_key_and_completes_after_the_fix(tmp: Path) -> None:
+    """keygen with an orphaned id_rsa.pub: one line naming the fix, exit 2, nothing written;
+    after moving it aside, keygen completes (a Latin-1 comment in authorized_keys is fine)."""
+    import asyncssh
+
+    pub = tmp / "id_rsa.pub"
+    pub.write_bytes(asyncssh.generate_private_key("ssh-ed25519").export_public_key())
+    ak = tmp / "authorized_keys"
+    ak.write_bytes(b"# Jos\xe9's laptop\n")
+    argv = ("keygen", "--identity-path", str(tmp / "id_rsa"), "--authorized-keys-path", str(ak))
+    result = run_relay(*argv)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"mv {pub} {pub}.old" in lines[0], result.stderr
+    assert not (tmp / "id_rsa").exists() and ak.read_bytes() == b"# Jos\xe9's laptop\n"
+    pub.rename(tmp / "id_rsa.pub.old")
+    result = run_relay(*argv, "--log-level", "error")
+    assert result.returncode == 0, result.stderr
+    assert ak.read_bytes().startswith(b"# Jos\xe9's laptop\n") and ak.read_bytes().count(b"\n") == 2
+    assert asyncssh.read_public_key(str(pub)).public_data == \
+        asyncssh.read_private_key(str(tmp / "id_rsa")).public_data

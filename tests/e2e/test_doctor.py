@@ -146,6 +146,27 @@ def test_changed_host_key(relay_server: RelayServer, keys: Keys, echo: EchoTarge
     assert checks["authentication"]["status"] == "skip"
 
 
+def test_revoked_pin_and_cert_authority(relay_server: RelayServer, keys: Keys,
+                                        echo: EchoTarget, tmp: Path) -> None:
+    """A pin whose key is @revoked fails known_hosts naming both lines; a @cert-authority
+    line is shown as such, not as a pin."""
+    label = f"[127.0.0.1]:{relay_server.port}"
+    key = " ".join(keys.authorized_keys.read_text().split()[:2])  # the server's host key
+    ca = " ".join(Path(f"{make_ed25519(tmp / 'ca')}.pub").read_text().split()[:2])
+    (tmp / "known_hosts").write_text(f"{label} {key}\n@revoked * {key}\n")
+    code, checks = doctor(keys, tmp, relay_server.port, str(echo.path))
+    assert code == 1 and checks["known_hosts"]["status"] == "FAIL"
+    assert "line 1 pins" in checks["known_hosts"]["detail"]
+    assert "line 2 marks that key @revoked" in checks["known_hosts"]["detail"]
+    assert checks["known_hosts"]["fix"].startswith("delete line 1")
+    (tmp / "known_hosts").write_text(f"{label} {key}\n@cert-authority {label} {ca}\n")
+    code, checks = doctor(keys, tmp, relay_server.port, str(echo.path))
+    assert checks["known_hosts"]["status"] == "ok"
+    assert "(line 1: ssh-rsa" in checks["known_hosts"]["detail"]
+    assert "trusts host certificates from line 2: @cert-authority ssh-ed25519" in \
+        checks["known_hosts"]["detail"]
+
+
 def test_unknown_host_under_secure_host_key(relay_server: RelayServer, keys: Keys,
                                             echo: EchoTarget, tmp: Path) -> None:
     """--secure-host-key with an empty known_hosts fails with the ssh-keyscan fix."""
@@ -171,6 +192,23 @@ def test_key_problems(relay_server: RelayServer, keys: Keys, echo: EchoTarget,
     code, checks = doctor(keys, tmp, relay_server.port, str(echo.path))
     assert "is writable by group/others" in checks["authorized_keys"]["detail"]
     assert checks["authorized_keys"]["fix"] == f"chmod go-w {keys.authorized_keys}"
+    pub = f"{keys.identity}.pub"  # the public half passed as the identity: named as such
+    code, checks = doctor(keys, tmp, relay_server.port, str(echo.path), "--identity-path", pub)
+    assert f"identity key {pub} is a public key" in checks["identity key"]["detail"]
+    assert checks["identity key"]["fix"] == f"pass the private key: --identity-path {keys.identity}"
+
+
+def test_restricted_identity_line_is_reported(relay_server: RelayServer, keys: Keys,
+                                              echo: EchoTarget, tmp: Path) -> None:
+    """An identity line with no-port-forwarding fails the authorized_keys check (and the
+    channel check, which the server refuses with the same reason)."""
+    line = keys.authorized_keys.read_text()
+    keys.authorized_keys.write_text("# Jos\xe9\nno-port-forwarding " + line)
+    code, checks = doctor(keys, tmp, relay_server.port, str(echo.path))
+    assert code == 1 and checks["authorized_keys"]["status"] == "FAIL"
+    assert "line 2 lists the identity's public key, but port forwarding is disabled by " \
+        "no-port-forwarding" in checks["authorized_keys"]["detail"]
+    assert "port forwarding is disabled" in checks["remote socket channel"]["detail"]
 
 
 def test_bad_config_and_dead_observability(keys: Keys, tmp: Path) -> None:

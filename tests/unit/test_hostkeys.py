@@ -142,14 +142,66 @@ def test_expected_key_ignores_known_hosts(tmp_path: Path) -> None:
     assert kh.read_text() == _line("[localhost]:20022", stranger)
 
 
-def test_unparsable_lines_are_skipped(tmp_path: Path) -> None:
-    """Garbage and @cert-authority lines do not break reading."""
+def test_unparsable_lines_are_skipped_with_a_warning(tmp_path: Path) -> None:
+    """Garbage, a bad key and an unknown marker are skipped, each reported with its line;
+    @cert-authority lines are read as CA entries, not pins; non-UTF-8 bytes break nothing."""
     kh = tmp_path / "known_hosts"
     key = _key()
-    kh.write_text("garbage\nh ssh-rsa notbase64\n@cert-authority * " +
-                  key.export_public_key("openssh").decode() + _line("h", key))
-    entries = read_known_hosts(kh)
-    assert [(e.line, e.key.public_data) for e in entries] == [(4, key.public_data)]
+    kh.write_bytes(b"garbage\nh ssh-rsa notbase64\n@cert-authority * "
+                   + key.export_public_key("openssh") + b"@bogus " + _line("h", key).encode()
+                   + b"# Jos\xe9\n" + _line("h", key).encode())
+    warned: list[tuple[str, dict[str, object]]] = []
+    entries = read_known_hosts(kh, lambda event, fields: warned.append((event, fields)))
+    assert [(e.line, e.cert_authority) for e in entries] == [(3, True), (6, False)]
+    assert [f["line"] for _, f in warned] == [1, 2, 4]
+    assert "unknown marker @bogus" in str(warned[2][1]["reason"])
+    policy = HostKeyPolicy(kh, secure=True)
+    assert _data(policy.trusted_keys("h", 22)) == [key.public_data]
+
+
+def test_revoked_key_is_not_trusted_even_when_pinned(tmp_path: Path) -> None:
+    """A pinned key revoked by another line (plain, hashed or wildcard) is not handed to
+    asyncssh as trusted, and check() refuses it naming the @revoked line."""
+    key = _key()
+    for revoked_for in ("*", "[h]:2222", _hashed("[h]:2222")):
+        kh = tmp_path / "known_hosts"
+        kh.write_text(_line(_hashed("[h]:2222"), key) + "@revoked " + _line(revoked_for, key))
+        policy = HostKeyPolicy(kh, secure=False)
+        assert policy.trusted_keys("h", 2222) == []
+        assert policy.check("h", "", 2222, key) is False
+        assert f"@revoked in {kh} line 2" in str(policy.refusal)
+        assert policy.pending_record is None
+
+
+def test_revoked_for_another_host_leaves_this_pin_alone(tmp_path: Path) -> None:
+    """@revoked for other.example does not refuse the key pinned for h."""
+    key = _key()
+    kh = tmp_path / "known_hosts"
+    kh.write_text(_line("h", key) + "@revoked " + _line("other.example", key))
+    policy = HostKeyPolicy(kh, secure=True)
+    assert policy.check("h", "", 22, key) is True
+
+
+def test_cert_authority_keys_for_the_host(tmp_path: Path) -> None:
+    """@cert-authority keys naming the host are offered to asyncssh as CAs; a revoked CA is
+    not, and its refusal names the @revoked line."""
+    ca, other = _key(), _key()
+    kh = tmp_path / "known_hosts"
+    kh.write_text("@cert-authority " + _line("*.example", ca)
+                  + "@cert-authority " + _line("elsewhere", other))
+    policy = HostKeyPolicy(kh, secure=True)
+    cas, revoked = policy.host_cas("h.example", 22)
+    assert (_data(cas), revoked) == ([ca.public_data], [])
+    assert policy.expects_certificate("h.example", 22)
+    assert policy.trusted_keys("h.example", 22) == []
+    policy.refuse_ca("h.example", 22, other)
+    assert "no @cert-authority line" in str(policy.refusal)
+    with kh.open("a") as fh:
+        fh.write("@revoked " + _line("*", ca))
+    assert policy.host_cas("h.example", 22)[0] == []
+    assert policy.expects_certificate("h.example", 22)  # so the refusal can say why
+    policy.refuse_ca("h.example", 22, ca)
+    assert f"@revoked in {kh} line 3" in str(policy.refusal)
 
 
 def test_pinned_key_presented_again_is_accepted(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -187,3 +188,70 @@ def test_concurrent_appenders_lose_no_line(tmp_path: Path) -> None:
     lines = path.read_bytes().splitlines()
     assert lines[0] == b"# mine"
     assert sorted(lines[1:]) == sorted(f"p{n} {i}".encode() for n in range(4) for i in range(200))
+
+
+def test_stale_public_key_without_private_is_refused(tmp_path: Path, rsa_pem: bytes) -> None:
+    """A .pub whose private key is gone stops keygen before anything is written, naming
+    the fix; nothing is generated, authorized or replaced."""
+    old = asyncssh.import_private_key(rsa_pem)
+    pub = tmp_path / "id_rsa.pub"
+    pub.write_bytes(keys.public_pem(old))
+    with pytest.raises(KeyFileError, match=rf"mv {pub} {pub}\.old"):
+        keys.ensure_key_pair(tmp_path / "id_rsa", tmp_path / "ak")
+    assert not (tmp_path / "id_rsa").exists() and not (tmp_path / "ak").exists()
+    assert pub.read_bytes() == keys.public_pem(old)
+
+
+@pytest.mark.parametrize("fmt", ["pem", "openssh", "pkcs8-pem", "rfc4716"])
+def test_matching_public_key_in_any_format_is_accepted(fmt: str, tmp_path: Path,
+                                                       rsa_pem: bytes) -> None:
+    """The key's own public half, whatever its format, is recognised and kept as it is."""
+    key = asyncssh.import_private_key(rsa_pem)
+    private = tmp_path / "id_rsa"
+    private.write_bytes(rsa_pem)
+    private.chmod(0o600)
+    data = keys.public_pem(key) if fmt == "pem" else key.export_public_key(fmt)
+    (tmp_path / "id_rsa.pub").write_bytes(data)
+    result = keys.ensure_key_pair(private, tmp_path / "ak")
+    assert result.authorized_added and (tmp_path / "id_rsa.pub").read_bytes() == data
+
+
+def test_mismatched_public_key_is_refused(tmp_path: Path, rsa_pem: bytes) -> None:
+    """A .pub holding another key is refused naming both fingerprints and the fix."""
+    private = tmp_path / "id_rsa"
+    private.write_bytes(rsa_pem)
+    private.chmod(0o600)
+    other = asyncssh.generate_private_key("ssh-ed25519")
+    (tmp_path / "id_rsa.pub").write_bytes(other.export_public_key())
+    with pytest.raises(KeyFileError,
+                       match=rf"holds another key \({re.escape(other.get_fingerprint())}.*mv "):
+        keys.ensure_key_pair(private, tmp_path / "ak")
+    assert not (tmp_path / "ak").exists()
+
+
+def test_public_key_as_identity_gets_a_clear_message(tmp_path: Path) -> None:
+    """A .pub passed where the private key belongs is named as such (not 'chmod 600')."""
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    key.write_private_key(str(tmp_path / "ed"))
+    (tmp_path / "ed").chmod(0o600)
+    (tmp_path / "ed.pub").write_bytes(key.export_public_key())
+    (tmp_path / "ed.pub").chmod(0o644)
+    with pytest.raises(KeyFileError, match=rf"is a public key; .*private key \({tmp_path}/ed\?\)"):
+        keys.load_private_key(tmp_path / "ed.pub")
+
+
+def test_new_key_is_authorized_when_the_public_file_cannot_be_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the private key exists, authorizing it does not depend on writing the .pub; the
+    failure is reported afterwards and the key kept."""
+    def fail(path: Path, data: bytes, mode: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keys, "atomic_write", fail)
+    ak = tmp_path / "ak"
+    ak.write_bytes(b"# Jos\xe9's laptop, Latin-1\nnot a key \xff\n")
+    with pytest.raises(KeyFileError, match=r"cannot write public key .*No space.*is kept"):
+        keys.ensure_key_pair(tmp_path / "id_rsa", ak)
+    key = keys.load_private_key(tmp_path / "id_rsa")
+    assert [k.public_data for k in keys.load_authorized_keys(ak)] == [key.public_data]
+    assert ak.read_bytes().startswith(b"# Jos\xe9's laptop, Latin-1\nnot a key \xff\n")
