@@ -33,9 +33,12 @@ from asyncssh.packet import UInt32
 
 from container_desktop_relay.sshfix.guard import Patch, Target
 
-__all__ = ["COALESCE_LIMIT", "PATCHES", "join_connection_pause"]
+__all__ = ["COALESCE_BELOW", "COALESCE_LIMIT", "FINGERPRINTS", "PATCHES", "join_connection_pause"]
 
-#: Packets queued while a channel is paused are merged into chunks of up to this many bytes.
+#: Packets smaller than this, queued while a channel is paused, are merged into the entry
+#: before them while it stays within :data:`COALESCE_LIMIT` bytes (bulk packets are queued
+#: as they are: merging them would only add copies).
+COALESCE_BELOW = 8 * 1024
 COALESCE_LIMIT = 64 * 1024
 
 _Channel = _channel.SSHChannel
@@ -98,7 +101,7 @@ def _accept_data(self: Any, data: bytes, datatype: Any = None) -> None:
     if not buf:
         self._cdr_queued = 0
     self._cdr_queued += n
-    if buf and n < COALESCE_LIMIT:
+    if buf and n < COALESCE_BELOW:
         last, last_type = buf[-1]
         if last_type == datatype and len(last) + n <= COALESCE_LIMIT:
             if type(last) is not bytearray:
