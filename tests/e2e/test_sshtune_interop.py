@@ -351,6 +351,7 @@ class _Collect(asyncssh.SSHUNIXSession[bytes]):
         self.data = bytearray()
         self.ended = asyncio.get_running_loop().create_future()
         self.chan: asyncssh.SSHUNIXChannel[bytes] | None = None
+        self.lost = False
 
     def connection_made(self, chan: asyncssh.SSHUNIXChannel[bytes]) -> None:  # type: ignore[override]
         self.chan = chan
@@ -361,6 +362,9 @@ class _Collect(asyncssh.SSHUNIXSession[bytes]):
     def eof_received(self) -> bool:
         _set_once(self.ended)
         return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
 
 
 async def _open(conn: asyncssh.SSHClientConnection, path: str,
@@ -420,10 +424,13 @@ async def _test_open_callback_failure(workdir: Path, keys: dict[str, Path], wher
         channels = conn._channels  # type: ignore[attr-defined]
         before = len(channels)
 
+        made: list[_Collect] = []
+
         def factory() -> _Collect:
             if where == "factory":
                 raise RuntimeError("factory broke")
-            return _Failing() if where == "connection_made" else _Collect()
+            made.append(_Failing() if where == "connection_made" else _Collect())
+            return made[-1]
 
         def on_open(error: BaseException | None) -> None:
             calls.append(error)
@@ -434,6 +441,7 @@ async def _test_open_callback_failure(workdir: Path, keys: dict[str, Path], wher
         await _until(lambda: calls and len(channels) == before)  # reported, channel gone
         if where == "on_open":
             assert calls == [None]
+            assert made[0].lost  # the attached session heard of the close
         else:
             assert len(calls) == 1 and isinstance(calls[0], RuntimeError), calls
         # the connection survived: another channel on it echoes

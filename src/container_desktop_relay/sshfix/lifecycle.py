@@ -98,10 +98,15 @@ def _unix_process_open(self: Any, send_chan: int, send_window: int, send_pktsize
 
 # -------------------------------------------------------------------- opening
 def _fail_channel(chan: Any, what: str, exc: BaseException) -> None:
-    """Close just this channel after ``what`` raised; its session is not called again."""
+    """Close just this channel after ``what`` raised.
+
+    A session that failed to attach (``what`` is "session") is not called again; after a
+    failing ``on_open`` the attached session hears of the close as usual (connection_lost).
+    """
     log.error("channel_open_callback_failed",
               extra={"stage": what, "error": f"{type(exc).__name__}: {exc}"})
-    chan._session = None
+    if what == "session":
+        chan._session = None
     chan.close()
 
 
