@@ -83,3 +83,19 @@ def podman() -> Iterator[Podman]:
     yield service
     service.stop()
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(params=["all", "correctness", "none"])
+def asyncssh_patches(request: pytest.FixtureRequest,
+                     monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Each asyncssh patch mode in turn: applied in this process, and passed to the relay
+    processes a test starts (CDR_ASYNCSSH_PATCHES); every patch is back afterwards."""
+    from container_desktop_relay import sshtune
+
+    mode: str = request.param
+    sshtune.apply(mode)
+    monkeypatch.setenv("CDR_ASYNCSSH_PATCHES", mode)
+    try:
+        yield mode
+    finally:
+        sshtune.apply("all")

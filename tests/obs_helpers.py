@@ -93,3 +93,15 @@ def get_json(port: int, path: str) -> tuple[int, dict[str, Any]]:
     """GET and decode a JSON answer: (status, body)."""
     code, _, body = get(port, path)
     return code, json.loads(body)
+
+
+def ready_json(port: int, mode: str = "all") -> tuple[int, Any]:
+    """GET /ready: (status, body) with its ``asyncssh_patches`` report checked (asyncssh's
+    version, ``mode``, and every patch either active or named with a reason) and removed."""
+    import asyncssh
+
+    code, body = get_json(port, "/ready")
+    patches = body.pop("asyncssh_patches")
+    assert patches["asyncssh"] == asyncssh.__version__ and patches["mode"] == mode, patches
+    assert patches["active"] or patches["not_applied"], patches
+    return code, body

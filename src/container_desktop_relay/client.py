@@ -144,8 +144,8 @@ class RelayClient:
             TunnelError: the link cannot be established within ``max_retries`` attempts,
                 or the host key or client key was refused.
         """
-        sshtune.apply()
         config = self.config
+        sshtune.apply(config.asyncssh_patches)
         identity_path = config.path("identity_path")
         self._identity = load_private_key(identity_path)
         self.policy = HostKeyPolicy(

@@ -114,6 +114,12 @@ class Config:
     degraded_threshold: int = _opt(1000, "/health turns 503 'degraded' above this many active "
                                    "connections", "int", minimum=1)
     log_level: str = _opt("debug", "log level", "str", choices=LOG_LEVELS, env="LOG_LEVEL")
+    asyncssh_patches: str = _opt("all", "asyncssh patches to apply, for diagnosis: all, "
+                                 "correctness (the flow-control fixes only) or none (asyncssh "
+                                 "as released: slower, and memory is not bounded behind a "
+                                 "stalled reader); a patch whose asyncssh function changed is "
+                                 "skipped either way", "str",
+                                 choices=("all", "correctness", "none"))
     # --- server ---
     host_key_path: str = _opt("", "server host key (default: the identity key)", "path",
                               roles=SERVER)

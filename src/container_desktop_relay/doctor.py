@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncssh
 
+from container_desktop_relay import sshtune
 from container_desktop_relay.config import Config, load_config
 from container_desktop_relay.durations import parse_duration
 from container_desktop_relay.errors import ConfigError, RelayError
@@ -113,6 +114,7 @@ class Doctor:
         check as soon as it is done."""
         steps: list[tuple[str, Callable[[], Awaitable[str]], tuple[str, ...]]] = [
             ("config loads", self.check_config, ()),
+            ("asyncssh patches", self.check_patches, ("config loads",)),
             ("identity key", self.check_identity, ("config loads",)),
             ("authorized_keys", self.check_authorized, ("identity key",)),
             ("known_hosts", self.check_known_hosts, ("config loads",)),
@@ -166,6 +168,15 @@ class Doctor:
         from container_desktop_relay.client import resolve_target
 
         return f"server {resolve_target(self.cfg)}, local endpoint {self._endpoint_url()}"
+
+    async def check_patches(self) -> str:
+        rep = sshtune.apply(self.cfg.asyncssh_patches)
+        active, left = rep["active"], rep["not_applied"]
+        text = (f"asyncssh {rep['asyncssh']}, asyncssh_patches={rep['mode']}: "
+                f"{len(active)} of {len(active) + len(left)} active")
+        if left:
+            text += "; not applied: " + "; ".join(f"{k} ({v})" for k, v in left.items())
+        return text
 
     async def check_identity(self) -> str:
         from container_desktop_relay.errors import KeyFileError

@@ -16,7 +16,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from container_desktop_relay import prometheus
+from container_desktop_relay import prometheus, sshfix
 from container_desktop_relay.config import Config
 from container_desktop_relay.durations import format_duration
 from container_desktop_relay.errors import ListenError
@@ -81,6 +81,7 @@ def ready_view(state: RoleState) -> tuple[int, dict[str, Any]]:
         "reason": state.reason,
         "role": state.role,
         "link_up": state.link_up,
+        "asyncssh_patches": sshfix.report(),
     }
     return (200 if state.ready else 503), body
 

@@ -133,8 +133,8 @@ class RelayServer:
             KeyFileError: the identity or host key is missing or unsafe.
             ListenError: the address cannot be bound.
         """
-        sshtune.apply()
         config = self.config
+        sshtune.apply(config.asyncssh_patches)
         self._identity = load_private_key(config.path("identity_path"))
         host_key = (
             load_private_key(config.path("host_key_path"), what="host key")
@@ -394,7 +394,7 @@ class _ServerConnection(asyncssh.SSHServer):
             self._target_failed(dest_path, exc)
         try:
             chan = self._conn.create_unix_channel(
-                window=sshtune.CHANNEL_WINDOW, max_pktsize=sshtune.MAX_PACKET_SIZE
+                window=sshtune.channel_window(), max_pktsize=sshtune.max_packet_size()
             )
         except BaseException:
             if sock is not None:

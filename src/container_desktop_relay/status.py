@@ -154,6 +154,9 @@ def render_table(report: Report) -> str:
     rows.append(("state", f"{state}, {readiness}"))
     if ready.answered:
         rows.append(("role", str(_field(ready, "role"))))
+        patches = _field(ready, "asyncssh_patches")
+        if isinstance(patches, dict):
+            rows.append(("asyncssh", _patches_row(patches)))
     uptime = _field(health, "uptime") or _field(metrics, "uptime")
     rows.append(("uptime", str(uptime) if uptime is not None else "unknown"))
     if ready.answered:
@@ -181,6 +184,14 @@ def render_table(report: Report) -> str:
         rows.append(("last error", _field(health, "last_error") or "none"))
     width = max(len(name) for name, _ in rows)
     return "".join(f"{name:<{width}}  {value}\n" for name, value in rows)
+
+
+def _patches_row(patches: dict[str, Any]) -> str:
+    """ "2.24.1, patches all: 11 active" (and how many were left out)."""
+    active = patches.get("active") or []
+    left = patches.get("not_applied") or {}
+    row = f"{patches.get('asyncssh')}, patches {patches.get('mode')}: {len(active)} active"
+    return row + (f", {len(left)} not applied" if left else "")
 
 
 def build_status_parser() -> argparse.ArgumentParser:

@@ -14,9 +14,9 @@ from helpers import EchoTarget, Keys, Podman, RelayServer, free_port, make_ed255
 
 pytestmark = pytest.mark.e2e
 
-ORDER = ["config loads", "identity key", "authorized_keys", "known_hosts", "server answers SSH",
-         "authentication", "remote socket channel", "remote Docker API", "local endpoint",
-         "observability"]
+ORDER = ["config loads", "asyncssh patches", "identity key", "authorized_keys", "known_hosts",
+         "server answers SSH", "authentication", "remote socket channel", "remote Docker API",
+         "local endpoint", "observability"]
 
 
 def doctor(keys: Keys, tmp: Path, port: int, remote: str, *extra: str,
@@ -56,6 +56,7 @@ def test_healthy_chain_passes(podman: Podman, relay_server: RelayServer, keys: K
         assert "pins [127.0.0.1]" in checks["known_hosts"]["detail"]
         assert "answers GET /_ping with OK" in checks["remote Docker API"]["detail"]
         assert "end to end" in checks["local endpoint"]["detail"]
+        assert "asyncssh_patches=all: 11 of 11 active" in checks["asyncssh patches"]["detail"]
         human = run_relay("doctor", "--identity-path", str(keys.identity),
                           "--authorized-keys-path", str(keys.authorized_keys),
                           "--known-hosts-path", str(tmp / "known_hosts"),
@@ -220,6 +221,12 @@ def test_bad_config_and_dead_observability(keys: Keys, tmp: Path) -> None:
     assert code == 1 and failed(checks) == ["config loads"]
     assert "invalid buffer_size=12 from CDR_BUFFER_SIZE" in checks["config loads"]["detail"]
     assert all(c["status"] == "skip" for n, c in checks.items() if n != "config loads")
+
+    code, checks = doctor(keys, tmp, free_port(), "/x.sock",
+                          env=relay_env(CDR_ASYNCSSH_PATCHES="none"))
+    detail = checks["asyncssh patches"]["detail"]
+    assert checks["asyncssh patches"]["status"] == "ok", detail
+    assert "asyncssh_patches=none: 0 of 11 active; not applied: window-credit" in detail
 
     port = free_port()
     code, checks = doctor(keys, tmp, free_port(), "/x.sock", "--health-check-enabled",

@@ -29,7 +29,7 @@ from helpers import (
     unix_connect,
     wait_for,
 )
-from obs_helpers import bound_ports, get, get_json
+from obs_helpers import bound_ports, get, get_json, ready_json
 
 pytestmark = pytest.mark.e2e
 
@@ -136,7 +136,7 @@ def test_ready_turns_503_first_during_shutdown(keys: Keys, echo: EchoTarget, tmp
     fwd = ssh_forward(server.port, keys.identity, tmp / "l.sock", str(echo.path), tmp)
     with stopping(server, fwd):
         port = bound_ports(server.proc)["health_port"]
-        assert get_json(port, "/ready") == (200, {"status": "ready", "reason": "listening",
+        assert ready_json(port) == (200, {"status": "ready", "reason": "listening",
                                                   "role": "server", "link_up": None})
         held = unix_connect(tmp / "l.sock", 30)
         with held:
@@ -150,7 +150,7 @@ def test_ready_turns_503_first_during_shutdown(keys: Keys, echo: EchoTarget, tmp
             assert (live["total_bytes_read"], live["total_bytes_written"]) == (4, 4)
             server.proc.signal(signal.SIGTERM)
             wait_for(lambda: get_json(port, "/ready")[0] == 503, 10, "/ready to turn 503")
-            assert get_json(port, "/ready")[1] == {"status": "not ready",
+            assert ready_json(port)[1] == {"status": "not ready",
                                                    "reason": "shutting down",
                                                    "role": "server", "link_up": None}
             assert get_json(port, "/health")[0] == 200  # still served while draining

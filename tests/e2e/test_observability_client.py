@@ -24,7 +24,7 @@ from helpers import (
     stopping,
     wait_for,
 )
-from obs_helpers import bound_ports, get, get_json
+from obs_helpers import bound_ports, get, get_json, ready_json
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +41,7 @@ def observed_client(request: pytest.FixtureRequest, keys: Keys, tmp: Path, serve
 
 def ready_body(port: int) -> dict[str, Any] | None:
     """The /ready body once it is 200, else None."""
-    code, body = get_json(port, "/ready")
+    code, body = ready_json(port)
     return body if code == 200 else None
 
 

@@ -16,6 +16,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from container_desktop_relay import sshfix
 from container_desktop_relay.config import Config
 from container_desktop_relay.errors import ListenError
 from container_desktop_relay.httpserve import HttpServer
@@ -85,14 +86,17 @@ def test_health_degraded_while_client_link_down() -> None:
 def test_ready_follows_state_and_draining_wins() -> None:
     """/ready is 503 with a reason until ready, and 503 again once draining, for good."""
     state = RoleState("server")
+    patches = sshfix.report()
     assert ready_view(state) == (503, {"status": "not ready", "reason": "starting",
-                                       "role": "server", "link_up": None})
+                                       "role": "server", "link_up": None,
+                                       "asyncssh_patches": patches})
     state.set_ready("listening")
     assert ready_view(state)[0] == 200
     state.start_draining()
     state.set_ready("listening")
     assert ready_view(state) == (503, {"status": "not ready", "reason": "shutting down",
-                                       "role": "server", "link_up": None})
+                                       "role": "server", "link_up": None,
+                                       "asyncssh_patches": patches})
 
 
 def test_metrics_counts_live_and_closed_bytes() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from container_desktop_relay import sshfix
 from container_desktop_relay.config import Config
 from container_desktop_relay.metrics import Metrics
 from container_desktop_relay.observe import Observability
@@ -34,7 +35,9 @@ def answer(code: int | None, body: dict[str, object] | None, error: str | None =
 HEALTHY = answer(200, {"status": "healthy", "uptime": "5s", "active_connections": 1,
                        "total_connections": 4, "error_count": 0, "last_error": ""})
 READY = answer(200, {"status": "ready", "reason": "listening", "role": "server",
-                     "link_up": None})
+                     "link_up": None,
+                     "asyncssh_patches": {"asyncssh": "2.24.1", "mode": "none", "active": [],
+                                          "not_applied": {"window-credit": "not selected"}}})
 METRICS = answer(200, {"total_connections": 4, "active_connections": 1, "total_bytes_read": 10,
                        "total_bytes_written": 20, "total_errors": 0, "connection_errors": 0,
                        "socket_errors": 0, "average_connection_duration": "1s",
@@ -65,6 +68,7 @@ def test_table_rows() -> None:
     assert table.splitlines() == [
         "state         healthy, ready",
         "role          server",
+        "asyncssh      2.24.1, patches none: 0 active, 1 not applied",
         "uptime        5s",
         "link          n/a (server role)",
         "connections   1 active, 4 total",
@@ -108,7 +112,8 @@ async def test_query_follows_the_live_state(live: tuple[Observability, int]) -> 
     obs, port = live
     report = await query("127.0.0.1", port, port, 5)
     assert report.exit_code == 1 and report.ready.body == {
-        "status": "not ready", "reason": "starting", "role": "server", "link_up": None}
+        "status": "not ready", "reason": "starting", "role": "server", "link_up": None,
+        "asyncssh_patches": sshfix.report()}
     obs.state.set_ready("listening")
     finish(open_connection(obs.metrics, 123, 456))
     report = await query("127.0.0.1", port, port, 5)
