@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import stat
@@ -191,6 +192,11 @@ class Doctor:
 
         assert self._identity is not None
         path = self.cfg.path("authorized_keys_path")
+        used = self._authorized_keys_use()
+        if used is None:
+            return (f"not used: this client does not spawn its server and {path} was not "
+                    "given, so the server's own authorized_keys decides (see "
+                    "'authentication')")
         try:
             check_not_writable_by_others(path, "authorized keys")
             keys = load_authorized_keys(path)
@@ -198,13 +204,29 @@ class Doctor:
             fix = f"chmod go-w {path}" if "writable" in str(exc) else f"chown $USER {path}"
             raise Failed(str(exc), fix) from None
         if any(k.public_data == self._identity.public_data for k in keys):
-            return f"{path} holds the identity's public key"
+            return f"{path} holds the identity's public key ({used})"
         where = "does not exist" if not path.exists() else "does not hold the identity's key"
         raise Failed(
             f"{path} {where}",
             f"container-desktop-relay keygen --identity-path {self.cfg.path('identity_path')} "
             f"--authorized-keys-path {path} (keeps the key, appends its public half)",
         )
+
+    def _authorized_keys_use(self) -> str | None:
+        """Why this set-up reads ``authorized_keys_path``, or None when it never does.
+
+        The client itself never reads it: a server it spawns does, ``--generate-key-pair``
+        appends to it, and a path given explicitly names the file of a server on this machine.
+        """
+        cfg = self.cfg
+        if cfg.distribution:
+            return "the server this client spawns authorizes keys from it"
+        if cfg.generate_key_pair:
+            return "--generate-key-pair adds the key to it"
+        source = cfg.source_of("authorized_keys_path")
+        if source is not None:
+            return f"given by {source} for the server on this machine"
+        return None
 
     async def check_known_hosts(self) -> str:
         from container_desktop_relay.client import resolve_target
@@ -422,43 +444,88 @@ class Doctor:
         return f"{address} answers GET /_ping end to end"
 
     async def check_observability(self) -> str:
+        """The client's endpoints answer; a default port taken by something else only means
+        they are not served (the client relays on), so that is no failure."""
         cfg = self.cfg
         host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(
             cfg.health_check_host, cfg.health_check_host)
-        wanted: list[tuple[int, str]] = []
+        wanted: list[tuple[int, str, bool]] = []  # (port, path, set explicitly)
         if cfg.effective_health_enabled("client"):
             port = cfg.effective_health_port("client")
-            wanted += [(port, "/health"), (port, "/ready")]
+            explicit = cfg.health_check_port is not None
+            wanted += [(port, "/ready", explicit), (port, "/health", explicit)]
         if cfg.effective_metrics_enabled("client"):
-            wanted.append((cfg.effective_metrics_port("client"), "/metrics"))
+            wanted.append((cfg.effective_metrics_port("client"), "/metrics",
+                           cfg.metrics_port is not None))
         if not wanted:
             return "not enabled for the client (--health-check-enabled, --metrics-enabled)"
-        unknown = sorted({path for port, path in wanted if port == 0})
-        urls = [f"http://{host}:{port}{path}" for port, path in wanted if port != 0]
-        if urls:
-            await self._get_all(urls)
-        note = (f"; {', '.join(unknown)} not checked: port 0 means any free port, pass the "
-                "bound one (log event observability_listening) as --health-check-port / "
-                "--metrics-port") if unknown else ""
-        return (", ".join(urls) + " answer 200" if urls else "nothing to check") + note
+        unknown = sorted({path for port, path, _ in wanted if port == 0})
+        checked = [(host, port, path, explicit) for port, path, explicit in wanted if port != 0]
+        answered, unserved = await self._get_all(checked, cfg.ssh_port("client"))
+        parts = []
+        if answered:
+            parts.append(", ".join(answered) + " answer 200")
+        if unserved:
+            parts.append(", ".join(unserved) + " not served (default port taken: the client "
+                         "logs observability_port_in_use and relays on)")
+        if unknown:
+            parts.append(f"{', '.join(unknown)} not checked: port 0 means any free port, pass "
+                         "the bound one (log event observability_listening) as "
+                         "--health-check-port / --metrics-port")
+        return "; ".join(parts) if parts else "nothing to check"
 
-    async def _get_all(self, urls: list[str]) -> None:
+    async def _get_all(self, urls: list[tuple[str, int, str, bool]],
+                       ssh_port: int) -> tuple[list[str], list[str]]:
+        """GET each (host, port, path): (URLs that answered 200, default-port ones that are not
+        served). /ready comes first: it names the relay, so its port's other paths follow it.
+
+        Raises:
+            Failed: an explicitly set port does not answer (or answers for another relay), or
+                an endpoint answers with an error status.
+        """
         import aiohttp
 
+        answered: list[str] = []
+        unserved: list[str] = []
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            for url in urls:
+            elsewhere: set[int] = set()  # default ports held by someone else
+            for host, port, path, explicit in urls:
+                url = f"http://{host}:{port}{path}"
+                if port in elsewhere:
+                    unserved.append(url)
+                    continue
+                body: Any = None
                 try:
                     async with session.get(url) as response:
                         status = response.status
+                        if url.endswith("/ready"):
+                            with contextlib.suppress(ValueError, aiohttp.ContentTypeError):
+                                body = await response.json(content_type=None)
                 except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    if not explicit:
+                        elsewhere.add(port)
+                        unserved.append(url)
+                        continue
                     raise Failed(f"{url} does not answer: {_reason(exc)}",
                                  "check --health-check-port/--metrics-port match the running "
                                  "client, and that it was started with them enabled") from None
+                other = body.get("ssh_port") if isinstance(body, dict) else None
+                if isinstance(other, int) and other != ssh_port:
+                    if not explicit:
+                        elsewhere.add(port)
+                        unserved.append(url)
+                        continue
+                    raise Failed(f"{url} answers for the relay on SSH port {other}, not "
+                                 f"{ssh_port}",
+                                 "give this client its own --health-check-port / "
+                                 "--metrics-port, or leave them unset")
                 if status != 200:
                     raise Failed(f"{url} answered {status}",
                                  "/ready is 503 while the SSH link is down and /health 503 "
                                  "when degraded: see the client's log and the checks above")
+                answered.append(url)
+        return answered, unserved
 
 
 def _reason(exc: BaseException) -> str:

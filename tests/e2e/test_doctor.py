@@ -10,7 +10,16 @@ from typing import Any
 import pytest
 
 from clienthelp import ClientProc
-from helpers import EchoTarget, Keys, Podman, RelayServer, free_port, make_ed25519, run_relay
+from helpers import (
+    EchoTarget,
+    Keys,
+    Podman,
+    RelayServer,
+    free_port,
+    make_ed25519,
+    relay_env,
+    run_relay,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -71,6 +80,32 @@ def test_healthy_chain_passes(podman: Podman, relay_server: RelayServer, keys: K
         assert code == 1 and failed(checks) == ["local endpoint"]
         assert "has mode 0666" in checks["local endpoint"]["detail"]
         assert checks["local endpoint"]["fix"].startswith("chmod 600")
+    finally:
+        client.stop()
+
+
+def test_working_client_flags_pass(podman: Podman, relay_server: RelayServer, keys: Keys,
+                                   tmp: Path) -> None:
+    """doctor given exactly the flags of a working client that does not spawn its server (no
+    authorized_keys on this side) exits 0; authorized_keys is "not used"."""
+    home = tmp / "home"
+    home.mkdir()
+    env = relay_env(HOME=str(home))
+    client = ClientProc(keys, tmp, relay_server.port, str(podman.socket), env=env)
+    try:
+        assert podman.docker_cli(client.socket, "version").returncode == 0
+        assert not any("authorized" in arg for arg in client.args)
+        result = run_relay("doctor", "--json", *client.args, env=env)
+        report = json.loads(result.stdout)
+        checks = {c["name"]: c for c in report["checks"]}
+        assert result.returncode == 0, checks
+        assert [c["name"] for c in report["checks"]] == ORDER
+        assert checks["authorized_keys"]["status"] == "ok"
+        assert checks["authorized_keys"]["detail"].startswith(
+            f"not used: this client does not spawn its server and {home}/.ssh/authorized_keys "
+            "was not given")
+        assert checks["observability"]["detail"].startswith("not enabled")
+        assert not (home / ".ssh").exists()
     finally:
         client.stop()
 
@@ -187,7 +222,7 @@ def test_bad_config_and_dead_observability(keys: Keys, tmp: Path) -> None:
     code, checks = doctor(keys, tmp, free_port(), "/x.sock", "--health-check-enabled",
                           "--health-check-port", str(port))
     assert checks["observability"]["status"] == "FAIL"
-    assert f"127.0.0.1:{port}/health does not answer" in checks["observability"]["detail"]
+    assert f"127.0.0.1:{port}/ready does not answer" in checks["observability"]["detail"]
 
     code, checks = doctor(keys, tmp, free_port(), "/x.sock", "--health-check-enabled",
                           "--health-check-port", "0")
