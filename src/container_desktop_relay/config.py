@@ -143,7 +143,13 @@ class Config:
     listen: str = _opt("", "local endpoint, unix:///path/relay.sock or npipe:////./pipe/NAME "
                        "(overrides --named-pipe)", "str", roles=CLIENT)
     ssh_connection: str = _opt("", "ssh://user@host:port/remote/socket/path (port 22 and "
-                               "/var/run/docker.sock when omitted)", "str", roles=CLIENT)
+                               "/var/run/docker.sock when omitted; with --forward, no path)",
+                               "str", roles=CLIENT)
+    forward: list[str] = _opt([], "LOCAL=REMOTE: carry local endpoint LOCAL (unix:///path or "
+                              "npipe:////./pipe/NAME) to the absolute socket path REMOTE on "
+                              "the server (repeatable; replaces --listen/--named-pipe and the "
+                              "path of --ssh-connection)", "list", roles=CLIENT,
+                              metavar="LOCAL=REMOTE")
     ssh_timeout: float = _opt(5.0, "bound on each SSH connect attempt and on how long a local "
                               "connection waits for the link", "duration", roles=CLIENT,
                               minimum=0.001)
@@ -452,6 +458,10 @@ def _cross_check(config: Config) -> None:
         from container_desktop_relay.endpoints import parse_endpoint
 
         parse_endpoint(config.listen)
+    if config.forward:
+        from container_desktop_relay.forwards import client_forwards
+
+        client_forwards(config)
 
 
 def iter_keys() -> Iterable[str]:
