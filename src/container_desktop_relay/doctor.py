@@ -23,7 +23,9 @@ import asyncssh
 
 from container_desktop_relay.config import Config, load_config
 from container_desktop_relay.durations import parse_duration
+from container_desktop_relay.endpoints import Endpoint
 from container_desktop_relay.errors import ConfigError, RelayError
+from container_desktop_relay.forwards import Forward
 
 __all__ = ["Check", "Doctor", "build_parser", "main", "ping_stream"]
 
@@ -107,7 +109,7 @@ class Doctor:
     _identity: asyncssh.SSHKey | None = None
     _host_key: asyncssh.SSHKey | None = None
     _conn: asyncssh.SSHClientConnection | None = None
-    _stream: tuple[Any, Any] | None = None
+    _streams: list[tuple[str, Any, Any]] = field(default_factory=list)
 
     async def run(self, report: Callable[[Check], None] | None = None) -> list[Check]:
         """Every check in order (dependent ones skipped after a failure); ``report`` sees each
@@ -166,7 +168,18 @@ class Doctor:
                          "container-desktop-relay config-docs)")
         from container_desktop_relay.client import resolve_target
 
-        return f"server {resolve_target(self.cfg)}, local endpoint {self._endpoint_url()}"
+        forwards = self._forwards()
+        if len(forwards) == 1:
+            return f"server {resolve_target(self.cfg)}, local endpoint {self._endpoint_url()}"
+        target = resolve_target(self.cfg)
+        return (f"server ssh://{target.user}@{target.host}:{target.port}, forwards "
+                + ", ".join(str(fwd) for fwd in forwards))
+
+    def _forwards(self) -> list[Forward]:
+        """The client's forwards (the single form is one)."""
+        from container_desktop_relay.forwards import client_forwards
+
+        return client_forwards(self.cfg)
 
     async def check_identity(self) -> str:
         from container_desktop_relay.errors import KeyFileError
@@ -337,49 +350,73 @@ class Doctor:
         return f"logged in as {target.user} with {identity}"
 
     async def check_channel(self) -> str:
-        from container_desktop_relay.client import resolve_target
-
+        """A channel to every forward's remote socket opens (a missing one named)."""
         assert self._conn is not None
-        path = resolve_target(self.cfg).socket_path
-        try:
-            reader, writer = await self._conn.open_unix_connection(path)
-        except asyncssh.ChannelOpenError as exc:
+        forwards = self._forwards()
+        refused: list[str] = []
+        for fwd in forwards:
+            try:
+                reader, writer = await self._conn.open_unix_connection(fwd.remote)
+            except asyncssh.ChannelOpenError as exc:
+                named = f" (forward {fwd.name})" if len(forwards) > 1 else ""
+                refused.append(f"{fwd.remote}{named}: {exc.reason}")
+                continue
+            self._streams.append((fwd.remote, reader, writer))
+        if refused:
+            for _, _, writer in self._streams:
+                writer.close()
+            self._streams.clear()
+            where = ("--forward LOCAL=REMOTE" if self.cfg.forward
+                     else "--ssh-connection ssh://user@host:port/path")
             raise Failed(
-                f"the server refused a channel to {path}: {exc.reason}",
+                "the server refused a channel to " + "; to ".join(refused),
                 "start the container engine that owns that socket (e.g. systemctl start "
-                "docker, or podman system service) or point --ssh-connection "
-                "ssh://user@host:port/path at its socket",
-            ) from None
-        self._stream = (reader, writer)
-        return f"a direct-streamlocal channel to {path} opened"
+                f"docker, or podman system service) or point {where} at its socket",
+            )
+        return ("a direct-streamlocal channel to "
+                + ", ".join(path for path, _, _ in self._streams) + " opened")
 
     async def check_remote_ping(self) -> str:
-        from container_desktop_relay.client import resolve_target
-
-        assert self._stream is not None
-        path = resolve_target(self.cfg).socket_path
-        reader, writer = self._stream
-        try:
-            wrong = await ping_stream(reader, writer, self.timeout)
-        finally:
-            writer.close()
-        if wrong:
-            raise Failed(f"{path} {wrong} to GET /_ping",
-                         f"point --ssh-connection at the Docker API socket; {path} is "
-                         "something else")
-        return f"{path} answers GET /_ping with OK"
+        """Every remote socket answers the Docker API's GET /_ping."""
+        assert self._streams
+        wrongs: list[str] = []
+        for path, reader, writer in self._streams:
+            try:
+                wrong = await ping_stream(reader, writer, self.timeout)
+            finally:
+                writer.close()
+            if wrong:
+                wrongs.append(f"{path} {wrong} to GET /_ping")
+        if wrongs:
+            where = "--forward's REMOTE" if self.cfg.forward else "--ssh-connection"
+            raise Failed("; ".join(wrongs),
+                         f"point {where} at the Docker API socket; "
+                         f"{wrongs[0].split(' ')[0]} is something else")
+        verb = " answers" if len(self._streams) == 1 else " answer"
+        return ", ".join(path for path, _, _ in self._streams) + verb + " GET /_ping with OK"
 
     def _endpoint_url(self) -> str:
         return self.cfg.listen or self.cfg.named_pipe
 
     async def check_local(self) -> str:
-        from container_desktop_relay.endpoints import parse_endpoint
+        """Every local endpoint is the client's and answers GET /_ping end to end."""
+        details = []
+        for fwd in self._forwards():
+            details.append(await self._check_endpoint(fwd.endpoint))
+        return "; ".join(details)
 
-        endpoint = parse_endpoint(self._endpoint_url())
+    def _start_fix(self, endpoint: Endpoint) -> str:
         from container_desktop_relay.client import resolve_target
 
-        start = ("start the client: container-desktop-relay client --listen "
-                 f"{endpoint.url} --ssh-connection {resolve_target(self.cfg)}")
+        if self.cfg.forward:
+            return ("start the client: container-desktop-relay client "
+                    + " ".join(f"--forward {fwd}" for fwd in self._forwards())
+                    + f" --ssh-connection {self.cfg.ssh_connection}")
+        return ("start the client: container-desktop-relay client --listen "
+                f"{endpoint.url} --ssh-connection {resolve_target(self.cfg)}")
+
+    async def _check_endpoint(self, endpoint: Endpoint) -> str:
+        start = self._start_fix(endpoint)
         if endpoint.scheme == "npipe":
             if sys.platform != "win32":
                 raise Failed(f"{endpoint.url} is a Windows named pipe; this is not Windows",

@@ -14,11 +14,14 @@ from helpers import (
     EchoTarget,
     Keys,
     Podman,
+    Proc,
     RelayServer,
     free_port,
     make_ed25519,
+    relay_cmd,
     relay_env,
     run_relay,
+    wait_for,
 )
 
 pytestmark = pytest.mark.e2e
@@ -106,6 +109,41 @@ def test_working_client_flags_pass(podman: Podman, relay_server: RelayServer, ke
             "was not given")
         assert checks["observability"]["detail"].startswith("not enabled")
         assert not (home / ".ssh").exists()
+    finally:
+        client.stop()
+
+
+def test_forwards_are_each_checked(podman: Podman, relay_server: RelayServer, keys: Keys,
+                                   tmp: Path) -> None:
+    """A client with two forwards: doctor with its flags checks both (exit 0); a forward whose
+    remote socket is missing fails the channel step by name."""
+    home = tmp / "home"
+    home.mkdir()
+    env = relay_env(HOME=str(home))
+    a, b = tmp / "a.sock", tmp / "b.sock"
+    common = ["--identity-path", str(keys.identity), "--known-hosts-path",
+              str(tmp / "known_hosts"), "--ssh-connection",
+              f"ssh://tester@127.0.0.1:{relay_server.port}"]
+    flags = [*common, "--forward", f"unix://{a}={podman.socket}",
+             "--forward", f"unix://{b}={podman.socket}"]
+    client = Proc(relay_cmd("client", *flags, "--tid-path", str(tmp / "c.tid")),
+                  tmp / "client.log", env=env)
+    try:
+        wait_for(lambda: (tmp / "c.tid").exists() or not client.alive(), 30, "client ready")
+        assert client.alive(), client.log()
+        result = run_relay("doctor", "--json", *flags, env=env)
+        checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+        assert result.returncode == 0, checks
+        assert checks["local endpoint"]["detail"].count("answers GET /_ping end to end") == 2
+        assert str(a) in checks["local endpoint"]["detail"]
+        assert str(b) in checks["local endpoint"]["detail"]
+        missing = tmp / "missing.sock"
+        result = run_relay("doctor", "--json", *common, "--forward", f"unix://{a}={podman.socket}",
+                           "--forward", f"unix://{b}={missing}", env=env)
+        checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+        assert result.returncode == 1 and failed(checks) == ["remote socket channel"]
+        assert checks["remote socket channel"]["detail"].startswith(
+            f"the server refused a channel to {missing} (forward unix://{b}): ")
     finally:
         client.stop()
 
