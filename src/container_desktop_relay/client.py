@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import getpass
 import itertools
 import logging
@@ -112,6 +113,8 @@ class RelayClient:
         self.metrics = metrics
         self.state = state
         self.target = resolve_target(config)
+        if config.forward:  # each forward names its socket; logs name the server only
+            self.target = dataclasses.replace(self.target, socket_path="")
         #: every local endpoint and the remote socket it reaches (the single form is one)
         self.forwards: list[Forward] = client_forwards(config)
         self.endpoint: Endpoint = self.forwards[0].endpoint

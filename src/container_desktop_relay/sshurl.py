@@ -23,6 +23,7 @@ class SSHTarget:
     socket_path: str
 
     def __str__(self) -> str:
+        """The URL; without a socket path (a client with --forward) it names the server only."""
         return f"ssh://{self.user}@{self.host}:{self.port}{self.socket_path}"
 
 

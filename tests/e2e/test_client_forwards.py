@@ -22,6 +22,7 @@ from helpers import (
     stopping,
     wait_for,
 )
+from obs_helpers import bound_ports, get_json
 
 pytestmark = pytest.mark.e2e
 
@@ -70,6 +71,7 @@ def check_two_forwards(server: RelayServer, client: Proc, tmp: Path,
     assert client.alive(), client.log()
     ready = log_events(client, "client_ready")
     assert len(ready) == 1 and len(ready[0]["forwards"]) == 2  # type: ignore[arg-type]
+    assert ready[0]["remote"] == f"ssh://tester@127.0.0.1:{server.port}"
     before = [e.connections for e in echoes]
     payload = os.urandom(8 * MiB)
     locals_ = [tmp / "a.sock", tmp / "b.sock"]
@@ -116,7 +118,8 @@ def test_missing_remote_socket_is_named_and_others_work(relay_server: RelayServe
     client = start_client(keys, tmp, "--ssh-connection",
                           f"ssh://tester@127.0.0.1:{relay_server.port}",
                           "--forward", f"unix://{tmp / 'a.sock'}={echo.path}",
-                          "--forward", f"unix://{tmp / 'b.sock'}={missing}")
+                          "--forward", f"unix://{tmp / 'b.sock'}={missing}",
+                          "--health-check-enabled", "--health-check-port", "0")
     late: list[EchoTarget] = []
     try:
         failed = wait_for(lambda: log_events(client, "probe_failed") or not client.alive(), 30,
@@ -125,6 +128,10 @@ def test_missing_remote_socket_is_named_and_others_work(relay_server: RelayServe
         assert failed[0]["forward"] == f"unix://{tmp / 'b.sock'}"
         assert failed[0]["socket_path"] == str(missing)
         assert not (tmp / "client.tid").exists()
+        code, ready = get_json(bound_ports(client)["health_port"], "/ready")
+        assert code == 503 and ready["reason"].startswith(
+            f"remote socket unreachable: unix://{tmp / 'b.sock'} ({missing}): ")
+        assert str(echo.path) not in ready["reason"]
         payload = b"x" * MiB
         assert exchange(tmp / "a.sock", payload) == (len(payload), sha(payload))
         late.append(EchoTarget(missing))
