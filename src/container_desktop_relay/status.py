@@ -256,6 +256,10 @@ def main(argv: Sequence[str]) -> int:
         print(f"not served: {report.health.url} answers for the relay on SSH port "
               f"{report.other_relay}, not {ssh_port}; this relay's default port was taken "
               "(its log says observability_port_in_use)", file=sys.stderr)
+    elif report.exit_code == EXIT_UNREACHABLE and derived:
+        print(f"not served: no relay answers at {report.health.url}: {report.health.error} "
+              f"(a relay on SSH port {ssh_port} whose default port was taken runs without "
+              "these endpoints; its log says observability_port_in_use)", file=sys.stderr)
     elif report.exit_code == EXIT_UNREACHABLE:
         print(f"no relay answers at {report.health.url}: {report.health.error}",
               file=sys.stderr)

@@ -173,6 +173,20 @@ async def test_status_tells_another_relays_endpoints_apart(
         "observability_port_in_use)")
 
 
+def test_status_derived_port_not_served() -> None:
+    """Nothing on the port derived from --port: "not served", naming the SSH port, exit 2."""
+    with socket.socket() as held:  # bound, not listening: connecting is refused
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        result = run_relay("status", "--role", "server", "--port", str(port - 58),
+                           "--metrics-port", str(port))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"not served: no relay answers at http://127.0.0.1:{port}/health: connection refused "
+        f"(a relay on SSH port {port - 58} whose default port was taken runs without these "
+        "endpoints; its log says observability_port_in_use)")
+
+
 def test_status_nothing_answers_exits_2() -> None:
     """No relay on the port: exit 2 with one line on stderr."""
     port = closed_port()
