@@ -81,6 +81,8 @@ class ClientProc:
             "debug",
             *extra,
         ]
+        #: the client's own flags (without the ``client`` command), e.g. to hand to doctor
+        self.args = args[1:]
         self.proc = Proc(relay_cmd(*args), workdir / f"{name}.log", env=env or relay_env())
         if wait:
             try:

@@ -202,15 +202,19 @@ class RelayServer:
     """The relay's server role as a real process on a free loopback port."""
 
     def __init__(self, keys: Keys, workdir: Path, *extra: str, port: int | None = None,
-                 env: dict[str, str] | None = None, wait: bool = True) -> None:
+                 env: dict[str, str] | None = None, wait: bool = True,
+                 observability: bool = False) -> None:
+        """``observability``: leave /health, /ready and /metrics at their defaults (on, on
+        ports derived from the SSH port) instead of turning them off."""
         self.keys = keys
         self.port = port or free_port()
         self.workdir = workdir
+        quiet = [] if observability else ["--health-check-enabled=false",
+                                          "--metrics-enabled=false"]
         args = ["server", "--host", "127.0.0.1", "--port", str(self.port),
                 "--identity-path", str(keys.identity),
                 "--authorized-keys-path", str(keys.authorized_keys),
-                "--health-check-enabled=false", "--metrics-enabled=false",
-                "--log-level", "debug", *extra]
+                *quiet, "--log-level", "debug", *extra]
         self.proc = Proc(relay_cmd(*args), workdir / f"server-{self.port}.log",
                          env=env or relay_env())
         if wait:

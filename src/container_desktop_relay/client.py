@@ -1,7 +1,9 @@
-"""Client role: local endpoint → one SSH link → a direct-streamlocal channel per connection.
+"""Client role: local endpoints → one SSH link → a direct-streamlocal channel per connection.
 
 Theory of operation:
 
+* The client has one or more *forwards* (:mod:`~container_desktop_relay.forwards`), each a
+  local endpoint paired with a remote socket; it listens on every local endpoint.
 * One SSH connection (the *link*) carries every local connection as its own channel. Each
   accepted connection is a :class:`TransportEnd` of a new :class:`Pump` whose channel is
   opened at once; the channel becomes the pump's other side once confirmed, and what the
@@ -9,7 +11,9 @@ Theory of operation:
 * Start-up: listen, spawn the server when asked, then connect with up to ``max_retries``
   attempts (each bounded by ``ssh_timeout``, delays from :class:`Backoff`). Host-key problems
   and a refused key end the start-up at once; they will not fix themselves.
-* Once linked, a probe channel to the remote socket must open before the role is ready.
+* Once linked, a probe channel to every forward's remote socket must open before the role is
+  ready; a forward whose socket is missing is reported by name and probed again, while the
+  other forwards serve connections.
 * When the link is lost, every forwarded connection on it is closed, the role turns not
   ready, and a background loop reconnects with the same backoff. A local connection accepted
   while the link is down waits up to ``ssh_timeout`` for it, then is closed with a reason.
@@ -19,17 +23,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import getpass
 import itertools
 import logging
 import time
+from collections.abc import Callable
 
 import asyncssh
 
 from container_desktop_relay import sshtune
 from container_desktop_relay.backoff import Backoff
 from container_desktop_relay.config import Config
-from container_desktop_relay.endpoints import Endpoint, Listener, open_listener, parse_endpoint
+from container_desktop_relay.endpoints import Endpoint, Listener, open_listener
 from container_desktop_relay.ends import ChannelEnd, TransportEnd
 from container_desktop_relay.errors import (
     AuthenticationRefused,
@@ -39,6 +45,7 @@ from container_desktop_relay.errors import (
     RelayError,
     TunnelUnavailable,
 )
+from container_desktop_relay.forwards import Forward, client_forwards
 from container_desktop_relay.hostkeys import HostKeyPolicy, host_key_algs
 from container_desktop_relay.idle import sweep_idle
 from container_desktop_relay.keys import load_private_key
@@ -112,7 +119,11 @@ class RelayClient:
         self.metrics = metrics
         self.state = state
         self.target = resolve_target(config)
-        self.endpoint: Endpoint = parse_endpoint(config.listen or config.named_pipe)
+        if config.forward:  # each forward names its socket; logs name the server only
+            self.target = dataclasses.replace(self.target, socket_path="")
+        #: every local endpoint and the remote socket it reaches (the single form is one)
+        self.forwards: list[Forward] = client_forwards(config)
+        self.endpoint: Endpoint = self.forwards[0].endpoint
         if bool(config.distribution) != bool(config.relay_program_path):
             raise ConfigError(
                 "invalid distribution/relay_program_path: spawning the server needs both "
@@ -126,11 +137,12 @@ class RelayClient:
         self.policy: HostKeyPolicy | None = None
         self.connects = 0
         self._identity: asyncssh.SSHKey | None = None
-        self._listener: Listener | None = None
+        self._listeners: list[Listener] = []
         self._supervisor: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._linked: set[Pump] = set()
+        self._forward_of: dict[Pump, Forward] = {}
         self._idle = asyncio.Event()
         self._closing = False
 
@@ -155,8 +167,9 @@ class RelayClient:
             expected_source=f"--identity-path {identity_path}",
         )
         try:
-            self._listener = await open_listener(self.endpoint, self._accept,
-                                                 buffer_size=config.buffer_size)
+            for fwd in self.forwards:
+                self._listeners.append(await open_listener(
+                    fwd.endpoint, self._acceptor(fwd), buffer_size=config.buffer_size))
             if self.spawning:
                 self.spawner = ServerProcess(config)
                 await self.spawner.start()
@@ -176,10 +189,10 @@ class RelayClient:
         )
 
     def stop_accepting(self) -> None:
-        """Stop listening (the socket file is removed); forwarded connections go on."""
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
+        """Stop listening (socket files are removed); forwarded connections go on."""
+        listeners, self._listeners = self._listeners, []
+        for listener in listeners:
+            listener.close()
 
     async def drain(self, timeout: float) -> int:
         """Wait up to ``timeout`` for forwarded connections to finish; returns how many remain."""
@@ -363,30 +376,49 @@ class RelayClient:
             self._link_up(conn)
 
     async def _probe_until_ready(self, conn: asyncssh.SSHClientConnection) -> None:
-        """Open a probe channel until one succeeds (ready) or the link closes."""
+        """Probe every forward's remote socket until all opened (ready) or the link closes.
+
+        Forwards whose probe failed are named in the log and in /ready's reason, and probed
+        again; the others serve connections meanwhile.
+        """
         backoff = Backoff(rng=self.backoff.rng)
         closed = asyncio.ensure_future(conn.wait_closed())
+        pending = list(self.forwards)
         try:
             while not closed.done():
-                error = await self.probe(conn)
-                if error is None:
+                errors = await asyncio.gather(*(self.probe(conn, fwd.remote) for fwd in pending))
+                failed = [(fwd, error) for fwd, error in zip(pending, errors, strict=True)
+                          if error is not None]
+                if not failed:
                     self.state.set_ready("linked")
-                    log.info("client_ready", extra={"remote": str(self.target),
-                                                    "endpoint": str(self.endpoint)})
+                    log.info("client_ready", extra={
+                        "remote": str(self.target), "endpoint": str(self.endpoint),
+                        "forwards": [str(fwd) for fwd in self.forwards]})
                     return
-                log.warning("probe_failed", extra={"remote": str(self.target),
-                                                   "error": error})
-                self.state.set_not_ready(f"remote socket unreachable: {error}")
+                for fwd, error in failed:
+                    log.warning("probe_failed", extra={"remote": str(self.target),
+                                                       "forward": fwd.name,
+                                                       "socket_path": fwd.remote,
+                                                       "error": error})
+                self.state.set_not_ready("remote socket unreachable: " + "; ".join(
+                    self._probe_reason(fwd, error) for fwd, error in failed))
+                pending = [fwd for fwd, _ in failed]
                 await asyncio.wait({closed}, timeout=backoff.next())
         finally:
             closed.cancel()
 
-    async def probe(self, conn: asyncssh.SSHClientConnection) -> str | None:
-        """Open and close a channel to the remote socket; None when it worked, else why not."""
+    def _probe_reason(self, fwd: Forward, error: str) -> str:
+        """The /ready reason part for a failed probe (named only when there are several)."""
+        return error if len(self.forwards) == 1 else f"{fwd.name} ({fwd.remote}): {error}"
+
+    async def probe(self, conn: asyncssh.SSHClientConnection,
+                    path: str | None = None) -> str | None:
+        """Open and close a channel to ``path`` (default: the first forward's remote socket);
+        None when it worked, else why not."""
         try:
             async with asyncio.timeout(self.config.ssh_timeout):
                 chan, _ = await conn.create_unix_connection(
-                    asyncssh.SSHUNIXSession, self.target.socket_path
+                    asyncssh.SSHUNIXSession, path or self.forwards[0].remote
                 )
                 chan.close()
                 await chan.wait_closed()
@@ -395,12 +427,17 @@ class RelayClient:
         return None
 
     # ------------------------------------------------------- local connections
-    def _accept(self) -> asyncio.Protocol:
-        """Protocol factory of the listener: a new end, its channel opening right away."""
+    def _acceptor(self, fwd: Forward) -> Callable[[], asyncio.Protocol]:
+        """The protocol factory of ``fwd``'s listener."""
+        return lambda: self._accept(fwd)
+
+    def _accept(self, fwd: Forward) -> asyncio.Protocol:
+        """A new end for a connection to ``fwd``'s endpoint, its channel opening right away."""
         config = self.config
-        pump = Pump(f"c-{next(_conn_ids)}", self.target.socket_path, self._finished)
+        pump = Pump(f"c-{next(_conn_ids)}", fwd.remote, self._finished)
+        self._forward_of[pump] = fwd
         end = TransportEnd(pump, CLIENT, config.buffer_size)
-        self.metrics.connection_started(pump)
+        self.metrics.connection_started(pump, fwd.name)
         conn = self.conn
         if self._closing:
             pump.close("shutting down")
@@ -434,7 +471,7 @@ class RelayClient:
 
     def _open_channel(self, pump: Pump, conn: asyncssh.SSHClientConnection) -> None:
         """Open ``pump``'s channel; the pump's target side is attached once it is confirmed."""
-        path = self.target.socket_path
+        path = pump.target
         started = time.monotonic()
 
         def opened(error: BaseException | None) -> None:
@@ -447,9 +484,10 @@ class RelayClient:
                 return
             self._linked.add(pump)
             if log.isEnabledFor(logging.INFO):  # per connection: skip building the fields
-                log.info("connection_opened", extra={"conn_id": pump.conn_id,
-                                                     "socket_path": path,
-                                                     "endpoint": str(self.endpoint)})
+                fwd = self._forward_of.get(pump)
+                log.info("connection_opened", extra={
+                    "conn_id": pump.conn_id, "socket_path": path,
+                    "endpoint": fwd.name if fwd is not None else str(self.endpoint)})
 
         try:
             sshtune.open_unix_channel(conn, path, lambda: ChannelEnd(pump, TARGET), opened)
@@ -464,6 +502,7 @@ class RelayClient:
     def _finished(self, pump: Pump) -> None:
         """A pump ended: account and log it once."""
         self._linked.discard(pump)
-        account_finished(self.metrics, pump, log)
+        fwd = self._forward_of.pop(pump, None)
+        account_finished(self.metrics, pump, log, fwd.name if fwd is not None else "")
         if not self.metrics.active:
             self._idle.set()

@@ -24,6 +24,7 @@ __all__ = [
     "Option",
     "Source",
     "config_fields",
+    "derived_port",
     "load_config",
 ]
 
@@ -105,12 +106,16 @@ class Config:
                                       "client default: off)", "bool")
     health_check_host: str = _opt("127.0.0.1", "address /health, /ready and /metrics bind to",
                                   "str")
-    health_check_port: int | None = _opt(None, "port of /health and /ready (server 20080, client "
-                                  "20081; 0 = any free port)", "int", minimum=0, maximum=65535)
+    health_check_port: int | None = _opt(None, "port of /health and /ready (default: the SSH port "
+                                         "+ 58 on the server, + 59 on the client, so 20080 and "
+                                         "20081 for SSH port 20022; 0 = any free port)", "int",
+                                         minimum=0, maximum=65535)
     metrics_enabled: bool | None = _opt(None, "serve /metrics (server default: on, client default: "
                                  "off)", "bool")
-    metrics_port: int | None = _opt(None, "port of /metrics (server 20090, client 20091; "
-                                    "0 = any free port)", "int", minimum=0, maximum=65535)
+    metrics_port: int | None = _opt(None, "port of /metrics (default: the SSH port + 68 on the "
+                                    "server, + 69 on the client, so 20090 and 20091 for SSH "
+                                    "port 20022; 0 = any free port)", "int", minimum=0,
+                                    maximum=65535)
     degraded_threshold: int = _opt(1000, "/health turns 503 'degraded' above this many active "
                                    "connections", "int", minimum=1)
     log_level: str = _opt("debug", "log level", "str", choices=LOG_LEVELS, env="LOG_LEVEL")
@@ -144,7 +149,13 @@ class Config:
     listen: str = _opt("", "local endpoint, unix:///path/relay.sock or npipe:////./pipe/NAME "
                        "(overrides --named-pipe)", "str", roles=CLIENT)
     ssh_connection: str = _opt("", "ssh://user@host:port/remote/socket/path (port 22 and "
-                               "/var/run/docker.sock when omitted)", "str", roles=CLIENT)
+                               "/var/run/docker.sock when omitted; with --forward, no path)",
+                               "str", roles=CLIENT)
+    forward: list[str] = _opt([], "LOCAL=REMOTE: carry local endpoint LOCAL (unix:///path or "
+                              "npipe:////./pipe/NAME) to the absolute socket path REMOTE on "
+                              "the server (repeatable; replaces --listen/--named-pipe and the "
+                              "path of --ssh-connection)", "list", roles=CLIENT,
+                              metavar="LOCAL=REMOTE")
     ssh_timeout: float = _opt(5.0, "bound on each SSH connect attempt and on how long a local "
                               "connection waits for the link", "duration", roles=CLIENT,
                               minimum=0.001)
@@ -156,6 +167,23 @@ class Config:
                                    "str", roles=CLIENT)
     tid_path: str = _opt("", "file that receives 'pid:tid' once the relay is ready", "path",
                          roles=CLIENT)
+    # --- not a setting ---
+    #: where each key given explicitly came from ("--port", "CDR_PORT", "config file x.json");
+    #: keys left at their defaults are absent.
+    sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def source_of(self, key: str) -> str | None:
+        """Where ``key`` was set (a flag, variable or config file), or None for its default."""
+        return self.sources.get(key)
+
+    def ssh_port(self, role: str) -> int:
+        """The SSH port this role's observability ports derive from: the server's own port;
+        for the client, the port of ``--ssh-connection`` (else ``--port``)."""
+        if role == "client" and self.ssh_connection:
+            from container_desktop_relay.sshurl import parse_ssh_url
+
+            return parse_ssh_url(self.ssh_connection).port
+        return self.port
 
     def effective_health_enabled(self, role: str) -> bool:
         """Whether /health and /ready are served for ``role``."""
@@ -170,15 +198,15 @@ class Config:
         return bool(self.metrics_enabled)
 
     def effective_health_port(self, role: str) -> int:
-        """The /health port for ``role`` (its default when unset)."""
+        """The /health port for ``role``: when unset, derived from its SSH port."""
         if self.health_check_port is None:
-            return 20080 if role == "server" else 20081
+            return derived_port(self.ssh_port(role), HEALTH_OFFSETS[role])
         return int(self.health_check_port)
 
     def effective_metrics_port(self, role: str) -> int:
-        """The /metrics port for ``role`` (its default when unset)."""
+        """The /metrics port for ``role``: when unset, derived from its SSH port."""
         if self.metrics_port is None:
-            return 20090 if role == "server" else 20091
+            return derived_port(self.ssh_port(role), METRICS_OFFSETS[role])
         return int(self.metrics_port)
 
     def path(self, key: str) -> Path:
@@ -195,9 +223,20 @@ class Config:
         return out
 
 
+#: default observability port = SSH port + offset (20022 gives the spec's 20080 and 20090)
+HEALTH_OFFSETS = {"server": 58, "client": 59}
+METRICS_OFFSETS = {"server": 68, "client": 69}
+
+
+def derived_port(ssh_port: int, offset: int) -> int:
+    """``ssh_port + offset``; past 65535 it wraps around to 1024 and up."""
+    port = ssh_port + offset
+    return port if port <= 65535 else 1024 + (port - 65536) % 64512
+
+
 def config_fields() -> list[tuple[dataclasses.Field[Any], Option]]:
     """Every configuration field with its :class:`Option`, in declaration order."""
-    return [(f, f.metadata["cdr"]) for f in dataclasses.fields(Config)]
+    return [(f, f.metadata["cdr"]) for f in dataclasses.fields(Config) if "cdr" in f.metadata]
 
 
 _FIELDS = {f.name: (f, opt) for f, opt in config_fields()}
@@ -357,6 +396,14 @@ def env_values(environ: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+def _env_source(name: str, environ: Mapping[str, str]) -> str:
+    """The variable that set ``name`` (the CDR_ one wins over an unprefixed alias)."""
+    _, opt = _FIELDS[name]
+    found = [var for var in filter(None, (opt.env, ENV_PREFIX + name.upper()))
+             if environ.get(var, "") != ""]
+    return found[-1]
+
+
 def flag_values(flags: Mapping[str, Any]) -> dict[str, Any]:
     """Typed values from parsed flags (strings as typed on the command line).
 
@@ -385,12 +432,19 @@ def load_config(
     """
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     path = config_path or environ.get(ENV_PREFIX + "CONFIG") or None
     if path:
-        values.update(read_config_file(path))
-    values.update(env_values(environ))
-    values.update(flag_values(flags or {}))
-    config = Config(**values)
+        from_file = read_config_file(path)
+        values.update(from_file)
+        sources.update(dict.fromkeys(from_file, f"config file {path}"))
+    from_env = env_values(environ)
+    values.update(from_env)
+    sources.update({name: _env_source(name, environ) for name in from_env})
+    from_flags = flag_values(flags or {})
+    values.update(from_flags)
+    sources.update({name: "--" + name.replace("_", "-") for name in from_flags})
+    config = Config(**values, sources=sources)
     _cross_check(config)
     return config
 
@@ -410,6 +464,10 @@ def _cross_check(config: Config) -> None:
         from container_desktop_relay.endpoints import parse_endpoint
 
         parse_endpoint(config.listen)
+    if config.forward:
+        from container_desktop_relay.forwards import client_forwards
+
+        client_forwards(config)
 
 
 def iter_keys() -> Iterable[str]:

@@ -1,4 +1,4 @@
-"""``docker-context``: a Docker CLI context pointing at the client's local endpoint."""
+"""``docker-context``: a Docker CLI context for each of the client's local endpoints."""
 
 from __future__ import annotations
 
@@ -13,24 +13,55 @@ from collections.abc import Sequence
 from container_desktop_relay.config import Config, load_config
 from container_desktop_relay.errors import ConfigError, RelayError
 
-__all__ = ["build_parser", "docker_host", "main"]
+__all__ = ["build_parser", "context_names", "docker_host", "docker_hosts", "main"]
 
 # The Docker CLI's own rule for context names.
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.+-]+$")
 
 
 def docker_host(config: Config) -> str:
-    """The DOCKER_HOST form of the client's endpoint: ``unix:///path`` or ``npipe:////./pipe/N``.
+    """The DOCKER_HOST form of the client's (first) endpoint: ``unix:///path`` or
+    ``npipe:////./pipe/N``.
 
     Raises:
-        ConfigError: the endpoint URL is malformed.
+        ConfigError: the endpoint URL or a forward is malformed.
     """
-    from container_desktop_relay.endpoints import parse_endpoint
+    return docker_hosts(config)[0]
 
-    endpoint = parse_endpoint(config.listen or config.named_pipe)
-    if endpoint.scheme == "unix":
-        return "unix://" + endpoint.address
-    return "npipe://" + endpoint.address.replace("\\", "/")
+
+def docker_hosts(config: Config) -> list[str]:
+    """The DOCKER_HOST form of every local endpoint of the client, one per forward.
+
+    Raises:
+        ConfigError: the endpoint URL or a forward is malformed.
+    """
+    from container_desktop_relay.forwards import client_forwards
+
+    hosts = []
+    for fwd in client_forwards(config):
+        endpoint = fwd.endpoint
+        if endpoint.scheme == "unix":
+            hosts.append("unix://" + endpoint.address)
+        else:
+            hosts.append("npipe://" + endpoint.address.replace("\\", "/"))
+    return hosts
+
+
+def context_names(names: Sequence[str], count: int) -> list[str]:
+    """One context name per forward: the names as given, or ``NAME-1``.. from one name.
+
+    Raises:
+        ConfigError: a name the Docker CLI refuses, or a count that matches neither.
+    """
+    if len(names) == 1 and count > 1:
+        names = [f"{names[0]}-{i}" for i in range(1, count + 1)]
+    if len(names) != count:
+        raise ConfigError(f"invalid context names {' '.join(names)}: give one name per forward "
+                          f"({count}), or one name to number them")
+    for name in names:
+        if not _NAME.match(name):
+            raise ConfigError(f"invalid context name {name!r}: must match {_NAME.pattern}")
+    return list(names)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,9 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _new_parser(
         f"{PROG} docker-context",
         "Print (or, with --create, run) the docker command that makes a context for the "
-        "client's endpoint; then 'docker context use NAME'.",
+        "client's endpoint (one per --forward); then 'docker context use NAME'.",
     )
-    parser.add_argument("name", metavar="NAME", help="the Docker context name")
+    parser.add_argument("names", metavar="NAME", nargs="+",
+                        help="the Docker context name; with several --forward, one name per "
+                             "forward, or one name that becomes NAME-1, NAME-2, ...")
     parser.add_argument("--create", action="store_true",
                         help="run docker context create (or update, when NAME exists)")
     add_config_flags(parser, ("client",))
@@ -61,22 +94,40 @@ def main(argv: Sequence[str]) -> int:
         RelayError: the docker CLI is missing or refused (exit 1).
     """
     args = vars(build_parser().parse_args(list(argv)))
-    name, create = args.pop("name"), args.pop("create")
-    if not _NAME.match(name):
-        raise ConfigError(f"invalid context name {name!r}: must match {_NAME.pattern}")
+    names, create = args.pop("names"), args.pop("create")
+    for name in names:
+        if not _NAME.match(name):
+            raise ConfigError(f"invalid context name {name!r}: must match {_NAME.pattern}")
     config = load_config(args, config_path=args.pop("config_file", None))
-    host = docker_host(config)
-    description = "container-desktop-relay client endpoint"
-    command = ["docker", "context", "create", name, "--description", description,
-               "--docker", f"host={host}"]
+    hosts = docker_hosts(config)
+    names = context_names(names, len(hosts))
     if not create:
-        print(_join(command))
-        print(_join(["docker", "context", "use", name]))
+        for name, host in zip(names, hosts, strict=True):
+            print(_join(_create_command(name, host)))
+        print(_join(["docker", "context", "use", names[0]]))
         return 0
     docker = shutil.which("docker")
     if docker is None:
         raise RelayError("the docker CLI is not on PATH; install it or run the printed "
                          "command elsewhere (drop --create)")
+    for name, host in zip(names, hosts, strict=True):
+        _create(docker, name, host)
+    return 0
+
+
+def _create_command(name: str, host: str) -> list[str]:
+    description = "container-desktop-relay client endpoint"
+    return ["docker", "context", "create", name, "--description", description,
+            "--docker", f"host={host}"]
+
+
+def _create(docker: str, name: str, host: str) -> None:
+    """Create (or update) context ``name`` for ``host`` with the docker CLI.
+
+    Raises:
+        RelayError: the docker CLI refused.
+    """
+    command = _create_command(name, host)
     exists = subprocess.run([docker, "context", "inspect", name], capture_output=True,
                             stdin=subprocess.DEVNULL).returncode == 0
     if exists:
@@ -89,4 +140,3 @@ def main(argv: Sequence[str]) -> int:
                          f"{reason[-1] if reason else f'exit {result.returncode}'}")
     print(f"{'updated' if exists else 'created'} docker context {name} ({host}); "
           f"use it: docker context use {name}")
-    return 0

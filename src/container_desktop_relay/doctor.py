@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import stat
@@ -23,7 +24,9 @@ import asyncssh
 from container_desktop_relay import sshtune
 from container_desktop_relay.config import Config, load_config
 from container_desktop_relay.durations import parse_duration
+from container_desktop_relay.endpoints import Endpoint
 from container_desktop_relay.errors import ConfigError, RelayError
+from container_desktop_relay.forwards import Forward
 
 __all__ = ["Check", "Doctor", "build_parser", "main", "ping_stream"]
 
@@ -107,7 +110,7 @@ class Doctor:
     _identity: asyncssh.SSHKey | None = None
     _host_key: asyncssh.SSHKey | None = None
     _conn: asyncssh.SSHClientConnection | None = None
-    _stream: tuple[Any, Any] | None = None
+    _streams: list[tuple[str, Any, Any]] = field(default_factory=list)
 
     async def run(self, report: Callable[[Check], None] | None = None) -> list[Check]:
         """Every check in order (dependent ones skipped after a failure); ``report`` sees each
@@ -167,7 +170,18 @@ class Doctor:
                          "container-desktop-relay config-docs)")
         from container_desktop_relay.client import resolve_target
 
-        return f"server {resolve_target(self.cfg)}, local endpoint {self._endpoint_url()}"
+        forwards = self._forwards()
+        if len(forwards) == 1:
+            return f"server {resolve_target(self.cfg)}, local endpoint {self._endpoint_url()}"
+        target = resolve_target(self.cfg)
+        return (f"server ssh://{target.user}@{target.host}:{target.port}, forwards "
+                + ", ".join(str(fwd) for fwd in forwards))
+
+    def _forwards(self) -> list[Forward]:
+        """The client's forwards (the single form is one)."""
+        from container_desktop_relay.forwards import client_forwards
+
+        return client_forwards(self.cfg)
 
     async def check_patches(self) -> str:
         rep = sshtune.apply(self.cfg.asyncssh_patches)
@@ -210,6 +224,11 @@ class Doctor:
 
         assert self._identity is not None
         path = self.cfg.path("authorized_keys_path")
+        used = self._authorized_keys_use()
+        if used is None:
+            return (f"not used: this client does not spawn its server and {path} was not "
+                    "given, so the server's own authorized_keys decides (see "
+                    "'authentication')")
         try:
             check_not_writable_by_others(path, "authorized keys")
             listed = read_authorized_keys(path)
@@ -226,13 +245,30 @@ class Doctor:
                 raise Failed(f"{path} line {entry.lineno} lists the identity's public key, but "
                              f"{why}", f"remove that option from {path} line {entry.lineno}")
             limit = f' (only from="{entry.option("from")}")' if entry.option("from") else ""
-            return f"{path} line {entry.lineno} holds the identity's public key{limit}"
+            return (f"{path} line {entry.lineno} holds the identity's public key{limit} "
+                    f"({used})")
         where = "does not exist" if not path.exists() else "does not hold the identity's key"
         raise Failed(
             f"{path} {where}",
             f"container-desktop-relay keygen --identity-path {self.cfg.path('identity_path')} "
             f"--authorized-keys-path {path} (keeps the key, appends its public half)",
         )
+
+    def _authorized_keys_use(self) -> str | None:
+        """Why this set-up reads ``authorized_keys_path``, or None when it never does.
+
+        The client itself never reads it: a server it spawns does, ``--generate-key-pair``
+        appends to it, and a path given explicitly names the file of a server on this machine.
+        """
+        cfg = self.cfg
+        if cfg.distribution:
+            return "the server this client spawns authorizes keys from it"
+        if cfg.generate_key_pair:
+            return "--generate-key-pair adds the key to it"
+        source = cfg.source_of("authorized_keys_path")
+        if source is not None:
+            return f"given by {source} for the server on this machine"
+        return None
 
     async def check_known_hosts(self) -> str:
         from container_desktop_relay.client import resolve_target
@@ -358,49 +394,73 @@ class Doctor:
         return f"logged in as {target.user} with {identity}"
 
     async def check_channel(self) -> str:
-        from container_desktop_relay.client import resolve_target
-
+        """A channel to every forward's remote socket opens (a missing one named)."""
         assert self._conn is not None
-        path = resolve_target(self.cfg).socket_path
-        try:
-            reader, writer = await self._conn.open_unix_connection(path)
-        except asyncssh.ChannelOpenError as exc:
+        forwards = self._forwards()
+        refused: list[str] = []
+        for fwd in forwards:
+            try:
+                reader, writer = await self._conn.open_unix_connection(fwd.remote)
+            except asyncssh.ChannelOpenError as exc:
+                named = f" (forward {fwd.name})" if len(forwards) > 1 else ""
+                refused.append(f"{fwd.remote}{named}: {exc.reason}")
+                continue
+            self._streams.append((fwd.remote, reader, writer))
+        if refused:
+            for _, _, writer in self._streams:
+                writer.close()
+            self._streams.clear()
+            where = ("--forward LOCAL=REMOTE" if self.cfg.forward
+                     else "--ssh-connection ssh://user@host:port/path")
             raise Failed(
-                f"the server refused a channel to {path}: {exc.reason}",
+                "the server refused a channel to " + "; to ".join(refused),
                 "start the container engine that owns that socket (e.g. systemctl start "
-                "docker, or podman system service) or point --ssh-connection "
-                "ssh://user@host:port/path at its socket",
-            ) from None
-        self._stream = (reader, writer)
-        return f"a direct-streamlocal channel to {path} opened"
+                f"docker, or podman system service) or point {where} at its socket",
+            )
+        return ("a direct-streamlocal channel to "
+                + ", ".join(path for path, _, _ in self._streams) + " opened")
 
     async def check_remote_ping(self) -> str:
-        from container_desktop_relay.client import resolve_target
-
-        assert self._stream is not None
-        path = resolve_target(self.cfg).socket_path
-        reader, writer = self._stream
-        try:
-            wrong = await ping_stream(reader, writer, self.timeout)
-        finally:
-            writer.close()
-        if wrong:
-            raise Failed(f"{path} {wrong} to GET /_ping",
-                         f"point --ssh-connection at the Docker API socket; {path} is "
-                         "something else")
-        return f"{path} answers GET /_ping with OK"
+        """Every remote socket answers the Docker API's GET /_ping."""
+        assert self._streams
+        wrongs: list[str] = []
+        for path, reader, writer in self._streams:
+            try:
+                wrong = await ping_stream(reader, writer, self.timeout)
+            finally:
+                writer.close()
+            if wrong:
+                wrongs.append(f"{path} {wrong} to GET /_ping")
+        if wrongs:
+            where = "--forward's REMOTE" if self.cfg.forward else "--ssh-connection"
+            raise Failed("; ".join(wrongs),
+                         f"point {where} at the Docker API socket; "
+                         f"{wrongs[0].split(' ')[0]} is something else")
+        verb = " answers" if len(self._streams) == 1 else " answer"
+        return ", ".join(path for path, _, _ in self._streams) + verb + " GET /_ping with OK"
 
     def _endpoint_url(self) -> str:
         return self.cfg.listen or self.cfg.named_pipe
 
     async def check_local(self) -> str:
-        from container_desktop_relay.endpoints import parse_endpoint
+        """Every local endpoint is the client's and answers GET /_ping end to end."""
+        details = []
+        for fwd in self._forwards():
+            details.append(await self._check_endpoint(fwd.endpoint))
+        return "; ".join(details)
 
-        endpoint = parse_endpoint(self._endpoint_url())
+    def _start_fix(self, endpoint: Endpoint) -> str:
         from container_desktop_relay.client import resolve_target
 
-        start = ("start the client: container-desktop-relay client --listen "
-                 f"{endpoint.url} --ssh-connection {resolve_target(self.cfg)}")
+        if self.cfg.forward:
+            return ("start the client: container-desktop-relay client "
+                    + " ".join(f"--forward {fwd}" for fwd in self._forwards())
+                    + f" --ssh-connection {self.cfg.ssh_connection}")
+        return ("start the client: container-desktop-relay client --listen "
+                f"{endpoint.url} --ssh-connection {resolve_target(self.cfg)}")
+
+    async def _check_endpoint(self, endpoint: Endpoint) -> str:
+        start = self._start_fix(endpoint)
         if endpoint.scheme == "npipe":
             if sys.platform != "win32":
                 raise Failed(f"{endpoint.url} is a Windows named pipe; this is not Windows",
@@ -465,43 +525,88 @@ class Doctor:
         return f"{address} answers GET /_ping end to end"
 
     async def check_observability(self) -> str:
+        """The client's endpoints answer; a default port taken by something else only means
+        they are not served (the client relays on), so that is no failure."""
         cfg = self.cfg
         host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(
             cfg.health_check_host, cfg.health_check_host)
-        wanted: list[tuple[int, str]] = []
+        wanted: list[tuple[int, str, bool]] = []  # (port, path, set explicitly)
         if cfg.effective_health_enabled("client"):
             port = cfg.effective_health_port("client")
-            wanted += [(port, "/health"), (port, "/ready")]
+            explicit = cfg.health_check_port is not None
+            wanted += [(port, "/ready", explicit), (port, "/health", explicit)]
         if cfg.effective_metrics_enabled("client"):
-            wanted.append((cfg.effective_metrics_port("client"), "/metrics"))
+            wanted.append((cfg.effective_metrics_port("client"), "/metrics",
+                           cfg.metrics_port is not None))
         if not wanted:
             return "not enabled for the client (--health-check-enabled, --metrics-enabled)"
-        unknown = sorted({path for port, path in wanted if port == 0})
-        urls = [f"http://{host}:{port}{path}" for port, path in wanted if port != 0]
-        if urls:
-            await self._get_all(urls)
-        note = (f"; {', '.join(unknown)} not checked: port 0 means any free port, pass the "
-                "bound one (log event observability_listening) as --health-check-port / "
-                "--metrics-port") if unknown else ""
-        return (", ".join(urls) + " answer 200" if urls else "nothing to check") + note
+        unknown = sorted({path for port, path, _ in wanted if port == 0})
+        checked = [(host, port, path, explicit) for port, path, explicit in wanted if port != 0]
+        answered, unserved = await self._get_all(checked, cfg.ssh_port("client"))
+        parts = []
+        if answered:
+            parts.append(", ".join(answered) + " answer 200")
+        if unserved:
+            parts.append(", ".join(unserved) + " not served (default port taken: the client "
+                         "logs observability_port_in_use and relays on)")
+        if unknown:
+            parts.append(f"{', '.join(unknown)} not checked: port 0 means any free port, pass "
+                         "the bound one (log event observability_listening) as "
+                         "--health-check-port / --metrics-port")
+        return "; ".join(parts) if parts else "nothing to check"
 
-    async def _get_all(self, urls: list[str]) -> None:
+    async def _get_all(self, urls: list[tuple[str, int, str, bool]],
+                       ssh_port: int) -> tuple[list[str], list[str]]:
+        """GET each (host, port, path): (URLs that answered 200, default-port ones that are not
+        served). /ready comes first: it names the relay, so its port's other paths follow it.
+
+        Raises:
+            Failed: an explicitly set port does not answer (or answers for another relay), or
+                an endpoint answers with an error status.
+        """
         import aiohttp
 
+        answered: list[str] = []
+        unserved: list[str] = []
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            for url in urls:
+            elsewhere: set[int] = set()  # default ports held by someone else
+            for host, port, path, explicit in urls:
+                url = f"http://{host}:{port}{path}"
+                if port in elsewhere:
+                    unserved.append(url)
+                    continue
+                body: Any = None
                 try:
                     async with session.get(url) as response:
                         status = response.status
+                        if url.endswith("/ready"):
+                            with contextlib.suppress(ValueError, aiohttp.ContentTypeError):
+                                body = await response.json(content_type=None)
                 except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    if not explicit:
+                        elsewhere.add(port)
+                        unserved.append(url)
+                        continue
                     raise Failed(f"{url} does not answer: {_reason(exc)}",
                                  "check --health-check-port/--metrics-port match the running "
                                  "client, and that it was started with them enabled") from None
+                other = body.get("ssh_port") if isinstance(body, dict) else None
+                if isinstance(other, int) and other != ssh_port:
+                    if not explicit:
+                        elsewhere.add(port)
+                        unserved.append(url)
+                        continue
+                    raise Failed(f"{url} answers for the relay on SSH port {other}, not "
+                                 f"{ssh_port}",
+                                 "give this client its own --health-check-port / "
+                                 "--metrics-port, or leave them unset")
                 if status != 200:
                     raise Failed(f"{url} answered {status}",
                                  "/ready is 503 while the SSH link is down and /health 503 "
                                  "when degraded: see the client's log and the checks above")
+                answered.append(url)
+        return answered, unserved
 
 
 def _reason(exc: BaseException) -> str:

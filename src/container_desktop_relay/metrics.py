@@ -112,14 +112,18 @@ class Metrics:
         self.duration_hist = Histogram(DURATION_BUCKETS)
         self.open_latency_hist = Histogram(OPEN_LATENCY_BUCKETS)
         self.channel_open_failures = 0
+        #: client role: connections accepted per forward (its local endpoint URL)
+        self.forward_connections: dict[str, int] = {}
         #: called after every finished connection (e.g. the idle memory trimmer)
         self.listeners: list[Callable[[], None]] = []
 
     # ---------------------------------------------------------------- feed
-    def connection_started(self, pump: Pump) -> None:
-        """A forwarded connection was accepted."""
+    def connection_started(self, pump: Pump, forward: str = "") -> None:
+        """A forwarded connection was accepted (by the client's forward ``forward``)."""
         self.total_connections += 1
         self.active.add(pump)
+        if forward:
+            self.forward_connections[forward] = self.forward_connections.get(forward, 0) + 1
 
     def connection_finished(self, pump: Pump) -> None:
         """A forwarded connection ended (both sides closed)."""
@@ -177,8 +181,10 @@ class Metrics:
         )
 
 
-def account_finished(metrics: Metrics, pump: Pump, logger: logging.Logger) -> None:
-    """Count a finished forwarded connection (and its failure), and log its one close event."""
+def account_finished(metrics: Metrics, pump: Pump, logger: logging.Logger,
+                     forward: str = "") -> None:
+    """Count a finished forwarded connection (and its failure), and log its one close event
+    (with the client's ``forward`` when given)."""
     import asyncssh
 
     metrics.connection_finished(pump)
@@ -187,14 +193,14 @@ def account_finished(metrics: Metrics, pump: Pump, logger: logging.Logger) -> No
         metrics.error(kind, f"{pump.conn_id}: {pump.reason}")
     if not logger.isEnabledFor(logging.INFO):  # per connection: skip building the fields
         return
-    logger.info(
-        "connection_closed",
-        extra={
-            "conn_id": pump.conn_id,
-            "socket_path": pump.target,
-            "bytes_up": pump.up,
-            "bytes_down": pump.down,
-            "duration_ms": round(pump.duration * 1000, 3),
-            "reason": pump.reason,
-        },
-    )
+    extra = {
+        "conn_id": pump.conn_id,
+        "socket_path": pump.target,
+        "bytes_up": pump.up,
+        "bytes_down": pump.down,
+        "duration_ms": round(pump.duration * 1000, 3),
+        "reason": pump.reason,
+    }
+    if forward:
+        extra["endpoint"] = forward
+    logger.info("connection_closed", extra=extra)

@@ -5,13 +5,16 @@ handler reads the live
 :class:`~container_desktop_relay.metrics.Metrics` and
 :class:`~container_desktop_relay.state.RoleState` in O(active connections) without awaiting,
 so a scrape never stalls the data path. When the health and metrics ports are equal (including
-both 0), one server carries all three paths.
+both 0), one server carries all three paths. Observability never stops relaying on its own: a
+port left at its default that is taken is logged (``observability_port_in_use``) and not served;
+only a port set explicitly stops the start when it is taken.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from container_desktop_relay import prometheus, sshfix
 from container_desktop_relay.config import Config
 from container_desktop_relay.durations import format_duration
-from container_desktop_relay.errors import ListenError
+from container_desktop_relay.errors import ConfigError, ListenError
 from container_desktop_relay.httpserve import HttpServer, Request, Response, json_response
 from container_desktop_relay.log import get_logger
 from container_desktop_relay.metrics import Metrics, Snapshot
@@ -74,14 +77,19 @@ def health_view(snap: Snapshot, state: RoleState, threshold: int,
     return (503 if degraded else 200), body
 
 
-def ready_view(state: RoleState) -> tuple[int, dict[str, Any]]:
-    """The /ready status code and body: 200 only when the role can serve a connection now."""
+def ready_view(state: RoleState, ssh_port: int | None = None) -> tuple[int, dict[str, Any]]:
+    """The /ready status code and body: 200 only when the role can serve a connection now.
+
+    ``ssh_port`` (the server's own SSH port, or the one the client connects to) lets ``status``
+    tell this relay's endpoints from another relay's on the same port.
+    """
     body = {
         "status": "ready" if state.ready else "not ready",
         "reason": state.reason,
         "role": state.role,
         "link_up": state.link_up,
         "asyncssh_patches": sshfix.report(),
+        "ssh_port": ssh_port,
     }
     return (200 if state.ready else 503), body
 
@@ -159,7 +167,7 @@ _ALLOW = "GET, HEAD"
 
 def make_handler(metrics: Metrics, state: RoleState, *, threshold: int,
                  paths: frozenset[str] = frozenset({HEALTH, METRICS}),
-                 ) -> Callable[[Request], Response]:
+                 ssh_port: int | None = None) -> Callable[[Request], Response]:
     """The request handler serving /health and /ready (``health``) and/or /metrics."""
     registry = prometheus.make_registry(metrics, state)
 
@@ -168,7 +176,7 @@ def make_handler(metrics: Metrics, state: RoleState, *, threshold: int,
         return json_response(body, status, _NO_STORE)
 
     def ready() -> Response:
-        status, body = ready_view(state)
+        status, body = ready_view(state, ssh_port)
         return json_response(body, status, _NO_STORE)
 
     def metrics_page(request: Request) -> Response:
@@ -216,6 +224,8 @@ class Observability:
         self.host = config.health_check_host
         #: bound ports once started: {"health": port, "metrics": port} for the enabled ones.
         self.ports: dict[str, int] = {}
+        #: default ports that were taken, so not served: {"health": port, ...}
+        self.unserved: dict[str, int] = {}
         self._servers: list[HttpServer] = []
 
     def plan(self) -> list[tuple[int, frozenset[str]]]:
@@ -231,17 +241,31 @@ class Observability:
             merged.setdefault(port, set()).add(what)
         return [(port, frozenset(paths)) for port, paths in merged.items()]
 
+    def _origin(self, paths: frozenset[str]) -> tuple[str, str] | None:
+        """(key, where it was set) of the first explicitly set port among ``paths``."""
+        for what, key in ((HEALTH, "health_check_port"), (METRICS, "metrics_port")):
+            if what in paths and getattr(self.config, key) is not None:
+                return key, self.config.source_of(key) or "the configuration"
+        return None
+
     async def start(self) -> dict[str, int]:
         """Bind every planned server; return the bound ports by endpoint group.
 
+        A port left at its default that is in use is logged as ``observability_port_in_use``
+        and recorded in :attr:`unserved`; the role runs on without those endpoints.
+
         Raises:
-            ListenError: a port cannot be bound (in use, bad address); nothing stays bound.
+            ConfigError: an explicitly set port is in use (exit 2); nothing stays bound.
+            ListenError: a port cannot be bound for another reason; nothing stays bound.
         """
         try:
             for port, paths in self.plan():
                 bound = await self._start_one(port, paths)
                 for what in paths:
-                    self.ports[what] = bound
+                    if bound:
+                        self.ports[what] = bound
+                    else:
+                        self.unserved[what] = port
         except BaseException:
             await self.stop()
             raise
@@ -255,8 +279,10 @@ class Observability:
         return dict(self.ports)
 
     async def _start_one(self, port: int, paths: frozenset[str]) -> int:
+        """Serve ``paths`` on ``port``; the bound port, or 0 when a default port is taken."""
         handler = make_handler(self.metrics, self.state,
-                               threshold=self.config.degraded_threshold, paths=paths)
+                               threshold=self.config.degraded_threshold, paths=paths,
+                               ssh_port=self.config.ssh_port(self.state.role))
         server = HttpServer(handler)
         what = " and ".join(sorted("/health, /ready" if p == HEALTH else "/metrics"
                                    for p in paths))
@@ -264,7 +290,19 @@ class Observability:
             bound = await server.start(self.host, port)
         except OSError as exc:  # asyncio rewrites strerror; the errno says it plainly
             why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-            raise ListenError(f"cannot listen for {what} on {self.host}:{port}: {why}") from None
+            message = f"cannot listen for {what} on {self.host}:{port}: {why}"
+            if exc.errno != errno.EADDRINUSE:
+                raise ListenError(message) from None
+            origin = self._origin(paths)
+            if origin is not None:
+                key, source = origin
+                raise ConfigError(f"{message} ({key}={port} from {source}: choose a free "
+                                  "port, 0 for any, or leave it unset)") from None
+            log.warning("observability_port_in_use", extra={
+                "host": self.host, "port": port, "endpoints": what,
+                "error": f"{message}; relaying goes on without them",
+            })
+            return 0
         self._servers.append(server)
         return bound
 

@@ -97,6 +97,13 @@ class RelayCollector(Collector):
                                              m.other_errors), strict=True):
             errors.add_metric([role, kind], value)
         yield errors
+        if m.forward_connections:
+            forwards = CounterMetricFamily("cdr_forward_connections", "Client role: forwarded "
+                                           "connections accepted per forward (local endpoint).",
+                                           labels=["role", "forward"])
+            for name, value in m.forward_connections.items():
+                forwards.add_metric([role, name], value)
+            yield forwards
         yield _histogram("cdr_connection_duration_seconds",
                          "Lifetime of finished forwarded connections.", role, m.duration_hist)
         yield _histogram("cdr_channel_open_latency_seconds",

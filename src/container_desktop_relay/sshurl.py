@@ -8,7 +8,7 @@ from urllib.parse import unquote, urlsplit
 
 from container_desktop_relay.errors import ConfigError
 
-__all__ = ["DEFAULT_REMOTE_SOCKET", "SSHTarget", "parse_ssh_url"]
+__all__ = ["DEFAULT_REMOTE_SOCKET", "SSHTarget", "has_socket_path", "parse_ssh_url"]
 
 DEFAULT_REMOTE_SOCKET = "/var/run/docker.sock"
 
@@ -23,6 +23,7 @@ class SSHTarget:
     socket_path: str
 
     def __str__(self) -> str:
+        """The URL; without a socket path (a client with --forward) it names the server only."""
         return f"ssh://{self.user}@{self.host}:{self.port}{self.socket_path}"
 
 
@@ -49,3 +50,11 @@ def parse_ssh_url(text: str, *, default_port: int = 22) -> SSHTarget:
     if port == 0:
         raise ConfigError(f"invalid ssh_connection={text}: port must be 1-65535")
     return SSHTarget(user=user, host=parts.hostname, port=port or default_port, socket_path=path)
+
+
+def has_socket_path(text: str) -> bool:
+    """Whether the ``ssh://`` URL ``text`` names a remote socket path (anything after the port)."""
+    try:
+        return bool(urlsplit(text).path)
+    except ValueError:
+        return False

@@ -2,7 +2,8 @@
 
 Prints a short table (or ``--json``) and exits 0 when the relay is healthy and ready, 1 when it
 answers but is degraded, not ready or only partly reachable, and 2 when nothing answers (or on
-bad usage).
+bad usage). Default ports derive from the SSH port (``--port``); when they answer for a relay on
+another SSH port, this relay's endpoints are reported as not served (exit 2).
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class Report:
     health: Answer
     ready: Answer
     metrics: Answer | None
+    #: the SSH port of the relay that answered, when it is not the one asked about
+    other_relay: int | None = None
 
     @property
     def healthy(self) -> bool:
@@ -74,7 +77,7 @@ class Report:
     def exit_code(self) -> int:
         """0 healthy and ready, 2 nothing answered, else 1."""
         answers = [self.health, self.ready] + ([self.metrics] if self.metrics else [])
-        if not any(a.answered for a in answers):
+        if self.other_relay is not None or not any(a.answered for a in answers):
             return EXIT_UNREACHABLE
         return EXIT_OK if self.healthy and self.is_ready else EXIT_UNHEALTHY
 
@@ -84,6 +87,8 @@ class Report:
             "healthy": self.healthy,
             "ready": self.is_ready,
             "exit_code": self.exit_code,
+            "served": self.exit_code != EXIT_UNREACHABLE,
+            "other_relay_ssh_port": self.other_relay,
             "health": self.health.as_json(),
             "readiness": self.ready.as_json(),
             "metrics": self.metrics.as_json() if self.metrics else None,
@@ -202,11 +207,15 @@ def build_status_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", "-host", dest="health_check_host", metavar="ADDRESS",
                         help="address the endpoints listen on (default: health_check_host, "
                              "127.0.0.1)")
+    parser.add_argument("--port", "-port", metavar="N",
+                        help="the relay's SSH port (the server's own, the one a client connects "
+                             "to); the default endpoint ports derive from it (default: 20022)")
     parser.add_argument("--health-check-port", "-health-check-port", metavar="N",
-                        help="port of /health and /ready (default: the role's, 20080 server, "
-                             "20081 client)")
+                        help="port of /health and /ready (default: SSH port + 58 for a server, "
+                             "+ 59 for a client: 20080, 20081)")
     parser.add_argument("--metrics-port", "-metrics-port", metavar="N",
-                        help="port of /metrics (default: the role's, 20090 server, 20091 client)")
+                        help="port of /metrics (default: SSH port + 68 for a server, + 69 for "
+                             "a client: 20090, 20091)")
     parser.add_argument("--config", "-config", metavar="FILE", dest="config_file",
                         help="the relay's JSON config file (ports and host are read from it)")
     parser.add_argument("--role", "-role", choices=("server", "client"),
@@ -232,7 +241,7 @@ def main(argv: Sequence[str]) -> int:
     if timeout <= 0:
         raise ConfigError(f"invalid --timeout={args.timeout}: must be a duration greater than 0")
     flags = {key: getattr(args, key) for key in ("health_check_host", "health_check_port",
-                                                 "metrics_port")}
+                                                 "metrics_port", "port")}
     config = load_config(flags, config_path=args.config_file)
     role = args.role or _platform_role()
     host = _WILDCARDS.get(config.health_check_host, config.health_check_host)
@@ -246,8 +255,22 @@ def main(argv: Sequence[str]) -> int:
     elif metrics_port == 0:  # both ports 0 share one server; otherwise /metrics answers 404
         metrics_port = health_port
     report = asyncio.run(query(host, health_port, metrics_port, timeout))
+    # Which relay answered matters when the port was derived from an SSH port (or one given).
+    ssh_port = config.ssh_port(role)
+    answered_for = _field(report.ready, "ssh_port")
+    derived = config.health_check_port is None or config.source_of("port") is not None
+    if derived and isinstance(answered_for, int) and answered_for != ssh_port:
+        report.other_relay = answered_for
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
+    elif report.other_relay is not None:
+        print(f"not served: {report.health.url} answers for the relay on SSH port "
+              f"{report.other_relay}, not {ssh_port}; this relay's default port was taken "
+              "(its log says observability_port_in_use)", file=sys.stderr)
+    elif report.exit_code == EXIT_UNREACHABLE and derived:
+        print(f"not served: no relay answers at {report.health.url}: {report.health.error} "
+              f"(a relay on SSH port {ssh_port} whose default port was taken runs without "
+              "these endpoints; its log says observability_port_in_use)", file=sys.stderr)
     elif report.exit_code == EXIT_UNREACHABLE:
         print(f"no relay answers at {report.health.url}: {report.health.error}",
               file=sys.stderr)

@@ -49,6 +49,27 @@ def test_printed_command_creates_the_context(tmp: Path) -> None:
     assert _host(tmp, "relay") == f"unix://{sock}"
 
 
+def test_one_context_per_forward(tmp: Path) -> None:
+    """With two --forward, --create makes one context per forward (named, or NAME-1, NAME-2),
+    each pointing at its own local endpoint."""
+    a, b = tmp / "a.sock", tmp / "b.sock"
+    forwards = ["--forward", f"unix://{a}=/run/docker.sock",
+                "--forward", f"unix://{b}=/run/podman/podman.sock"]
+    env = _env(tmp)
+    made = run_relay("docker-context", "docker", "podman", "--create", *forwards, env=env)
+    assert made.returncode == 0, made.stderr
+    assert (_host(tmp, "docker"), _host(tmp, "podman")) == (f"unix://{a}", f"unix://{b}")
+    printed = run_relay("docker-context", "eng", *forwards)
+    assert printed.returncode == 0, printed.stderr
+    lines = printed.stdout.splitlines()
+    assert [shlex.split(ln)[3] for ln in lines[:2]] == ["eng-1", "eng-2"]
+    assert lines[2] == "docker context use eng-1"
+    wrong = run_relay("docker-context", "x1", "x2", "x3", *forwards)
+    assert wrong.returncode == 2
+    assert wrong.stderr.strip().endswith("give one name per forward (2), or one name to "
+                                         "number them")
+
+
 def test_named_pipe_endpoint(tmp: Path) -> None:
     """Without --listen the Windows pipe is the endpoint, in Docker's npipe:// spelling."""
     result = run_relay("docker-context", "win", "--named-pipe", "npipe:////./pipe/cdr-test")

@@ -10,7 +10,19 @@ from typing import Any
 import pytest
 
 from clienthelp import ClientProc
-from helpers import EchoTarget, Keys, Podman, RelayServer, free_port, make_ed25519, run_relay
+from helpers import (
+    EchoTarget,
+    Keys,
+    Podman,
+    Proc,
+    RelayServer,
+    free_port,
+    make_ed25519,
+    relay_cmd,
+    relay_env,
+    run_relay,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -72,6 +84,67 @@ def test_healthy_chain_passes(podman: Podman, relay_server: RelayServer, keys: K
         assert code == 1 and failed(checks) == ["local endpoint"]
         assert "has mode 0666" in checks["local endpoint"]["detail"]
         assert checks["local endpoint"]["fix"].startswith("chmod 600")
+    finally:
+        client.stop()
+
+
+def test_working_client_flags_pass(podman: Podman, relay_server: RelayServer, keys: Keys,
+                                   tmp: Path) -> None:
+    """doctor given exactly the flags of a working client that does not spawn its server (no
+    authorized_keys on this side) exits 0; authorized_keys is "not used"."""
+    home = tmp / "home"
+    home.mkdir()
+    env = relay_env(HOME=str(home))
+    client = ClientProc(keys, tmp, relay_server.port, str(podman.socket), env=env)
+    try:
+        assert podman.docker_cli(client.socket, "version").returncode == 0
+        assert not any("authorized" in arg for arg in client.args)
+        result = run_relay("doctor", "--json", *client.args, env=env)
+        report = json.loads(result.stdout)
+        checks = {c["name"]: c for c in report["checks"]}
+        assert result.returncode == 0, checks
+        assert [c["name"] for c in report["checks"]] == ORDER
+        assert checks["authorized_keys"]["status"] == "ok"
+        assert checks["authorized_keys"]["detail"].startswith(
+            f"not used: this client does not spawn its server and {home}/.ssh/authorized_keys "
+            "was not given")
+        assert checks["observability"]["detail"].startswith("not enabled")
+        assert not (home / ".ssh").exists()
+    finally:
+        client.stop()
+
+
+def test_forwards_are_each_checked(podman: Podman, relay_server: RelayServer, keys: Keys,
+                                   tmp: Path) -> None:
+    """A client with two forwards: doctor with its flags checks both (exit 0); a forward whose
+    remote socket is missing fails the channel step by name."""
+    home = tmp / "home"
+    home.mkdir()
+    env = relay_env(HOME=str(home))
+    a, b = tmp / "a.sock", tmp / "b.sock"
+    common = ["--identity-path", str(keys.identity), "--known-hosts-path",
+              str(tmp / "known_hosts"), "--ssh-connection",
+              f"ssh://tester@127.0.0.1:{relay_server.port}"]
+    flags = [*common, "--forward", f"unix://{a}={podman.socket}",
+             "--forward", f"unix://{b}={podman.socket}"]
+    client = Proc(relay_cmd("client", *flags, "--tid-path", str(tmp / "c.tid")),
+                  tmp / "client.log", env=env)
+    try:
+        wait_for(lambda: (tmp / "c.tid").exists() or not client.alive(), 30, "client ready")
+        assert client.alive(), client.log()
+        result = run_relay("doctor", "--json", *flags, env=env)
+        checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+        assert result.returncode == 0, checks
+        assert checks["local endpoint"]["detail"].count("answers GET /_ping end to end") == 2
+        assert str(a) in checks["local endpoint"]["detail"]
+        assert str(b) in checks["local endpoint"]["detail"]
+        missing = tmp / "missing.sock"
+        result = run_relay("doctor", "--json", *common, "--forward", f"unix://{a}={podman.socket}",
+                           "--forward", f"unix://{b}={missing}", env=env)
+        checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+        assert result.returncode == 1 and failed(checks) == ["remote socket channel"]
+        assert checks["remote socket channel"]["detail"].startswith(
+            f"the server refused a channel to {missing} (forward unix://{b}): ")
     finally:
         client.stop()
 
@@ -232,7 +305,7 @@ def test_bad_config_and_dead_observability(keys: Keys, tmp: Path) -> None:
     code, checks = doctor(keys, tmp, free_port(), "/x.sock", "--health-check-enabled",
                           "--health-check-port", str(port))
     assert checks["observability"]["status"] == "FAIL"
-    assert f"127.0.0.1:{port}/health does not answer" in checks["observability"]["detail"]
+    assert f"127.0.0.1:{port}/ready does not answer" in checks["observability"]["detail"]
 
     code, checks = doctor(keys, tmp, free_port(), "/x.sock", "--health-check-enabled",
                           "--health-check-port", "0")

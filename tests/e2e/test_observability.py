@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ from helpers import (
     sha,
     ssh_forward,
     stopping,
+    tcp_open,
     unix_connect,
     wait_for,
 )
@@ -137,7 +139,8 @@ def test_ready_turns_503_first_during_shutdown(keys: Keys, echo: EchoTarget, tmp
     with stopping(server, fwd):
         port = bound_ports(server.proc)["health_port"]
         assert ready_json(port) == (200, {"status": "ready", "reason": "listening",
-                                                  "role": "server", "link_up": None})
+                                                  "role": "server", "link_up": None,
+                                          "ssh_port": server.port})
         held = unix_connect(tmp / "l.sock", 30)
         with held:
             held.sendall(b"ping")
@@ -152,7 +155,8 @@ def test_ready_turns_503_first_during_shutdown(keys: Keys, echo: EchoTarget, tmp
             wait_for(lambda: get_json(port, "/ready")[0] == 503, 10, "/ready to turn 503")
             assert ready_json(port)[1] == {"status": "not ready",
                                                    "reason": "shutting down",
-                                                   "role": "server", "link_up": None}
+                                                   "role": "server", "link_up": None,
+                                                   "ssh_port": server.port}
             assert get_json(port, "/health")[0] == 200  # still served while draining
             status = run_relay("status", f"--health-check-port={port}",
                                f"--metrics-port={port}")
@@ -196,7 +200,8 @@ def test_status_exit_codes_healthy_then_degraded(keys: Keys, echo: EchoTarget,
 
 
 def test_busy_health_port_is_a_clear_error(keys: Keys, tmp: Path) -> None:
-    """A busy health port stops the server with one clear line and exit status 1."""
+    """A busy --health-check-port stops the server within 10 s: exit 2, one line naming the
+    port and the flag, no traceback."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
@@ -205,6 +210,83 @@ def test_busy_health_port_is_a_clear_error(keys: Keys, tmp: Path) -> None:
                              f"--health-check-port={port}", "--metrics-enabled=false",
                              wait=False)
         with stopping(server):
-            assert server.proc.wait(30) == 1
-            assert (f"error: cannot listen for /health, /ready on 127.0.0.1:{port}: "
-                    "address already in use") in server.proc.log().lower()
+            assert server.proc.wait(10) == 2
+            lines = [ln for ln in server.proc.log().splitlines() if '"level"' not in ln]
+            assert lines == [
+                f"container-desktop-relay: error: cannot listen for /health, /ready on "
+                f"127.0.0.1:{port}: address already in use (health_check_port={port} from "
+                "--health-check-port: choose a free port, 0 for any, or leave it unset)"]
+            assert "Traceback" not in server.proc.log()
+
+
+def _port_with_free_defaults(avoid: set[int]) -> int:
+    """A free SSH port whose derived /health (+58) and /metrics (+68) ports are free too."""
+    def candidate() -> int | None:
+        port = free_port()
+        wanted = {port, port + 58, port + 68}
+        if port + 68 > 65535 or wanted & avoid:
+            return None
+        return port if all(not tcp_open("127.0.0.1", p) for p in wanted) else None
+
+    return wait_for(candidate, 10, "a port with free derived ports")  # type: ignore[no-any-return]
+
+
+def test_two_default_servers_run_side_by_side(keys: Keys, tmp: Path) -> None:
+    """Two servers with default observability on two SSH ports: both relay 8 MiB byte-exact
+    through ssh -N -L, each serves its endpoints on ports derived from its SSH port, and
+    status --port finds each one."""
+    first = _port_with_free_defaults(set())
+    second = _port_with_free_defaults({first, first + 58, first + 68})
+    servers: list[RelayServer] = []
+    forwards = []
+    echoes = []
+    try:
+        for n, port in enumerate((first, second)):
+            echoes.append(EchoTarget(tmp / f"e{n}.sock"))
+            servers.append(RelayServer(keys, tmp, port=port, observability=True))
+        for n, server in enumerate(servers):
+            forwards.append(ssh_forward(server.port, keys.identity, tmp / f"l{n}.sock",
+                                        str(echoes[n].path), tmp))
+        payload = os.urandom(8 << 20)
+        for n, server in enumerate(servers):
+            assert exchange(tmp / f"l{n}.sock", payload) == (len(payload), sha(payload))
+            listening = bound_ports(server.proc)
+            assert (listening["health_port"], listening["metrics_port"]) == (
+                server.port + 58, server.port + 68)
+            assert '"observability_port_in_use"' not in server.proc.log()
+            result = run_relay("status", "--role", "server", "--port", str(server.port),
+                               "--json")
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert json.loads(result.stdout)["readiness"]["body"]["ssh_port"] == server.port
+    finally:
+        for thing in [*forwards, *servers, *echoes]:
+            with contextlib.suppress(Exception):
+                thing.stop() if hasattr(thing, "stop") else thing.close()
+
+
+def test_taken_default_port_is_logged_and_relaying_goes_on(keys: Keys, echo: EchoTarget,
+                                                           tmp: Path) -> None:
+    """A default health port held by someone else: one observability_port_in_use warning
+    naming it, the server relays 8 MiB byte-exact, and status finds /health unanswered."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        taken = busy.getsockname()[1]
+        ssh_port = taken - 58
+        assert not tcp_open("127.0.0.1", ssh_port), "the derived SSH port is in use; rerun"
+        server = RelayServer(keys, tmp, port=ssh_port, observability=True)
+        fwd = ssh_forward(server.port, keys.identity, tmp / "l.sock", str(echo.path), tmp)
+        with stopping(server, fwd):
+            payload = os.urandom(8 << 20)
+            assert exchange(tmp / "l.sock", payload) == (len(payload), sha(payload))
+            warnings = [json.loads(ln) for ln in server.proc.log().splitlines()
+                        if '"observability_port_in_use"' in ln]
+            assert len(warnings) == 1
+            assert warnings[0]["port"] == taken and warnings[0]["level"] == "warn"
+            assert server.proc.alive()
+            result = run_relay("status", "--role", "server", "--port", str(ssh_port),
+                               "--json", "--timeout", "2s")
+            data = json.loads(result.stdout)
+            # /health and /ready are not served; /metrics (its own default port) is
+            assert result.returncode == 1 and data["health"]["body"] is None
+            assert data["health"]["error"] == "timed out" and data["metrics"]["code"] == 200

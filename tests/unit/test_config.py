@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from container_desktop_relay.cli import parse_config
-from container_desktop_relay.config import Config, config_fields, load_config
+from container_desktop_relay.config import Config, config_fields, derived_port, load_config
 from container_desktop_relay.errors import ConfigError
 
 SPEC_CONFIG = {
@@ -47,6 +47,32 @@ def test_defaults_match_the_spec() -> None:
     assert c.effective_health_enabled("server") and not c.effective_health_enabled("client")
     assert c.effective_health_port("server") == 20080
     assert c.effective_metrics_port("client") == 20091
+
+
+def test_default_observability_ports_follow_the_ssh_port() -> None:
+    """Unset health/metrics ports derive from the SSH port, so two servers never share them."""
+    a = load_config({"port": "20022"}, environ={})
+    b = load_config({"port": "30022"}, environ={})
+    assert (a.effective_health_port("server"), a.effective_metrics_port("server")) == (
+        20080, 20090)
+    assert (b.effective_health_port("server"), b.effective_metrics_port("server")) == (
+        30080, 30090)
+    client = load_config({"ssh_connection": "ssh://u@h:30022/x.sock"}, environ={})
+    assert (client.effective_health_port("client"), client.effective_metrics_port("client")) \
+        == (30081, 30091)
+    assert derived_port(65500, 58) == 1024 + 22 and derived_port(65477, 58) == 65535
+
+
+def test_sources_name_where_each_key_came_from(tmp_path: Path) -> None:
+    """Config knows which keys were set, and by which flag, variable or file."""
+    path = write(tmp_path, {"metrics_port": 1234, "port": 2000})
+    c = load_config({"health_check_port": "4321"}, config_path=path,
+                    environ={"CDR_PORT": "2222", "LOG_LEVEL": "info"})
+    assert c.source_of("health_check_port") == "--health-check-port"
+    assert c.source_of("metrics_port") == f"config file {path}"
+    assert c.source_of("port") == "CDR_PORT"
+    assert c.source_of("log_level") == "LOG_LEVEL"
+    assert c.source_of("host") is None
 
 
 def test_spec_examples_load_unchanged(tmp_path: Path) -> None:

@@ -17,8 +17,8 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from container_desktop_relay import sshfix
-from container_desktop_relay.config import Config
-from container_desktop_relay.errors import ListenError
+from container_desktop_relay.config import Config, load_config
+from container_desktop_relay.errors import ConfigError
 from container_desktop_relay.httpserve import HttpServer
 from container_desktop_relay.metrics import Metrics
 from container_desktop_relay.observe import (
@@ -88,14 +88,14 @@ def test_ready_follows_state_and_draining_wins() -> None:
     state = RoleState("server")
     patches = sshfix.report()
     assert ready_view(state) == (503, {"status": "not ready", "reason": "starting",
-                                       "role": "server", "link_up": None,
+                                       "role": "server", "link_up": None, "ssh_port": None,
                                        "asyncssh_patches": patches})
     state.set_ready("listening")
     assert ready_view(state)[0] == 200
     state.start_draining()
     state.set_ready("listening")
     assert ready_view(state) == (503, {"status": "not ready", "reason": "shutting down",
-                                       "role": "server", "link_up": None,
+                                       "role": "server", "link_up": None, "ssh_port": None,
                                        "asyncssh_patches": patches})
 
 
@@ -318,15 +318,47 @@ async def test_client_defaults_off_and_disabled_parts() -> None:
 
 
 @pytest.mark.asyncio
-async def test_bind_failure_is_listen_error_and_unbinds_the_rest() -> None:
-    """A busy port is a ListenError naming it; servers already bound are closed again."""
+async def test_explicit_busy_port_is_config_error_and_unbinds_the_rest() -> None:
+    """A busy port set explicitly stops the start naming it and where it was set (exit 2);
+    servers already bound are closed again."""
     busy = _busy_port()
     port = busy.getsockname()[1]
     try:
-        obs = Observability(_config(health_check_port=0, metrics_port=port), Metrics("server"),
-                            RoleState("server"))
-        with pytest.raises(ListenError, match=f"cannot listen for /metrics on 127.0.0.1:{port}"):
+        config = load_config({"health_check_port": "0", "metrics_port": str(port)},
+                             environ={})
+        obs = Observability(config, Metrics("server"), RoleState("server"))
+        with pytest.raises(ConfigError) as info:
             await obs.start()
+        assert str(info.value) == (
+            f"cannot listen for /metrics on 127.0.0.1:{port}: address already in use "
+            f"(metrics_port={port} from --metrics-port: choose a free port, 0 for any, or "
+            "leave it unset)")
+        assert info.value.exit_code == 2
         assert obs._servers == []
     finally:
+        busy.close()
+
+
+@pytest.mark.asyncio
+async def test_busy_default_port_is_logged_and_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    """A default (derived) port that is taken: one warning naming it, the rest still served."""
+    busy = _busy_port()
+    port = busy.getsockname()[1]
+    # the server's default health port is its SSH port + 58
+    config = _config(port=port - 58, metrics_port=0)
+    obs = Observability(config, Metrics("server"), RoleState("server"))
+    try:
+        assert config.effective_health_port("server") == port
+        with caplog.at_level(logging.INFO, logger="container_desktop_relay"):
+            ports = await obs.start()
+        assert obs.unserved == {"health": port}
+        assert set(ports) == {"metrics"}
+        warned = [r for r in caplog.records if r.getMessage() == "observability_port_in_use"]
+        assert len(warned) == 1 and warned[0].levelno == logging.WARNING
+        assert warned[0].__dict__["port"] == port
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{ports['metrics']}/metrics"
+            assert (await session.get(url)).status == 200
+    finally:
+        await obs.stop()
         busy.close()

@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from container_desktop_relay.metrics import DURATION_BUCKETS, Metrics
 from container_desktop_relay.prometheus import make_registry, render
+from container_desktop_relay.pump import Pump
 from container_desktop_relay.state import RoleState
 from obs_helpers import Clock, finish, open_connection
 
@@ -137,3 +138,15 @@ def test_openmetrics_negotiated_and_parsable() -> None:
     payload, content_type = render(registry, "text/plain")
     assert content_type == "text/plain; version=0.0.4; charset=utf-8"
     assert b"process_" in payload  # the standard process collector rides along (Linux)
+
+
+def test_forward_connections_are_counted_per_forward() -> None:
+    """A client with forwards: cdr_forward_connections_total per local endpoint; none without."""
+    metrics, state = Metrics("client"), RoleState("client")
+    assert "cdr_forward_connections" not in scrape(metrics, state)
+    for forward in ("unix:///a.sock", "unix:///b.sock", "unix:///a.sock"):
+        metrics.connection_started(Pump("c", "/t.sock"), forward)
+    families = scrape(metrics, state)
+    assert families["cdr_forward_connections"]["type"] == "counter"
+    assert value(families, "cdr_forward_connections_total", forward="unix:///a.sock") == 2
+    assert value(families, "cdr_forward_connections_total", forward="unix:///b.sock") == 1

@@ -113,7 +113,7 @@ async def test_query_follows_the_live_state(live: tuple[Observability, int]) -> 
     report = await query("127.0.0.1", port, port, 5)
     assert report.exit_code == 1 and report.ready.body == {
         "status": "not ready", "reason": "starting", "role": "server", "link_up": None,
-        "asyncssh_patches": sshfix.report()}
+        "ssh_port": 20022, "asyncssh_patches": sshfix.report()}
     obs.state.set_ready("listening")
     finish(open_connection(obs.metrics, 123, 456))
     report = await query("127.0.0.1", port, port, 5)
@@ -157,6 +157,38 @@ async def test_status_command_against_live_endpoints(live: tuple[Observability, 
     obs.state.start_draining()
     code, out = await run()
     assert code == 1 and "not ready (shutting down)" in out
+
+
+@pytest.mark.asyncio
+async def test_status_tells_another_relays_endpoints_apart(
+        live: tuple[Observability, int]) -> None:
+    """Endpoints answering for another SSH port are not this relay's: "not served", exit 2."""
+    obs, port = live
+    obs.state.set_ready("listening")
+    proc = await asyncio.create_subprocess_exec(
+        *relay_cmd("status", "--role", "server", "--port", "20023", "--health-check-port",
+                   str(port), "--metrics-port", str(port)),
+        env=relay_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60 * FACTOR)
+    assert proc.returncode == 2 and out == b""
+    assert err.decode().strip() == (
+        f"not served: http://127.0.0.1:{port}/health answers for the relay on SSH port 20022, "
+        "not 20023; this relay's default port was taken (its log says "
+        "observability_port_in_use)")
+
+
+def test_status_derived_port_not_served() -> None:
+    """Nothing on the port derived from --port: "not served", naming the SSH port, exit 2."""
+    with socket.socket() as held:  # bound, not listening: connecting is refused
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        result = run_relay("status", "--role", "server", "--port", str(port - 58),
+                           "--metrics-port", str(port))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"not served: no relay answers at http://127.0.0.1:{port}/health: connection refused "
+        f"(a relay on SSH port {port - 58} whose default port was taken runs without these "
+        "endpoints; its log says observability_port_in_use)")
 
 
 def test_status_nothing_answers_exits_2() -> None:
