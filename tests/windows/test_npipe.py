@@ -45,14 +45,32 @@ def test_download_16mib_byte_exact_and_target_half_close(
     assert record.after_eof == b"written after EOF"
 
 
-def test_client_that_closes_without_half_close_ends_the_connection(
-        wine: Wine, pipe_client: PipeClient) -> None:
-    """A pipe client that just closes its handle is told from a half-close: the relay ends
-    the connection although the target stays silent and open."""
+def test_client_that_closes_without_half_close_is_delivered_then_ended(
+        wine: Wine, pipe_client: PipeClient, targets: Targets) -> None:
+    """A pipe client that writes and closes its handle (no CloseWrite): the target gets every
+    byte and EOF, as after a half-close; the answer, which nobody can read, ends the
+    connection with that reason (a half-closed client would get it and end with "done")."""
+    before = len(targets.done("sink"))
     result = wine.run_json([CLIENT, "abandon", pipe_client.pipe, "12345"])
-    pipe_client.process.err.wait_for(
+    wait_for(lambda: len(targets.done("sink")) > before, scaled(30), "the request at the sink")
+    record = targets.done("sink")[-1]
+    assert (record.received, record.received_sha) == (12345, result["shas"][0])
+    line = pipe_client.process.err.wait_for(
         lambda ln: '"connection_closed"' in ln and f'"bytes_up": {result["sent"]},' in ln,
         scaled(30), "connection_closed of the abandoned connection")
+    assert json.loads(line)["reason"] == (
+        "client error: the pipe client closed its handle; the answer cannot be delivered")
+
+
+def test_20_of_20_write_then_close_requests_reach_the_target(
+        wine: Wine, pipe_client: PipeClient, targets: Targets) -> None:
+    """20 clients at once write a request and close the handle at once (most before their SSH
+    channel is even open): all 20 requests reach the target whole (sha256)."""
+    before = len(targets.done("sink"))
+    result = wine.run_json([CLIENT, "abandon", pipe_client.pipe, "65536", "20"])
+    wait_for(lambda: len(targets.done("sink")) >= before + 20, scaled(60), "20 requests")
+    got = sorted((r.received, r.received_sha) for r in targets.done("sink")[before:])
+    assert got == sorted((65536, sha) for sha in result["shas"])
 
 
 def test_backpressure_pipe_reads_pause_while_the_target_stalls(

@@ -80,12 +80,28 @@ def upload(pipe: str, size: int) -> dict[str, object]:
     return {"sha": sha, "size": size, "reply": reply.decode(), "seconds": elapsed}
 
 
-def abandon(pipe: str, size: int) -> dict[str, object]:
-    """Send ``hold`` and ``size`` bytes, then close the handle without CloseWrite."""
-    handle = connect(pipe)
-    win32file.WriteFile(handle, b"hold\n" + os.urandom(size))
-    win32file.CloseHandle(handle)
-    return {"sent": size + 5}
+def abandon(pipe: str, size: int, count: int = 1) -> dict[str, object]:
+    """``count`` clients at once: each sends ``sink`` and ``size`` random bytes, then closes
+    its handle at once, without CloseWrite and without reading the answer."""
+    barrier = threading.Barrier(count)
+    shas: list[str] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        payload = os.urandom(size)
+        barrier.wait(timeout=60)
+        handle = connect(pipe)
+        win32file.WriteFile(handle, b"sink\n" + payload)
+        win32file.CloseHandle(handle)
+        with lock:
+            shas.append(hashlib.sha256(payload).hexdigest())
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"sent": size + 5, "shas": shas}
 
 
 def stall(pipe: str, size: int) -> dict[str, object]:
