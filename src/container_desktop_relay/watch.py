@@ -75,6 +75,9 @@ class HandleWait:
 
         self._winproc = winproc
         self.pid = pid if pid > 0 else winproc.parent_pid(os.getpid())
+        if self.pid <= 0:  # started by no Windows process (under Wine: from a Linux shell)
+            raise ProbeError("this process has no parent process to watch; "
+                             "pass --parent-process-pid")
         name = winproc.process_name(self.pid)
         self.description = f"windows pid {self.pid}" + (f" ({name})" if name else "")
         try:

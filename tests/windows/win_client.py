@@ -2,7 +2,9 @@
 plain CreateFile/ReadFile/WriteFile through pywin32, CloseWrite as a zero-length message, and
 no retry on ERROR_PIPE_BUSY (counted instead). Prints one JSON result line.
 
-    python.exe win_client.py upload|download|stall|abandon|burst|info|dockerpy PIPE [args]
+    python.exe win_client.py upload|download|stall|abandon|burst|info|dockerpy|serve PIPE [args]
+    python.exe win_client.py sleeper -
+    python.exe win_client.py launch - ARGS...
 """
 
 from __future__ import annotations
@@ -222,12 +224,47 @@ def dockerpy(pipe: str) -> dict[str, object]:
             "output": output.decode()}
 
 
+def serve(pipe: str) -> dict[str, object]:
+    """Create an instance of ``pipe`` and report how many instances the name has (1: nobody
+    else serves it any more)."""
+    import _winapi
+
+    handle = _winapi.CreateNamedPipe(
+        pipe, _winapi.PIPE_ACCESS_DUPLEX | _winapi.FILE_FLAG_FIRST_PIPE_INSTANCE,
+        _winapi.PIPE_TYPE_MESSAGE | _winapi.PIPE_WAIT, _winapi.PIPE_UNLIMITED_INSTANCES,
+        4096, 4096, 0, _winapi.NULL)
+    _state, instances, *_ = win32pipe.GetNamedPipeHandleState(handle, False)
+    win32file.CloseHandle(handle)
+    return {"instances": instances}
+
+
+def sleeper(_pipe: str) -> dict[str, object]:
+    """Print this process's Windows PID, then sleep (a parent for the watch tests)."""
+    print(json.dumps({"pid": os.getpid()}), flush=True)
+    time.sleep(3600)
+    return {}
+
+
+def launch(_pipe: str, *argv: str) -> dict[str, object]:
+    """Start ``python.exe argv...`` as a Windows child (as the desktop app starts the relay),
+    print both PIDs, wait for it."""
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, *argv])
+    print(json.dumps({"pid": os.getpid(), "child": child.pid}), flush=True)
+    return {"exit": child.wait()}
+
+
 def main() -> None:
     """Run one command; print its JSON result."""
     command, pipe, *rest = sys.argv[1:]
+    if command == "launch":
+        print(json.dumps(launch(pipe, *rest)), flush=True)
+        return
     numbers = [int(x) for x in rest]
     handlers = {"upload": upload, "download": download, "burst": burst, "info": info,
-                "dockerpy": dockerpy, "stall": stall, "abandon": abandon}
+                "dockerpy": dockerpy, "stall": stall, "abandon": abandon, "serve": serve,
+                "sleeper": sleeper}
     print(json.dumps(handlers[command](pipe, *numbers)), flush=True)
 
 
