@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import stat
@@ -23,6 +24,7 @@ import asyncssh
 from container_desktop_relay.config import Config, load_config
 from container_desktop_relay.durations import parse_duration
 from container_desktop_relay.errors import ConfigError, RelayError
+from container_desktop_relay.state import SERVER_UNAVAILABLE
 
 __all__ = ["Check", "Doctor", "build_parser", "main", "ping_stream"]
 
@@ -448,15 +450,27 @@ class Doctor:
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             for url in urls:
+                body: Any = None
                 try:
                     async with session.get(url) as response:
                         status = response.status
+                        with contextlib.suppress(ValueError, aiohttp.ClientError):
+                            body = await response.json(content_type=None)
                 except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                     raise Failed(f"{url} does not answer: {_reason(exc)}",
                                  "check --health-check-port/--metrics-port match the running "
                                  "client, and that it was started with them enabled") from None
+                reason = body.get("reason") if isinstance(body, dict) else None
+                if status != 200 and isinstance(body, dict) and body.get("state") == (
+                        SERVER_UNAVAILABLE):
+                    raise Failed(f"{url} answered {status}: {reason}",
+                                 "the server the client spawns through wsl.exe exits at once: "
+                                 "its messages are logged as server_output; check that "
+                                 "--distribution names an installed distribution (wsl -l -v) "
+                                 "and that --relay-program-path runs there")
                 if status != 200:
-                    raise Failed(f"{url} answered {status}",
+                    raise Failed(f"{url} answered {status}"
+                                 + (f" ({reason})" if reason else ""),
                                  "/ready is 503 while the SSH link is down and /health 503 "
                                  "when degraded: see the client's log and the checks above")
 

@@ -78,6 +78,7 @@ def ready_view(state: RoleState) -> tuple[int, dict[str, Any]]:
     """The /ready status code and body: 200 only when the role can serve a connection now."""
     body = {
         "status": "ready" if state.ready else "not ready",
+        "state": state.condition,
         "reason": state.reason,
         "role": state.role,
         "link_up": state.link_up,

@@ -11,22 +11,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import ntpath
 import os
 import shutil
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from container_desktop_relay.backoff import Backoff
+from container_desktop_relay.backoff import Backoff, worth_logging
 from container_desktop_relay.config import Config
 from container_desktop_relay.durations import format_duration
 from container_desktop_relay.errors import ConfigError, TunnelUnavailable
 from container_desktop_relay.log import get_logger
 
-__all__ = ["ServerProcess", "server_command", "to_wsl_path"]
+__all__ = ["ServerProcess", "decode_output", "server_command", "to_wsl_path"]
 
 log = get_logger(__name__)
 WSL = "wsl.exe"
@@ -34,6 +36,12 @@ WSL = "wsl.exe"
 LISTENING_EVENT = "server_listening"
 STOP_GRACE = 3.0
 _KILL = getattr(signal, "SIGKILL", signal.SIGTERM)
+#: Exit statuses remembered (the newest); ``exits`` counts them all.
+EXIT_HISTORY = 20
+#: A server that exits within this many seconds without listening failed "at once".
+IMMEDIATE_EXIT = 5.0
+#: Failed-at-once exits in a row after which the server is reported unavailable.
+UNAVAILABLE_AFTER = 3
 _LEVELS = {"trace": 5, "debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40}
 
 
@@ -92,9 +100,22 @@ def server_command(config: Config, *, own_pid: int, wsl: str = WSL,
     ]
 
 
-def _relog(stream: str, raw: bytes) -> None:
-    """Log one line of the child's output, at the child's own level when it logged JSON."""
-    text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+def decode_output(raw: bytes) -> str:
+    """One line of wsl.exe's output as text: UTF-8, or the UTF-16LE that wsl.exe writes its own
+    messages in when ``WSL_UTF8`` is not honoured (older WSL builds). A UTF-16LE line split at
+    ``\n`` starts with the ``\x00`` that completed the previous line's newline."""
+    if b"\x00" in raw:
+        body = raw[1:] if raw.startswith(b"\x00") else raw
+        if len(body) % 2:
+            body += b"\x00"
+        return body.decode("utf-16-le", errors="replace").lstrip("\ufeff").rstrip("\r\n\x00")
+    return raw.decode("utf-8", errors="replace").rstrip("\r\n")
+
+
+def _relog(stream: str, raw: bytes, level_cap: int | None = None) -> None:
+    """Log one line of the child's output, at the child's own level when it logged JSON
+    (at debug when ``level_cap`` is 10: a server that keeps failing is not logged each time)."""
+    text = decode_output(raw)
     if not text:
         return
     level = 20
@@ -104,21 +125,31 @@ def _relog(stream: str, raw: bytes) -> None:
         if isinstance(record, dict):
             level = _LEVELS.get(str(record.get("level", "info")), 20)
             fields = {"stream": stream, "server": record}
+    if level_cap is not None:
+        level = min(level, level_cap)
     log.log(level, "server_output", extra=fields)
 
 
 class ServerProcess:
     """The spawned server: started once, respawned after it dies, stopped with the client."""
 
-    def __init__(self, config: Config, *, backoff: Backoff | None = None) -> None:
+    def __init__(self, config: Config, *, backoff: Backoff | None = None,
+                 on_unavailable: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.backoff = backoff or Backoff()
+        self.on_unavailable = on_unavailable
+        #: servers in a row that exited at once, without listening
+        self.failures = 0
+        #: why the server is unavailable (set after UNAVAILABLE_AFTER failures), else None
+        self.unavailable: str | None = None
+        #: how many spawned servers ended in all
+        self.exits = 0
         self.proc: asyncio.subprocess.Process | None = None
         self.listening = asyncio.Event()
         self.exited = asyncio.Event()
         self.exit_code: int | None = None
-        #: exit statuses of every spawned server that ended (kept across respawns)
-        self.exit_codes: list[int] = []
+        #: exit statuses of the latest spawned servers that ended (kept across respawns)
+        self.exit_codes: deque[int] = deque(maxlen=EXIT_HISTORY)
         self.spawns = 0
         self._job: Any = None
         self._stopping = False
@@ -156,9 +187,11 @@ class ServerProcess:
         else:
             kwargs["start_new_session"] = True
         try:
+            # WSL_UTF8=1: wsl.exe writes its own messages (a distribution that does not
+            # start) in UTF-8 instead of UTF-16LE.
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, **kwargs,
+                stderr=asyncio.subprocess.PIPE, env=dict(os.environ, WSL_UTF8="1"), **kwargs,
             )
         except OSError as exc:
             raise TunnelUnavailable(
@@ -178,8 +211,8 @@ class ServerProcess:
         self.proc = proc
         self.spawns += 1
         self.exit_code = None
-        log.info("server_spawned", extra={"pid": proc.pid, "argv": list(argv),
-                                          "spawn": self.spawns})
+        log.log(self._level(logging.INFO), "server_spawned",
+                extra={"pid": proc.pid, "argv": list(argv), "spawn": self.spawns})
         for name, stream in (("stdout", proc.stdout), ("stderr", proc.stderr)):
             assert stream is not None
             task = asyncio.create_task(self._pipe(name, stream), name=f"server-{name}")
@@ -197,7 +230,10 @@ class ServerProcess:
                 return
             if LISTENING_EVENT.encode() in line:
                 self.listening.set()
-            _relog(name, line)
+                if self.unavailable is not None:
+                    self.unavailable = None
+                    log.info("server_available", extra={"spawn": self.spawns})
+            _relog(name, line, None if self._loud() else logging.DEBUG)
 
     async def _supervise(self) -> None:
         while True:
@@ -205,17 +241,33 @@ class ServerProcess:
             assert proc is not None
             started = time.monotonic()
             code = await proc.wait()
+            ran = time.monotonic() - started
             self.exit_code = code
             self.exit_codes.append(code)
+            self.exits += 1
             self.exited.set()
             if self._stopping:
                 return
-            log.error("server_exited", extra={"pid": proc.pid, "exit_code": code,
-                                              "ran_s": round(time.monotonic() - started, 3)})
-            if self.listening.is_set():
+            if self.listening.is_set() or ran >= IMMEDIATE_EXIT:
+                self.failures = 0
                 self.backoff.reset()
+            else:
+                self.failures += 1
+            log.log(self._level(logging.ERROR), "server_exited",
+                    extra={"pid": proc.pid, "exit_code": code, "ran_s": round(ran, 3),
+                           "failures_in_a_row": self.failures})
+            if self.failures >= UNAVAILABLE_AFTER:
+                reason = (f"the spawned server exited {self.failures} times in a row right "
+                          f"after starting (last exit status {code}; its output is logged "
+                          "as server_output)")
+                if self.unavailable is None:
+                    log.error("server_unavailable", extra={"reason": reason})
+                self.unavailable = reason
+                if self.on_unavailable is not None:
+                    self.on_unavailable(reason)
             delay = self.backoff.next()
-            log.info("server_respawn_scheduled", extra={"delay_s": round(delay, 3)})
+            log.log(self._level(logging.INFO), "server_respawn_scheduled",
+                    extra={"delay_s": round(delay, 3), "attempt": self.failures})
             await asyncio.sleep(delay)
             if self._stopping:
                 return
@@ -223,6 +275,14 @@ class ServerProcess:
                 await self._spawn(self.command())
             except TunnelUnavailable as exc:
                 log.error("server_respawn_failed", extra={"error": str(exc)})
+
+    def _loud(self) -> bool:
+        """Whether this round of a failing server is logged (the first three, then one in
+        30, as the SSH link's reconnects); a server that works is always logged."""
+        return worth_logging(self.failures)
+
+    def _level(self, level: int) -> int:
+        return level if self._loud() else logging.DEBUG
 
     async def wait_listening(self, timeout: float) -> bool:
         """Wait until the server says it listens, it exits, or ``timeout``; True if listening."""
