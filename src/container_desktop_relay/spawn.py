@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import ntpath
 import os
 import shutil
 import signal
@@ -27,8 +26,9 @@ from container_desktop_relay.config import Config
 from container_desktop_relay.durations import format_duration
 from container_desktop_relay.errors import ConfigError, TunnelUnavailable
 from container_desktop_relay.log import get_logger
+from container_desktop_relay.wslpath import DEFAULT_ROOT, automount_root, to_wsl_path
 
-__all__ = ["ServerProcess", "decode_output", "server_command", "to_wsl_path"]
+__all__ = ["ServerProcess", "decode_output", "server_command"]
 
 log = get_logger(__name__)
 WSL = "wsl.exe"
@@ -45,33 +45,10 @@ UNAVAILABLE_AFTER = 3
 _LEVELS = {"trace": 5, "debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40}
 
 
-def to_wsl_path(path: str) -> str:
-    """The Linux path WSL gives a Windows path, as ``wslpath -u`` does.
-
-    ``C:\\Users\\u\\id_rsa`` becomes ``/mnt/c/Users/u/id_rsa``; a path inside a distribution
-    (``\\\\wsl$\\Distro\\home\\u`` or ``\\\\wsl.localhost\\Distro\\home\\u``) becomes ``/home/u``;
-    a path that is already a Linux path (``/home/u``) is returned unchanged.
-
-    Raises:
-        ValueError: a relative Windows path, or a UNC share WSL cannot map.
-    """
-    if path.startswith("/") and "\\" not in path:
-        return path
-    drive, rest = ntpath.splitdrive(path)
-    rest = rest.replace("\\", "/")
-    if len(drive) == 2 and drive[1] == ":" and drive[0].isalpha():
-        if not rest.startswith("/"):
-            raise ValueError(f"{path!r} is not an absolute Windows path")
-        return f"/mnt/{drive[0].lower()}{rest.rstrip('/')}"
-    unc = drive.replace("\\", "/").lstrip("/").split("/")
-    if len(unc) == 2 and unc[0].lower() in ("wsl$", "wsl.localhost"):
-        return rest or "/"
-    raise ValueError(f"{path!r} cannot be translated to a WSL path")
-
-
 def server_command(config: Config, *, own_pid: int, wsl: str = WSL,
-                   translate: bool = True) -> list[str]:
-    """The ``wsl.exe --distribution D --exec P server ...`` command line for ``config``.
+                   translate: bool = True, root: str = DEFAULT_ROOT) -> list[str]:
+    """The ``wsl.exe --distribution D --exec P server ...`` command line for ``config``
+    (``root``: the distribution's automount root, for translating Windows paths).
 
     Raises:
         ConfigError: a key path cannot be expressed as a WSL path.
@@ -81,7 +58,7 @@ def server_command(config: Config, *, own_pid: int, wsl: str = WSL,
         if not translate:
             return path
         try:
-            return to_wsl_path(path)
+            return to_wsl_path(path, distribution=config.distribution, root=root)
         except ValueError as exc:
             raise ConfigError(f"invalid {key}={path}: {exc}") from None
 
@@ -152,6 +129,7 @@ class ServerProcess:
         self.exit_codes: deque[int] = deque(maxlen=EXIT_HISTORY)
         self.spawns = 0
         self._job: Any = None
+        self._root: str | None = None  # the distribution's automount root, read once
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._supervisor: asyncio.Task[None] | None = None
@@ -167,7 +145,9 @@ class ServerProcess:
             raise TunnelUnavailable(
                 f"cannot spawn the server: {WSL} is not on PATH (is WSL installed?)"
             )
-        return server_command(self.config, own_pid=os.getpid(), wsl=wsl)
+        if self._root is None:
+            self._root = automount_root(self.config.distribution)
+        return server_command(self.config, own_pid=os.getpid(), wsl=wsl, root=self._root)
 
     async def start(self) -> None:
         """Spawn the server and keep respawning it when it dies, until :meth:`stop`.
