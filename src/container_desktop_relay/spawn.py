@@ -35,6 +35,8 @@ WSL = "wsl.exe"
 #: The event the server logs once it accepts SSH connections.
 LISTENING_EVENT = "server_listening"
 STOP_GRACE = 3.0
+CREATE_SUSPENDED = 0x00000004
+CREATE_NO_WINDOW = 0x08000000
 _KILL = getattr(signal, "SIGKILL", signal.SIGTERM)
 #: Exit statuses remembered (the newest); ``exits`` counts them all.
 EXIT_HISTORY = 20
@@ -163,7 +165,8 @@ class ServerProcess:
         self.exited.clear()
         kwargs: dict[str, Any] = {}
         if sys.platform == "win32":
-            kwargs["creationflags"] = 0x08000000  # CREATE_NO_WINDOW
+            # Suspended until it is in the kill-on-close job: nothing it starts can escape.
+            kwargs["creationflags"] = CREATE_NO_WINDOW | CREATE_SUSPENDED
         else:
             kwargs["start_new_session"] = True
         try:
@@ -178,16 +181,7 @@ class ServerProcess:
                 f"cannot spawn the server with {argv[0]}: {exc.strerror or exc}"
             ) from None
         if sys.platform == "win32":
-            from container_desktop_relay import winjob  # type: ignore[attr-defined]
-
-            if self._job is not None:  # the previous child's job; that child is gone
-                with contextlib.suppress(Exception):
-                    self._job.close()
-                self._job = None
-            try:
-                self._job = winjob.assign_kill_on_close(proc.pid)
-            except OSError as exc:  # the server still watches our PID and exits without us
-                log.error("server_job_failed", extra={"pid": proc.pid, "error": str(exc)})
+            await self._join_job_and_resume(proc, argv[0])
         self.proc = proc
         self.spawns += 1
         self.exit_code = None
@@ -198,6 +192,32 @@ class ServerProcess:
             task = asyncio.create_task(self._pipe(name, stream), name=f"server-{name}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def _join_job_and_resume(self, proc: asyncio.subprocess.Process, exe: str) -> None:
+        """Put the suspended ``proc`` in a new kill-on-close job, then let it run.
+
+        Raises:
+            TunnelUnavailable: it cannot be resumed (it is killed).
+        """
+        from container_desktop_relay import winjob, winproc  # type: ignore[attr-defined]
+
+        if self._job is not None:  # the previous child's job; that child is gone
+            with contextlib.suppress(Exception):
+                self._job.close()
+            self._job = None
+        try:
+            self._job = winjob.assign_kill_on_close(proc.pid)
+        except OSError as exc:  # the server still watches our PID and exits without us
+            log.error("server_job_failed", extra={"pid": proc.pid, "error": str(exc)})
+        try:
+            if winproc.resume_process(proc.pid) == 0:
+                raise OSError(f"process {proc.pid} has no thread to resume")
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                proc.kill()
+            await proc.wait()
+            raise TunnelUnavailable(
+                f"cannot start the server with {exe}: resuming it failed: {exc}") from None
 
     async def _pipe(self, name: str, stream: asyncio.StreamReader) -> None:
         while True:
