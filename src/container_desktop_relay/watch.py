@@ -13,6 +13,7 @@ and reported like a vanished parent, so the relay stops cleanly instead of runni
 from __future__ import annotations
 
 import asyncio
+import ntpath
 import os
 import shutil
 import sys
@@ -32,6 +33,7 @@ __all__ = [
     "select_probe",
     "watch_parent",
     "watch_process",
+    "watched_parent",
 ]
 
 log = get_logger(__name__)
@@ -63,6 +65,18 @@ def is_wsl() -> bool:
         return False
 
 
+def watched_parent(own_pid: int, parent_of: Callable[[int], int],
+                   name_of: Callable[[int], str], *, frozen: bool, exe: str) -> int:
+    """The PID "my parent" means: the process that started this one, except that in a
+    one-file build (PyInstaller, ``frozen``) this process is the child of the bootloader, a
+    process of the same executable that only waits for it; then it is the bootloader's parent.
+    """
+    parent = parent_of(own_pid)
+    if frozen and parent > 0 and name_of(parent).lower() == ntpath.basename(exe).lower():
+        return parent_of(parent)
+    return parent
+
+
 class HandleWait:
     """A Windows process waited on through a ``SYNCHRONIZE`` handle (Windows only).
 
@@ -74,7 +88,9 @@ class HandleWait:
         from container_desktop_relay import winproc  # type: ignore[attr-defined]
 
         self._winproc = winproc
-        self.pid = pid if pid > 0 else winproc.parent_pid(os.getpid())
+        self.pid = pid if pid > 0 else watched_parent(
+            os.getpid(), winproc.parent_pid, winproc.process_name,
+            frozen=bool(getattr(sys, "frozen", False)), exe=sys.executable)
         if self.pid <= 0:  # started by no Windows process (under Wine: from a Linux shell)
             raise ProbeError("this process has no parent process to watch; "
                              "pass --parent-process-pid")

@@ -16,6 +16,7 @@ from container_desktop_relay.watch import (
     TasklistProbe,
     watch_parent,
     watch_process,
+    watched_parent,
 )
 
 
@@ -126,3 +127,25 @@ def test_a_failing_watch_is_logged_and_ends_the_relay(
     assert ended == ["parent watch failed"]
     failed = [r for r in caplog.records if r.getMessage() == "parent_watch_failed"]
     assert len(failed) == 1 and "access code is invalid" in getattr(failed[0], "error", "")
+
+
+@pytest.mark.parametrize(
+    ("frozen", "exe", "parent_name", "expected"),
+    [
+        # python.exe -m container_desktop_relay, started by a python.exe launcher: not frozen,
+        # so the launcher is the parent although it runs the same image
+        (False, "C:\\Python312\\python.exe", "python.exe", 10),
+        # the one-file .exe: its bootloader (same image, any case) started this process
+        (True, "C:\\Relay\\Container-Desktop-Relay.exe", "container-desktop-relay.exe", 5),
+        # a frozen build started by the app itself (a one-folder build)
+        (True, "C:\\Relay\\container-desktop-relay.exe", "Container Desktop.exe", 10),
+    ],
+)
+def test_watched_parent_skips_a_one_file_bootloader(
+        frozen: bool, exe: str, parent_name: str, expected: int) -> None:
+    """Without a PID the parent is watched; in a one-file build the parent is the bootloader,
+    which lives exactly as long as the relay, so its parent (the app) is watched instead."""
+    parents = {42: 10, 10: 5, 5: 1}
+    names = {10: parent_name, 5: "Container Desktop.exe"}
+    assert watched_parent(42, parents.__getitem__, lambda pid: names.get(pid, ""),
+                          frozen=frozen, exe=exe) == expected
