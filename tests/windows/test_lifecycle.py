@@ -128,3 +128,30 @@ def test_sigint_stops_the_client_cleanly(
         assert not tid.exists()
     finally:
         client.stop()
+
+
+def test_a_watch_that_cannot_work_stops_the_client_cleanly(
+        wine: Wine, session_keys: Keys, workdir: Path, server: RelayServer,
+        targets: Targets) -> None:
+    """Started from Linux (no Windows parent: PID 0 in the snapshot) without
+    --parent-process-pid, the watch cannot work: parent_watch_failed is logged with the hint,
+    and the client stops with status 0, no traceback, no tid file (a stale one is gone)."""
+    home = workdir / "watch-fail"
+    home.mkdir(exist_ok=True)
+    name = f"cdr-watchfail-{os.getpid()}"
+    tid = home / f"{name}.tid"
+    tid.write_text("4242:4243")  # left by a killed relay
+    args = client_args(session_keys, home, server.port, targets.path,
+                       f"npipe:////./pipe/{name}", "--tid-path", winpath(tid),
+                       "--watch-process-termination")
+    client = Process.start(wine.command(args, scaled(300)), env=wine.env)
+    try:
+        assert client.popen.wait(timeout=scaled(60)) == 0
+        client.err.join(scaled(10))
+        failed = [json.loads(ln) for ln in client.err.seen if '"parent_watch_failed"' in ln]
+        assert len(failed) == 1 and "pass --parent-process-pid" in failed[0]["error"]
+        assert any('"shutdown_complete"' in ln for ln in client.err.seen), client.err.seen
+        assert not any("Traceback" in ln for ln in client.err.seen), client.err.seen
+        assert not tid.exists()
+    finally:
+        client.stop()
