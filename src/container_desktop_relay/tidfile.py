@@ -70,6 +70,8 @@ def remove_stale_tid_file(path: Path) -> str | None:
     from container_desktop_relay.errors import ConfigError
 
     try:
+        if not (path.is_file() or path.is_symlink()):
+            return None  # nothing there (a bad directory is check_writable's to report)
         old = path.read_text(encoding="ascii", errors="replace").strip()
     except FileNotFoundError:
         return None
