@@ -19,7 +19,8 @@ each pipe instance itself, the way go-winio (Docker's pipe library) does:
 
 Private asyncio parts used, the same ones ``start_serving_pipe`` uses (CPython 3.11-3.13):
 ``_proactor.accept_pipe``, ``_proactor.send`` and the ``_ProactorDuplexPipeTransport`` class,
-whose write loop :class:`PipeTransport` extends.
+whose write loop, ``_eof_received``, ``_force_close`` and ``_call_connection_lost`` (guarded by
+``_called_connection_lost``, so calling it early is safe) :class:`PipeTransport` uses.
 """
 
 from __future__ import annotations
