@@ -73,6 +73,40 @@ def test_20_of_20_write_then_close_requests_reach_the_target(
     assert got == sorted((65536, sha) for sha in result["shas"])
 
 
+def test_write_then_close_while_the_link_is_down_is_delivered_once_it_returns(
+        wine: Wine, session_keys: Keys, workdir: Path, targets: Targets) -> None:
+    """Clients that write and close their handle while the SSH link is down (so long before
+    their channel can open): once the server is back, all their requests reach the target
+    whole. (Closing the connection at the client's close would drop every one of them.)"""
+    home = workdir / "linkdown"
+    (home / "a").mkdir(parents=True, exist_ok=True)
+    (home / "b").mkdir(exist_ok=True)
+    port = free_port()
+    server = RelayServer(session_keys, home / "a", port=port)
+    client = start_pipe_client(wine, session_keys, home, port, targets.path, "linkdown",
+                               "--ssh-timeout", "120s")
+    restarted = None
+    try:
+        server.stop()
+        client.process.err.wait_for(lambda ln: '"ssh_link_down"' in ln, scaled(30),
+                                    "ssh_link_down")
+        before = len(targets.done("sink"))
+        result = wine.run_json([CLIENT, "abandon", client.pipe, "4096", "5"])
+        wait_for(lambda: sum('"connection_waiting_for_link"' in ln
+                             for ln in client.process.err.seen) == 5, scaled(30),
+                 "the 5 connections waiting for the link")
+        restarted = RelayServer(session_keys, home / "b", port=port)
+        wait_for(lambda: len(targets.done("sink")) >= before + 5, scaled(60),
+                 "the 5 requests at the sink")
+        got = sorted((r.received, r.received_sha) for r in targets.done("sink")[before:])
+        assert got == sorted((4096, sha) for sha in result["shas"])
+    finally:
+        client.stop()
+        if restarted is not None:
+            restarted.stop()
+        server.stop()
+
+
 def test_backpressure_pipe_reads_pause_while_the_target_stalls(
         wine: Wine, pipe_client: PipeClient, targets: Targets) -> None:
     """While the target reads nothing, the relay stops reading the pipe (the writer blocks
