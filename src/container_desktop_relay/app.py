@@ -14,7 +14,7 @@ from container_desktop_relay.config import Config
 from container_desktop_relay.log import get_logger
 from container_desktop_relay.metrics import Metrics
 from container_desktop_relay.state import RoleState
-from container_desktop_relay.watch import select_probe, watch_parent
+from container_desktop_relay.watch import watch_process
 
 __all__ = ["Role", "Shutdown", "run_loop", "serve"]
 
@@ -60,11 +60,28 @@ class Shutdown:
         self.requested.set()
 
 
+def _quiet_wakeup_fd() -> None:
+    """Keep a full signal wake-up socket from printing a plain-text traceback on stderr.
+
+    The proactor loop registers its self-pipe as the wake-up fd with warnings on a full buffer;
+    under a burst of Ctrl+C/SIGINT that printed "Exception ignored when trying to send to the
+    signal wakeup fd" and a BlockingIOError among the JSON lines. A full buffer already holds a
+    wake-up, so nothing is lost (asyncio's Unix loop registers it this way too).
+    """
+    try:
+        fd = signal.set_wakeup_fd(-1)
+        if fd != -1:
+            signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+    except ValueError:  # not the main thread: the loop registered no wake-up fd either
+        pass
+
+
 def _install_signals(shutdown: Shutdown) -> Callable[[], None]:
     loop = asyncio.get_running_loop()
     signals = [signal.SIGINT, signal.SIGTERM]
     if sys.platform == "win32":
         signals.append(signal.SIGBREAK)
+        _quiet_wakeup_fd()
         previous = {}
         for sig in signals:
             previous[sig] = signal.signal(
@@ -87,6 +104,24 @@ def _install_signals(shutdown: Shutdown) -> Callable[[], None]:
     return restore
 
 
+async def _start_unless_stopped(role: Role, shutdown: Shutdown) -> bool:
+    """Start ``role``; False if shutdown was requested first (the start is then cancelled)."""
+    starting = asyncio.create_task(role.start(), name="start")
+    stopping = asyncio.create_task(shutdown.requested.wait(), name="stop-during-start")
+    try:
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+    if starting.cancelled():
+        return False
+    starting.result()  # a failed start raises its error here
+    return True
+
+
 async def serve(
     role: Role,
     config: Config,
@@ -105,18 +140,21 @@ async def serve(
     cleanups: list[Callable[[], Awaitable[None]]] = []
     watcher: asyncio.Task[None] | None = None
     try:
-        await role.start()
+        if config.watch_process_termination:
+            # Watched from the very start: a parent that dies while the link is still being
+            # set up (WSL starting) must not leave the relay behind.
+            watcher = asyncio.create_task(
+                watch_process(config.parent_process_pid, config.poll_interval,
+                              shutdown.request),
+                name="parent-watch",
+            )
+        if not await _start_unless_stopped(role, shutdown):
+            log.info("shutdown_complete", extra={"reason": shutdown.reason})
+            return 0
         for extra in extras or []:
             cleanup = await extra(role, shutdown)
             if cleanup is not None:
                 cleanups.append(cleanup)
-        if config.watch_process_termination:
-            probe = select_probe(config.parent_process_pid)
-            watcher = asyncio.create_task(
-                watch_parent(probe, config.poll_interval,
-                             lambda: shutdown.request("parent process exited")),
-                name="parent-watch",
-            )
         # Everything imported and set up so far lives for the whole run: move it out of the
         # garbage collector's view, so the collections that per-connection garbage triggers
         # do not walk asyncssh's and cryptography's module objects each time. Start-up

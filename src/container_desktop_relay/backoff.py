@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-__all__ = ["Backoff"]
+__all__ = ["Backoff", "worth_logging"]
 
 
 @dataclass(slots=True)
@@ -41,3 +41,9 @@ class Backoff:
     def reset(self) -> None:
         """Start over from ``initial`` (after a success)."""
         self.attempt = 0
+
+
+def worth_logging(attempt: int) -> bool:
+    """Whether failure number ``attempt`` (1-based) of a retry loop is logged loudly: the first
+    three, then one in 30 (about a minute apart at the 2 s cap); the rest go to debug."""
+    return attempt <= 3 or attempt % 30 == 0

@@ -33,7 +33,7 @@ from collections.abc import Callable
 import asyncssh
 
 from container_desktop_relay import sshtune
-from container_desktop_relay.backoff import Backoff
+from container_desktop_relay.backoff import Backoff, worth_logging
 from container_desktop_relay.config import Config
 from container_desktop_relay.endpoints import Endpoint, Listener, open_listener
 from container_desktop_relay.ends import ChannelEnd, TransportEnd
@@ -54,7 +54,7 @@ from container_desktop_relay.metrics import Metrics, account_finished
 from container_desktop_relay.pump import CLIENT, TARGET, Pump
 from container_desktop_relay.spawn import ServerProcess
 from container_desktop_relay.sshurl import DEFAULT_REMOTE_SOCKET, SSHTarget, parse_ssh_url
-from container_desktop_relay.state import RoleState
+from container_desktop_relay.state import SERVER_UNAVAILABLE, RoleState
 
 __all__ = ["RelayClient", "resolve_target"]
 
@@ -171,7 +171,7 @@ class RelayClient:
                 self._listeners.append(await open_listener(
                     fwd.endpoint, self._acceptor(fwd), buffer_size=config.buffer_size))
             if self.spawning:
-                self.spawner = ServerProcess(config)
+                self.spawner = ServerProcess(config, on_unavailable=self._server_unavailable)
                 await self.spawner.start()
                 listening = await self.spawner.wait_listening(config.ssh_timeout)
                 if not listening and not self.spawner.exit_codes:
@@ -233,6 +233,10 @@ class RelayClient:
                     await conn.wait_closed()
         if self.spawner is not None:
             await self.spawner.stop()
+
+    def _server_unavailable(self, reason: str) -> None:
+        """The spawned server keeps exiting right after it starts: say so in /ready."""
+        self.state.set_not_ready(f"{SERVER_UNAVAILABLE}: {reason}")
 
     # -------------------------------------------------------------- the link
     async def _connect_once(self) -> asyncssh.SSHClientConnection:
@@ -303,7 +307,7 @@ class RelayClient:
                     spawner = self.spawner
                     why = ""
                     if spawner is not None and spawner.exit_codes:
-                        times = len(spawner.exit_codes)
+                        times = spawner.exits
                         why = (f"; the spawned server exited with status "
                                f"{spawner.exit_codes[-1]}"
                                + (f" ({times} times)" if times > 1 else "")
@@ -336,7 +340,7 @@ class RelayClient:
                 # then one in 30 (about a minute apart); the rest at debug.
                 if not isinstance(exc, TunnelUnavailable):
                     level = logging.ERROR
-                elif attempt <= 3 or attempt % 30 == 0:
+                elif worth_logging(attempt):
                     level = logging.WARNING
                 else:
                     level = logging.DEBUG

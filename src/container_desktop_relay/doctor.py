@@ -27,6 +27,7 @@ from container_desktop_relay.durations import parse_duration
 from container_desktop_relay.endpoints import Endpoint
 from container_desktop_relay.errors import ConfigError, RelayError
 from container_desktop_relay.forwards import Forward
+from container_desktop_relay.state import SERVER_UNAVAILABLE
 
 __all__ = ["Check", "Doctor", "build_parser", "main", "ping_stream"]
 
@@ -580,9 +581,8 @@ class Doctor:
                 try:
                     async with session.get(url) as response:
                         status = response.status
-                        if url.endswith("/ready"):
-                            with contextlib.suppress(ValueError, aiohttp.ContentTypeError):
-                                body = await response.json(content_type=None)
+                        with contextlib.suppress(ValueError, aiohttp.ClientError):
+                            body = await response.json(content_type=None)
                 except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                     if not explicit:
                         elsewhere.add(port)
@@ -601,8 +601,17 @@ class Doctor:
                                  f"{ssh_port}",
                                  "give this client its own --health-check-port / "
                                  "--metrics-port, or leave them unset")
+                reason = body.get("reason") if isinstance(body, dict) else None
+                if status != 200 and isinstance(body, dict) and body.get("state") == (
+                        SERVER_UNAVAILABLE):
+                    raise Failed(f"{url} answered {status}: {reason}",
+                                 "the server the client spawns through wsl.exe exits at once: "
+                                 "its messages are logged as server_output; check that "
+                                 "--distribution names an installed distribution (wsl -l -v) "
+                                 "and that --relay-program-path runs there")
                 if status != 200:
-                    raise Failed(f"{url} answered {status}",
+                    raise Failed(f"{url} answered {status}"
+                                 + (f" ({reason})" if reason else ""),
                                  "/ready is 503 while the SSH link is down and /health 503 "
                                  "when degraded: see the client's log and the checks above")
                 answered.append(url)

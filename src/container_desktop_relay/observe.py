@@ -85,6 +85,7 @@ def ready_view(state: RoleState, ssh_port: int | None = None) -> tuple[int, dict
     """
     body = {
         "status": "ready" if state.ready else "not ready",
+        "state": state.condition,
         "reason": state.reason,
         "role": state.role,
         "link_up": state.link_up,

@@ -46,9 +46,14 @@ def run_server(config: Config) -> int:
 def run_client(config: Config) -> int:
     """Run the client role until shutdown; returns the exit status."""
     from container_desktop_relay.client import RelayClient
-    from container_desktop_relay.tidfile import check_writable, tid_file_extra
+    from container_desktop_relay.tidfile import (
+        check_writable,
+        remove_stale_tid_file,
+        tid_file_extra,
+    )
 
     if config.tid_path:
+        remove_stale_tid_file(config.path("tid_path"))  # before anything else can fail
         check_writable(config.path("tid_path"))
 
     async def main() -> int:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-__all__ = ["RoleState"]
+__all__ = ["SERVER_UNAVAILABLE", "RoleState"]
+
+#: The reason prefix (and state) when the client's spawned server keeps exiting at once.
+SERVER_UNAVAILABLE = "server_unavailable"
 
 
 class RoleState:
@@ -37,6 +40,18 @@ class RoleState:
         """Shutdown began: not ready from now on."""
         self.draining = True
         self.set_not_ready("shutting down")
+
+    @property
+    def condition(self) -> str:
+        """One word for the state: ``ready``, ``draining``, ``server_unavailable`` (the spawned
+        server keeps exiting at once), or ``not_ready``."""
+        if self.ready:
+            return "ready"
+        if self.draining:
+            return "draining"
+        if self.reason.startswith(SERVER_UNAVAILABLE):
+            return SERVER_UNAVAILABLE
+        return "not_ready"
 
     def _notify(self) -> None:
         self.changed.set()

@@ -14,7 +14,14 @@ from container_desktop_relay.keys import atomic_write
 from container_desktop_relay.log import get_logger
 from container_desktop_relay.state import RoleState
 
-__all__ = ["check_writable", "remove_tid_file", "tid_file_extra", "tid_text", "write_tid_file"]
+__all__ = [
+    "check_writable",
+    "remove_stale_tid_file",
+    "remove_tid_file",
+    "tid_file_extra",
+    "tid_text",
+    "write_tid_file",
+]
 
 log = get_logger(__name__)
 
@@ -50,6 +57,37 @@ def check_writable(path: Path) -> None:
         ) from None
     os.close(fd)
     os.unlink(probe)
+
+
+def remove_stale_tid_file(path: Path) -> str | None:
+    """Remove a readiness file left by an earlier run (killed relays cannot remove theirs),
+    before anything else, so that nobody reads a dead relay's ``pid:tid`` as "ready".
+    Returns what it held, or None when there was none.
+
+    Raises:
+        ConfigError: the file exists but cannot be removed (it would look ready).
+    """
+    from container_desktop_relay.errors import ConfigError
+
+    try:
+        if not (path.is_file() or path.is_symlink()):
+            return None  # nothing there (a bad directory is check_writable's to report)
+        old = path.read_text(encoding="ascii", errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        old = ""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(
+            f"invalid tid_path={path}: a file from an earlier run is there and cannot be "
+            f"removed ({exc.strerror or exc}); it would read as ready"
+        ) from None
+    log.info("tid_file_stale_removed", extra={"path": str(path), "tid": old})
+    return old
 
 
 def remove_tid_file(path: Path, text: str) -> None:

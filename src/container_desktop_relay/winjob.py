@@ -157,8 +157,9 @@ def assign_kill_on_close(pid: int | None = None, *,
     """Put a child (by ``pid`` or ``process_handle``) in a new kill-on-close job; return it.
 
     The child is terminated by ``job.close()`` or when this process exits, crash included
-    (dropping the object leaks the handle rather than killing the child). Call it right after
-    spawning, before the child can start processes of its own outside the job.
+    (dropping the object leaks the handle rather than killing the child). Call it on a child
+    created with ``CREATE_SUSPENDED`` and resume it afterwards (``winproc.resume_process``), so
+    that it cannot start processes of its own outside the job.
 
     Raises:
         OSError: the process is gone, or it cannot be put in a job.

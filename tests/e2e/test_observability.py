@@ -138,9 +138,9 @@ def test_ready_turns_503_first_during_shutdown(keys: Keys, echo: EchoTarget, tmp
     fwd = ssh_forward(server.port, keys.identity, tmp / "l.sock", str(echo.path), tmp)
     with stopping(server, fwd):
         port = bound_ports(server.proc)["health_port"]
-        assert ready_json(port) == (200, {"status": "ready", "reason": "listening",
-                                                  "role": "server", "link_up": None,
-                                          "ssh_port": server.port})
+        assert ready_json(port) == (200, {"status": "ready", "state": "ready",
+                                          "reason": "listening", "role": "server",
+                                          "link_up": None, "ssh_port": server.port})
         held = unix_connect(tmp / "l.sock", 30)
         with held:
             held.sendall(b"ping")
@@ -154,6 +154,7 @@ def test_ready_turns_503_first_during_shutdown(keys: Keys, echo: EchoTarget, tmp
             server.proc.signal(signal.SIGTERM)
             wait_for(lambda: get_json(port, "/ready")[0] == 503, 10, "/ready to turn 503")
             assert ready_json(port)[1] == {"status": "not ready",
+                                           "state": "draining",
                                                    "reason": "shutting down",
                                                    "role": "server", "link_up": None,
                                                    "ssh_port": server.port}

@@ -51,8 +51,8 @@ def test_client_counts_exact_and_reports_link(request: pytest.FixtureRequest, ke
     server = owned(request, RelayServer(keys, tmp))
     client, port = observed_client(request, keys, tmp, server, echo)
     assert wait_for(lambda: ready_body(port), 30, "client /ready 200") == {
-        "status": "ready", "reason": "linked", "role": "client", "link_up": True,
-        "ssh_port": server.port}
+        "status": "ready", "state": "ready", "reason": "linked", "role": "client",
+        "link_up": True, "ssh_port": server.port}
     code, health = get_json(port, "/health")
     assert (code, health["status"]) == (200, "healthy")
 

@@ -87,16 +87,28 @@ def test_ready_follows_state_and_draining_wins() -> None:
     """/ready is 503 with a reason until ready, and 503 again once draining, for good."""
     state = RoleState("server")
     patches = sshfix.report()
-    assert ready_view(state) == (503, {"status": "not ready", "reason": "starting",
-                                       "role": "server", "link_up": None, "ssh_port": None,
+    assert ready_view(state) == (503, {"status": "not ready", "state": "not_ready",
+                                       "reason": "starting", "role": "server",
+                                       "link_up": None, "ssh_port": None,
                                        "asyncssh_patches": patches})
     state.set_ready("listening")
     assert ready_view(state)[0] == 200
     state.start_draining()
     state.set_ready("listening")
-    assert ready_view(state) == (503, {"status": "not ready", "reason": "shutting down",
-                                       "role": "server", "link_up": None, "ssh_port": None,
+    assert ready_view(state) == (503, {"status": "not ready", "state": "draining",
+                                       "reason": "shutting down", "role": "server",
+                                       "link_up": None, "ssh_port": None,
                                        "asyncssh_patches": patches})
+
+
+
+def test_ready_names_an_unavailable_spawned_server() -> None:
+    """A client whose spawned server keeps exiting at once says so in /ready's state."""
+    state = RoleState("client")
+    state.set_not_ready("server_unavailable: the spawned server exited 3 times in a row")
+    code, body = ready_view(state)
+    assert (code, body["state"]) == (503, "server_unavailable")
+    assert body["reason"].startswith("server_unavailable: the spawned server exited")
 
 
 def test_metrics_counts_live_and_closed_bytes() -> None:

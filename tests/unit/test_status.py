@@ -112,8 +112,8 @@ async def test_query_follows_the_live_state(live: tuple[Observability, int]) -> 
     obs, port = live
     report = await query("127.0.0.1", port, port, 5)
     assert report.exit_code == 1 and report.ready.body == {
-        "status": "not ready", "reason": "starting", "role": "server", "link_up": None,
-        "ssh_port": 20022, "asyncssh_patches": sshfix.report()}
+        "status": "not ready", "state": "not_ready", "reason": "starting", "role": "server",
+        "link_up": None, "ssh_port": 20022, "asyncssh_patches": sshfix.report()}
     obs.state.set_ready("listening")
     finish(open_connection(obs.metrics, 123, 456))
     report = await query("127.0.0.1", port, port, 5)

@@ -1,4 +1,5 @@
-"""The readiness file: pid:tid without newline, atomic, removed only if still ours."""
+"""The readiness file: pid:tid without newline, atomic, removed only if still ours, and a
+stale one removed at start."""
 
 from __future__ import annotations
 
@@ -6,7 +7,17 @@ import os
 import threading
 from pathlib import Path
 
-from container_desktop_relay.tidfile import remove_tid_file, tid_text, write_tid_file
+import pytest
+
+from container_desktop_relay.cli import parse_config
+from container_desktop_relay.errors import KeyFileError
+from container_desktop_relay.roles import run_client
+from container_desktop_relay.tidfile import (
+    remove_stale_tid_file,
+    remove_tid_file,
+    tid_text,
+    write_tid_file,
+)
 
 
 def test_tid_text_is_pid_colon_native_tid() -> None:
@@ -31,3 +42,26 @@ def test_someone_elses_file_is_kept(tmp_path: Path) -> None:
     remove_tid_file(path, text)
     assert path.read_text() == "1:2"
     remove_tid_file(tmp_path / "missing", text)  # a missing file is fine
+
+
+def test_stale_file_is_removed_at_start(tmp_path: Path) -> None:
+    """A file left by a killed relay is removed (and its text returned); none is fine."""
+    path = tmp_path / "relay.tid"
+    path.write_text("4242:4243")
+    assert remove_stale_tid_file(path) == "4242:4243"
+    assert not path.exists()
+    assert remove_stale_tid_file(path) is None
+
+
+def test_client_removes_a_stale_file_even_when_its_start_fails(tmp_path: Path) -> None:
+    """run_client removes the old file before anything else: a start that fails (here the
+    identity key is missing) leaves no stale "ready" behind."""
+    path = tmp_path / "relay.tid"
+    path.write_text("4242:4243")
+    config = parse_config("client", [
+        "--listen", f"unix://{tmp_path}/c.sock", "--host", "127.0.0.1", "--port", "1",
+        "--identity-path", str(tmp_path / "missing_key"), "--tid-path", str(path),
+    ], environ={})
+    with pytest.raises(KeyFileError):
+        run_client(config)
+    assert not path.exists()

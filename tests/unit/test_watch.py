@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from container_desktop_relay.watch import LocalPidProbe, ProbeError, TasklistProbe, watch_parent
+from container_desktop_relay.watch import (
+    LocalPidProbe,
+    ProbeError,
+    TasklistProbe,
+    watch_parent,
+    watch_process,
+    watched_parent,
+)
 
 
 def fake_tasklist(tmp_path: Path, body: str) -> str:
@@ -78,3 +85,67 @@ def test_watch_logs_failures_once_and_fires_when_gone(
     assert events.count("parent_watch_recovered") == 1
     assert events[-1] == "parent_gone"
     assert os.path.exists(script)
+
+
+def test_local_pid_is_waited_on_without_polling(caplog: pytest.LogCaptureFixture) -> None:
+    """A given local PID is watched through a pidfd: the watch fires once the child exits,
+    though the poll interval is an hour."""
+    caplog.set_level(logging.INFO, logger="container_desktop_relay")
+    child = subprocess.Popen(["sleep", "30"])
+    ended: list[str] = []
+
+    async def run() -> None:
+        task = asyncio.create_task(watch_process(child.pid, 3600.0, ended.append))
+        await asyncio.sleep(0)
+        assert not task.done()
+        child.kill()
+        async with asyncio.timeout(10):
+            await task
+
+    try:
+        asyncio.run(run())
+    finally:
+        child.kill()
+        child.wait()
+    assert ended == ["parent process exited"]
+    started = [r for r in caplog.records if r.getMessage() == "parent_watch_started"]
+    assert [getattr(r, "method", None) for r in started] == ["pidfd"]
+
+
+def test_a_failing_watch_is_logged_and_ends_the_relay(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A watcher that breaks (as os.kill(pid, 0) did under Wine) is logged once and asks for
+    shutdown instead of dying silently or raising at exit."""
+    def broken(pid: int) -> LocalPidProbe:
+        raise OSError(12, "The access code is invalid")
+
+    monkeypatch.setattr("container_desktop_relay.watch.select_probe", broken)
+    caplog.set_level(logging.INFO, logger="container_desktop_relay")
+    ended: list[str] = []
+    asyncio.run(watch_process(4242, 0.01, ended.append))
+    assert ended == ["parent watch failed"]
+    failed = [r for r in caplog.records if r.getMessage() == "parent_watch_failed"]
+    assert len(failed) == 1 and "access code is invalid" in getattr(failed[0], "error", "")
+
+
+@pytest.mark.parametrize(
+    ("frozen", "exe", "parent_name", "expected"),
+    [
+        # python.exe -m container_desktop_relay, started by a python.exe launcher: not frozen,
+        # so the launcher is the parent although it runs the same image
+        (False, "C:\\Python312\\python.exe", "python.exe", 10),
+        # the one-file .exe: its bootloader (same image, any case) started this process
+        (True, "C:\\Relay\\Container-Desktop-Relay.exe", "container-desktop-relay.exe", 5),
+        # a frozen build started by the app itself (a one-folder build)
+        (True, "C:\\Relay\\container-desktop-relay.exe", "Container Desktop.exe", 10),
+    ],
+)
+def test_watched_parent_skips_a_one_file_bootloader(
+        frozen: bool, exe: str, parent_name: str, expected: int) -> None:
+    """Without a PID the parent is watched; in a one-file build the parent is the bootloader,
+    which lives exactly as long as the relay, so its parent (the app) is watched instead."""
+    parents = {42: 10, 10: 5, 5: 1}
+    names = {10: parent_name, 5: "Container Desktop.exe"}
+    assert watched_parent(42, parents.__getitem__, lambda pid: names.get(pid, ""),
+                          frozen=frozen, exe=exe) == expected

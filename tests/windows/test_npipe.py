@@ -45,14 +45,66 @@ def test_download_16mib_byte_exact_and_target_half_close(
     assert record.after_eof == b"written after EOF"
 
 
-def test_client_that_closes_without_half_close_ends_the_connection(
-        wine: Wine, pipe_client: PipeClient) -> None:
-    """A pipe client that just closes its handle is told from a half-close: the relay ends
-    the connection although the target stays silent and open."""
+def test_client_that_closes_without_half_close_is_delivered_then_ended(
+        wine: Wine, pipe_client: PipeClient, targets: Targets) -> None:
+    """A pipe client that writes and closes its handle (no CloseWrite): the target gets every
+    byte and EOF, as after a half-close; the answer, which nobody can read, ends the
+    connection with that reason (a half-closed client would get it and end with "done")."""
+    before = len(targets.done("sink"))
     result = wine.run_json([CLIENT, "abandon", pipe_client.pipe, "12345"])
-    pipe_client.process.err.wait_for(
+    wait_for(lambda: len(targets.done("sink")) > before, scaled(30), "the request at the sink")
+    record = targets.done("sink")[-1]
+    assert (record.received, record.received_sha) == (12345, result["shas"][0])
+    line = pipe_client.process.err.wait_for(
         lambda ln: '"connection_closed"' in ln and f'"bytes_up": {result["sent"]},' in ln,
         scaled(30), "connection_closed of the abandoned connection")
+    assert json.loads(line)["reason"] == (
+        "client error: the pipe client closed its handle; the answer cannot be delivered")
+
+
+def test_20_of_20_write_then_close_requests_reach_the_target(
+        wine: Wine, pipe_client: PipeClient, targets: Targets) -> None:
+    """20 clients at once write a request and close the handle at once (most before their SSH
+    channel is even open): all 20 requests reach the target whole (sha256)."""
+    before = len(targets.done("sink"))
+    result = wine.run_json([CLIENT, "abandon", pipe_client.pipe, "65536", "20"])
+    wait_for(lambda: len(targets.done("sink")) >= before + 20, scaled(60), "20 requests")
+    got = sorted((r.received, r.received_sha) for r in targets.done("sink")[before:])
+    assert got == sorted((65536, sha) for sha in result["shas"])
+
+
+def test_write_then_close_while_the_link_is_down_is_delivered_once_it_returns(
+        wine: Wine, session_keys: Keys, workdir: Path, targets: Targets) -> None:
+    """Clients that write and close their handle while the SSH link is down (so long before
+    their channel can open): once the server is back, all their requests reach the target
+    whole. (Closing the connection at the client's close would drop every one of them.)"""
+    home = workdir / "linkdown"
+    (home / "a").mkdir(parents=True, exist_ok=True)
+    (home / "b").mkdir(exist_ok=True)
+    port = free_port()
+    server = RelayServer(session_keys, home / "a", port=port)
+    client = start_pipe_client(wine, session_keys, home, port, targets.path, "linkdown",
+                               "--ssh-timeout", "120s")
+    restarted = None
+    try:
+        server.stop()
+        client.process.err.wait_for(lambda ln: '"ssh_link_down"' in ln, scaled(30),
+                                    "ssh_link_down")
+        before = len(targets.done("sink"))
+        result = wine.run_json([CLIENT, "abandon", client.pipe, "4096", "5"])
+        wait_for(lambda: sum('"connection_waiting_for_link"' in ln
+                             for ln in client.process.err.seen) == 5, scaled(30),
+                 "the 5 connections waiting for the link")
+        restarted = RelayServer(session_keys, home / "b", port=port)
+        wait_for(lambda: len(targets.done("sink")) >= before + 5, scaled(60),
+                 "the 5 requests at the sink")
+        got = sorted((r.received, r.received_sha) for r in targets.done("sink")[before:])
+        assert got == sorted((4096, sha) for sha in result["shas"])
+    finally:
+        client.stop()
+        if restarted is not None:
+            restarted.stop()
+        server.stop()
 
 
 def test_backpressure_pipe_reads_pause_while_the_target_stalls(

@@ -3,6 +3,7 @@ has it do: kill-on-close job, respawn after the server dies, nothing left after 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -72,3 +73,37 @@ def test_spawn_through_wsl_exe_respawn_and_no_orphans(
     finally:
         client.stop()
         agent.stop()
+
+
+def test_wsl_exe_that_fails_at_once_is_backed_off_readable_and_unavailable(
+        wine: Wine, session_keys: Keys, workdir: Path, targets: Targets) -> None:
+    """A wsl.exe that writes UTF-16LE and exits 1 at once: its message is logged as text
+    (and it ran with WSL_UTF8=1), respawns wait longer each time, and after three such exits
+    the client reports server_unavailable."""
+    home = workdir / "spawn-fail"
+    bindir = home / "bin"
+    build_wsl_exe(bindir / "wsl.exe", wine.python)
+    port = free_port()
+    args = client_args(session_keys, home, port, targets.path,
+                       f"npipe:////./pipe/cdr-spawnfail-{os.getpid()}",
+                       "--distribution", "Nope", "--relay-program-path", "/opt/relay",
+                       "--host", "127.0.0.1", "--port", str(port), "--max-retries", "30",
+                       "--authorized-keys-path", winpath(session_keys.authorized_keys))
+    env = dict(wine.env, WINEPATH=winpath(bindir), CDR_WSL_STANDIN_FAIL="1")
+    client = Process.start(wine.command(args, scaled(300)), env=env)
+    try:
+        client.err.wait_for(lambda ln: '"server_unavailable"' in ln, scaled(120),
+                            "server_unavailable")
+        client.err.wait_for(lambda ln: '"server_respawn_scheduled"' in ln
+                            and '"attempt": 3' in ln, scaled(10), "the third respawn")
+        events = [json.loads(ln) for ln in client.err.seen if ln.startswith("{")]
+        outputs = [e["line"] for e in events if e["event"] == "server_output"]
+        assert outputs[:3] == ["There is no distribution with the supplied name. "
+                               "(WSL_UTF8=1)"] * 3
+        exits = [e for e in events if e["event"] == "server_exited"]
+        assert [(e["exit_code"], e["failures_in_a_row"]) for e in exits[:3]] == [
+            (1, 1), (1, 2), (1, 3)]
+        delays = [e["delay_s"] for e in events if e["event"] == "server_respawn_scheduled"]
+        assert delays[0] <= 0.1 and delays[1] > 0.1 and delays[2] > 0.2, delays
+    finally:
+        client.stop()

@@ -2,7 +2,9 @@
 plain CreateFile/ReadFile/WriteFile through pywin32, CloseWrite as a zero-length message, and
 no retry on ERROR_PIPE_BUSY (counted instead). Prints one JSON result line.
 
-    python.exe win_client.py upload|download|stall|abandon|burst|info|dockerpy PIPE [args]
+    python.exe win_client.py upload|download|stall|abandon|burst|info|dockerpy|serve PIPE [args]
+    python.exe win_client.py sleeper -
+    python.exe win_client.py launch - ARGS...
 """
 
 from __future__ import annotations
@@ -80,12 +82,28 @@ def upload(pipe: str, size: int) -> dict[str, object]:
     return {"sha": sha, "size": size, "reply": reply.decode(), "seconds": elapsed}
 
 
-def abandon(pipe: str, size: int) -> dict[str, object]:
-    """Send ``hold`` and ``size`` bytes, then close the handle without CloseWrite."""
-    handle = connect(pipe)
-    win32file.WriteFile(handle, b"hold\n" + os.urandom(size))
-    win32file.CloseHandle(handle)
-    return {"sent": size + 5}
+def abandon(pipe: str, size: int, count: int = 1) -> dict[str, object]:
+    """``count`` clients at once: each sends ``sink`` and ``size`` random bytes, then closes
+    its handle at once, without CloseWrite and without reading the answer."""
+    barrier = threading.Barrier(count)
+    shas: list[str] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        payload = os.urandom(size)
+        barrier.wait(timeout=60)
+        handle = connect(pipe)
+        win32file.WriteFile(handle, b"sink\n" + payload)
+        win32file.CloseHandle(handle)
+        with lock:
+            shas.append(hashlib.sha256(payload).hexdigest())
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"sent": size + 5, "shas": shas}
 
 
 def stall(pipe: str, size: int) -> dict[str, object]:
@@ -206,12 +224,47 @@ def dockerpy(pipe: str) -> dict[str, object]:
             "output": output.decode()}
 
 
+def serve(pipe: str) -> dict[str, object]:
+    """Create an instance of ``pipe`` and report how many instances the name has (1: nobody
+    else serves it any more)."""
+    import _winapi
+
+    handle = _winapi.CreateNamedPipe(
+        pipe, _winapi.PIPE_ACCESS_DUPLEX | _winapi.FILE_FLAG_FIRST_PIPE_INSTANCE,
+        _winapi.PIPE_TYPE_MESSAGE | _winapi.PIPE_WAIT, _winapi.PIPE_UNLIMITED_INSTANCES,
+        4096, 4096, 0, _winapi.NULL)
+    _state, instances, *_ = win32pipe.GetNamedPipeHandleState(handle, False)
+    win32file.CloseHandle(handle)
+    return {"instances": instances}
+
+
+def sleeper(_pipe: str) -> dict[str, object]:
+    """Print this process's Windows PID, then sleep (a parent for the watch tests)."""
+    print(json.dumps({"pid": os.getpid()}), flush=True)
+    time.sleep(3600)
+    return {}
+
+
+def launch(_pipe: str, *argv: str) -> dict[str, object]:
+    """Start ``python.exe argv...`` as a Windows child (as the desktop app starts the relay),
+    print both PIDs, wait for it."""
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, *argv])
+    print(json.dumps({"pid": os.getpid(), "child": child.pid}), flush=True)
+    return {"exit": child.wait()}
+
+
 def main() -> None:
     """Run one command; print its JSON result."""
     command, pipe, *rest = sys.argv[1:]
+    if command == "launch":
+        print(json.dumps(launch(pipe, *rest)), flush=True)
+        return
     numbers = [int(x) for x in rest]
     handlers = {"upload": upload, "download": download, "burst": burst, "info": info,
-                "dockerpy": dockerpy, "stall": stall, "abandon": abandon}
+                "dockerpy": dockerpy, "stall": stall, "abandon": abandon, "serve": serve,
+                "sleeper": sleeper}
     print(json.dumps(handlers[command](pipe, *numbers)), flush=True)
 
 

@@ -2,12 +2,14 @@
 
 ``supervise [--no-job]`` starts a holder; the holder spawns a long-sleeping child, puts it in a
 kill-on-close job (unless --no-job) and reports; the supervisor then terminates the holder (a
-crash: no cleanup runs) and waits, with a deadline, for the child to exit. Prints JSON.
+crash: no cleanup runs) and waits, with a deadline, for the child to exit. ``suspended MARKER``
+checks a child created suspended, jailed, then resumed. Prints JSON.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -57,8 +59,32 @@ def supervise(use_job: bool, deadline: float) -> dict[str, object]:
     return result
 
 
+def suspended(marker: str) -> dict[str, object]:
+    """Spawn a child that would write ``marker`` CREATE_SUSPENDED, as spawn.py spawns wsl.exe:
+    it must not run until resumed, must be in the job before, and must run after."""
+    from container_desktop_relay.winjob import assign_kill_on_close
+    from container_desktop_relay.winproc import resume_process
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", f"open(r'{marker}', 'w').write('ran')"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        creationflags=0x00000004)  # CREATE_SUSPENDED
+    time.sleep(1.0)  # a control window: a child that was not suspended would have run
+    ran_before = os.path.exists(marker)
+    job = assign_kill_on_close(child.pid)
+    in_job = job.pids() == [child.pid]
+    resumed = resume_process(child.pid)
+    code = child.wait(timeout=60)
+    job.close()
+    return {"ran_before_resume": ran_before, "in_job_before_resume": in_job,
+            "threads_resumed": resumed, "exit_code": code, "ran": os.path.exists(marker)}
+
+
 if __name__ == "__main__":
     role, *flags = sys.argv[1:]
+    if role == "suspended":
+        print(json.dumps(suspended(flags[0])), flush=True)
+        sys.exit(0)
     if role == "holder":
         holder("--no-job" not in flags)
     else:

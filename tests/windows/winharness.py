@@ -213,6 +213,7 @@ class Record:
     received: int = 0
     sent: int = 0
     sent_sha: str = ""
+    received_sha: str = ""
     after_eof: bytes = b""
     eof: bool = False
 
@@ -306,6 +307,7 @@ class Targets:
         while chunk := await reader.read(65536):
             record.received += len(chunk)
             digest.update(chunk)
+        record.received_sha = digest.hexdigest()
         record.eof = True
         writer.write(f"{digest.hexdigest()} {record.received}".encode())
         await writer.drain()

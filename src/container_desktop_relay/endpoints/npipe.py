@@ -19,7 +19,8 @@ each pipe instance itself, the way go-winio (Docker's pipe library) does:
 
 Private asyncio parts used, the same ones ``start_serving_pipe`` uses (CPython 3.11-3.13):
 ``_proactor.accept_pipe``, ``_proactor.send`` and the ``_ProactorDuplexPipeTransport`` class,
-whose write loop :class:`PipeTransport` extends.
+whose write loop, ``_eof_received``, ``_force_close`` and ``_call_connection_lost`` (guarded by
+``_called_connection_lost``, so calling it early is safe) :class:`PipeTransport` uses.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ ERROR_PIPE_BUSY = 231
 #: 64 waiting, 57 of 300 simultaneous clients were refused under Wine). A waiting instance
 #: costs a handle and a pending overlapped operation, about 1 KB.
 DEFAULT_BACKLOG = 512
+#: Largest read buffer of a connection (asyncio's default); smaller when --buffer-size is.
+MAX_READ_BUFFER = 64 * 1024
 _REFILL_RETRY = 0.1  # seconds before retrying when creating an instance failed
 _PIPE_PREFIX = "\\\\.\\pipe\\"
 
@@ -92,12 +95,14 @@ class PipeTransport(proactor_events._ProactorDuplexPipeTransport):  # type: igno
     """asyncio's duplex pipe transport, plus half-close as go-winio does it.
 
     ``write_eof()`` sends a zero-length message once everything queued before it is written
-    (asyncio's own pipe transport cannot half-close). A zero-length read is EOF as before; if
-    the client has in fact closed its handle, the transport closes after telling the protocol.
+    (asyncio's own pipe transport cannot half-close). A zero-length read is EOF as before,
+    also when the client has in fact closed its handle: what it wrote before is delivered;
+    the answer, which it can no longer read, then ends the connection.
     """
 
     _eof_requested = False
     _eof_pending = False
+    _client_closed = False  # the client closed its handle (not a CloseWrite)
 
     def can_write_eof(self) -> bool:
         """Pipes created by this listener are message-type: they can half-close."""
@@ -111,12 +116,6 @@ class PipeTransport(proactor_events._ProactorDuplexPipeTransport):  # type: igno
         self._eof_pending = True
         if self._write_fut is None:
             self._send_zero_length_message()
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Queue ``data``; refused after :meth:`write_eof`, as on sockets."""
-        if self._eof_requested:
-            raise RuntimeError("write_eof() already called")
-        super().write(data)
 
     def _loop_writing(self, f: Any = None, data: Any = None) -> None:
         super()._loop_writing(f, data)
@@ -136,9 +135,30 @@ class PipeTransport(proactor_events._ProactorDuplexPipeTransport):  # type: igno
         self._write_fut.add_done_callback(self._loop_writing)
 
     def _eof_received(self) -> None:
+        # A zero-length read is a CloseWrite, or the client closed its handle (the pipe is
+        # then broken). Either way everything the client wrote was read and is passed on,
+        # followed by EOF, exactly as for a half-close: closing here would abort what is
+        # still on its way to the target. A client that is gone can take no answer, so the
+        # first answer byte ends the connection (see write()).
+        self._client_closed = _client_gone(self._sock)
         super()._eof_received()
-        if not self._closing and _client_gone(self._sock):
-            self.close()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue ``data``; refused after :meth:`write_eof`, as on sockets. Once the client has
+        closed its handle, the answer cannot be delivered: the transport fails at once with
+        :class:`BrokenPipeError` (the protocol's ``connection_lost`` says so)."""
+        if self._eof_requested:
+            raise RuntimeError("write_eof() already called")
+        if self._client_closed and data:
+            if not self._closing:
+                exc = BrokenPipeError(
+                    "the pipe client closed its handle; the answer cannot be delivered")
+                self._force_close(exc)
+                # Tell the protocol now, not on the next loop turn: an end of stream from
+                # the other side that is handled meanwhile must not look like a clean end.
+                self._call_connection_lost(exc)  # the scheduled call is then a no-op
+            return
+        super().write(data)
 
 
 def _client_gone(pipe: windows_utils.PipeHandle) -> bool:
@@ -300,7 +320,10 @@ class NamedPipeListener:
             pipe.close()
             log.error("npipe_protocol_failed", extra={"endpoint": self.address, "error": str(exc)})
             return
-        PipeTransport(self._loop, pipe, protocol, extra={"addr": self.address})
+        # asyncio's default read buffer is a fixed 64 KiB per connection; --buffer-size bounds
+        # what a connection holds, here as in the pump.
+        PipeTransport(self._loop, pipe, protocol, extra={"addr": self.address},
+                      buffer_size=min(self._buffer_size, MAX_READ_BUFFER))
 
 
 async def start_npipe_listener(
