@@ -159,7 +159,11 @@ def _deliver_data(self: Any, data: bytes, datatype: Any) -> None:
     """Deliver one packet; grant window credit only for bytes no longer queued."""
     queued = sum(len(d) for d, _ in self._recv_buf) if self._recv_buf else 0
     outstanding = self._recv_window + queued
-    if outstanding < self._init_recv_window / 2:
+    # Half a window at a time while the reader keeps up; one packet at a time while it lags
+    # (data is queued), so the sender sees a slow reader's progress (its close linger and
+    # write timeout measure window credit) at least once per MAX_PACKET_SIZE consumed.
+    if outstanding < self._init_recv_window / 2 or (
+            queued and self._init_recv_window - outstanding >= MAX_PACKET_SIZE):
         adjust = self._init_recv_window - outstanding
         self.send_packet(MSG_CHANNEL_WINDOW_ADJUST, UInt32(adjust))
         self._recv_window += adjust
