@@ -87,6 +87,27 @@ def _install_signals(shutdown: Shutdown) -> Callable[[], None]:
     return restore
 
 
+async def _start_unless_shutdown(role: Role, shutdown: Shutdown) -> bool:
+    """Start ``role``; False when a shutdown request came first (start-up is then cancelled).
+
+    Start-up can take long (a client retries its first link attempts); a signal must not wait
+    for it. ``role.start`` releases what it acquired when cancelled.
+    """
+    start = asyncio.create_task(role.start(), name="start")
+    requested = asyncio.create_task(shutdown.requested.wait(), name="shutdown-requested")
+    try:
+        await asyncio.wait({start, requested}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        requested.cancel()
+    if start.done():
+        start.result()  # raises what start-up raised
+        return True
+    start.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down regardless
+        await start
+    return False
+
+
 async def serve(
     role: Role,
     config: Config,
@@ -105,7 +126,10 @@ async def serve(
     cleanups: list[Callable[[], Awaitable[None]]] = []
     watcher: asyncio.Task[None] | None = None
     try:
-        await role.start()
+        if not await _start_unless_shutdown(role, shutdown):
+            log.info("shutdown_complete", extra={"reason": shutdown.reason,
+                                                 "during": "start-up"})
+            return 0
         for extra in extras or []:
             cleanup = await extra(role, shutdown)
             if cleanup is not None:
