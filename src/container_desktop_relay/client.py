@@ -444,13 +444,17 @@ class RelayClient:
         path = self.target.socket_path
         started = time.monotonic()
 
+        def failed(error: BaseException) -> None:
+            if pump.closing:  # already ended (client gone, shutting down)
+                return
+            if not self._retry_elsewhere(pump, conn, error):
+                self._refuse(pump, f"channel open to {path} failed: {_reason(error)}")
+
         def opened(error: BaseException | None) -> None:
             if error is not None:
-                if pump.closing:  # already ended (client gone, shutting down)
-                    return
-                if self._retry_elsewhere(pump, conn, error):
-                    return
-                self._refuse(pump, f"channel open to {path} failed: {_reason(error)}")
+                # Decided one loop pass later: an open failed by the link dropping fails
+                # while asyncssh is still closing the connection (is_closed() not yet true).
+                asyncio.get_running_loop().call_soon(failed, error)
                 return
             self.metrics.channel_opened(time.monotonic() - started)
             if pump.closing:
@@ -477,6 +481,8 @@ class RelayClient:
             self._server_draining(conn)
         elif not conn.is_closed():
             return False
+        elif self.conn is conn:
+            self.link.clear()  # the supervisor has yet to notice: wait for the next link
         log.info("connection_retried", extra={"conn_id": pump.conn_id,
                                               "reason": _reason(error)})
         self._wait_for_link(pump)
