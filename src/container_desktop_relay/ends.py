@@ -31,12 +31,13 @@ else:
 class ChannelEnd(asyncssh.SSHUNIXSession[bytes]):
     """An SSH ``direct-streamlocal`` channel as one side of a pump."""
 
-    __slots__ = ("_chan", "pump", "side")
+    __slots__ = ("_chan", "_eof_written", "pump", "side")
 
     def __init__(self, pump: Pump, side: Side) -> None:
         self.pump = pump
         self.side = side
         self._chan: asyncssh.SSHUNIXChannel[bytes] | None = None
+        self._eof_written = False
 
     # asyncssh session callbacks
     def connection_made(self, chan: asyncssh.SSHUNIXChannel[bytes]) -> None:  # type: ignore[override]
@@ -82,15 +83,24 @@ class ChannelEnd(asyncssh.SSHUNIXSession[bytes]):
     def write_eof(self) -> None:
         chan = self._chan
         if chan is not None:
+            self._eof_written = True
             with contextlib.suppress(OSError):
                 chan.write_eof()
 
     def finish(self) -> None:
         chan = self._chan
-        if chan is not None:
-            with sshtune.Corked(chan):  # EOF and CLOSE leave in one send()
-                self.write_eof()
-                chan.close()
+        if chan is None:
+            return
+        if chan.get_write_buffer_size():
+            # Data still waits for window: asyncssh 2.24.1's close() would replace the EOF
+            # queued behind it with a bare CLOSE, and the peer would take a complete stream
+            # for a cut-off one. Send the EOF only; the peer closes once it has read it (the
+            # close linger bounds a peer that never reads).
+            self.write_eof()
+            return
+        with sshtune.Corked(chan):  # EOF and CLOSE leave in one send()
+            self.write_eof()
+            chan.close()
 
     def pause_reading(self) -> None:
         if self._chan is not None:
@@ -101,8 +111,12 @@ class ChannelEnd(asyncssh.SSHUNIXSession[bytes]):
             self._chan.resume_reading()
 
     def close(self) -> None:
-        if self._chan is not None:
-            self._chan.close()
+        chan = self._chan
+        if chan is None:
+            return
+        if self._eof_written and chan.get_write_buffer_size():
+            return  # our EOF waits behind data (see finish): the peer closes after reading it
+        chan.close()
 
     def abort(self) -> None:
         if self._chan is not None:
