@@ -6,6 +6,9 @@ import json
 import sys
 from collections import defaultdict
 
+#: Row groups in table order (rows of one kind keep the order the suite wrote them in).
+KINDS = ("fault", "slow", "hostile", "disk", "load", "leaks")
+
 
 def main(path: str) -> int:
     rows: dict[tuple[str, str], list[dict[str, object]]] = defaultdict(list)
@@ -16,7 +19,8 @@ def main(path: str) -> int:
                 rows[(str(row["kind"]), str(row["what"]))].append(row)
     print("| kind | what was tried | times | streams | what happened (last run) | bytes lost |")
     print("|---|---|---|---|---|---|")
-    for (kind, what), runs in rows.items():
+    order = {kind: i for i, kind in enumerate(KINDS)}
+    for (kind, what), runs in sorted(rows.items(), key=lambda kv: order.get(kv[0][0], len(order))):
         streams = sum(int(r["runs"]) for r in runs)  # type: ignore[call-overload]
         lost = sum(int(r.get("silently_lost", 0)) for r in runs)  # type: ignore[call-overload]
         print(f"| {kind} | {what} | {len(runs)} | {streams} | {runs[-1]['outcome']} | {lost} |")

@@ -509,6 +509,42 @@ def ping(sock: Path) -> bool:
         return False
 
 
+class PeakRss:
+    """Samples the RSS of processes every 20 ms while running: the peak during an operation,
+    not one reading after it (memory freed at the end would hide the growth)."""
+
+    def __init__(self, *pids: int) -> None:
+        import psutil
+
+        self.procs = [psutil.Process(pid) for pid in pids]
+        self.base = [p.memory_info().rss for p in self.procs]
+        self.peak = list(self.base)
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            for i, proc in enumerate(self.procs):
+                with contextlib.suppress(Exception):
+                    self.peak[i] = max(self.peak[i], proc.memory_info().rss)
+            self.samples += 1
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def growth_mib(self) -> list[float]:
+        """Peak minus baseline per process, in MiB."""
+        return [(peak - base) / (1 << 20) for base, peak in zip(self.base, self.peak,
+                                                                strict=True)]
+
+
 @contextlib.contextmanager
 def stopping(*things: Any) -> Iterator[None]:
     """Stop every given object (``.stop()`` / ``.close()``) on exit, even on failure."""
@@ -529,9 +565,24 @@ class FakeEnd:
         self.paused = False
         self.closed = False
         self.aborted = False
+        self.queue = 0  # written but not yet accepted by the (imaginary) peer
+        self.holding = False  # True: the peer accepts nothing until accept() is called
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> int:
         self.written.append(bytes(data))
+        if self.holding:
+            self.queue += len(data)
+        return self.queue
+
+    def queued(self) -> int:
+        return self.queue
+
+    def backlog(self) -> int:
+        return self.queue
+
+    def accept(self, n: int) -> None:
+        """The peer takes ``n`` queued bytes."""
+        self.queue -= n
 
     def write_eof(self) -> None:
         self.eof = True

@@ -15,8 +15,14 @@ from helpers import FACTOR, Proc, wait_for
 class Sink:
     """An in-memory end that accepts everything (the pump's End protocol)."""
 
-    def write(self, data: bytes) -> None:
-        pass
+    def write(self, data: bytes) -> int:
+        return 0  # taken at once
+
+    def queued(self) -> int:
+        return 0
+
+    def backlog(self) -> int:
+        return 0
 
     def write_eof(self) -> None:
         pass

@@ -104,22 +104,25 @@ def _install_signals(shutdown: Shutdown) -> Callable[[], None]:
     return restore
 
 
-async def _start_unless_stopped(role: Role, shutdown: Shutdown) -> bool:
-    """Start ``role``; False if shutdown was requested first (the start is then cancelled)."""
-    starting = asyncio.create_task(role.start(), name="start")
-    stopping = asyncio.create_task(shutdown.requested.wait(), name="stop-during-start")
+async def _start_unless_shutdown(role: Role, shutdown: Shutdown) -> bool:
+    """Start ``role``; False when a shutdown request came first (start-up is then cancelled).
+
+    Start-up can take long (a client retries its first link attempts); a signal must not wait
+    for it. ``role.start`` releases what it acquired when cancelled.
+    """
+    start = asyncio.create_task(role.start(), name="start")
+    requested = asyncio.create_task(shutdown.requested.wait(), name="shutdown-requested")
     try:
-        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({start, requested}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        stopping.cancel()
-        if not starting.done():
-            starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await starting
-    if starting.cancelled():
-        return False
-    starting.result()  # a failed start raises its error here
-    return True
+        requested.cancel()
+    if start.done():
+        start.result()  # raises what start-up raised
+        return True
+    start.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down regardless
+        await start
+    return False
 
 
 async def serve(
@@ -148,8 +151,9 @@ async def serve(
                               shutdown.request),
                 name="parent-watch",
             )
-        if not await _start_unless_stopped(role, shutdown):
-            log.info("shutdown_complete", extra={"reason": shutdown.reason})
+        if not await _start_unless_shutdown(role, shutdown):
+            log.info("shutdown_complete", extra={"reason": shutdown.reason,
+                                                 "during": "start-up"})
             return 0
         for extra in extras or []:
             cleanup = await extra(role, shutdown)

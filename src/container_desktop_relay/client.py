@@ -38,6 +38,7 @@ from container_desktop_relay.config import Config
 from container_desktop_relay.endpoints import Endpoint, Listener, open_listener
 from container_desktop_relay.ends import ChannelEnd, TransportEnd
 from container_desktop_relay.errors import (
+    SERVER_DRAINING,
     AuthenticationRefused,
     ConfigError,
     HostKeyMismatch,
@@ -94,7 +95,9 @@ class _SSHClient(asyncssh.SSHClient):
                                  key: asyncssh.SSHKey) -> bool:
         # Re-keying asks again: the server must present the key it proved at connect.
         if self.accepted is not None:
-            return key.public_data == self.accepted.public_data
+            same = key.public_data == self.accepted.public_data
+            log.debug("ssh_host_key_rechecked", extra={"host": host, "same": same})
+            return same
         if self.policy.check(host, addr, port, key):
             self.accepted = key
             return True
@@ -145,6 +148,8 @@ class RelayClient:
         self._forward_of: dict[Pump, Forward] = {}
         self._idle = asyncio.Event()
         self._closing = False
+        #: readiness probe channels open now
+        self.probing = 0
 
     # ------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -365,8 +370,8 @@ class RelayClient:
         if not self._closing:
             log.error("ssh_link_down", extra={"remote": str(self.target), "reason": reason})
             self.metrics.error("connection", f"SSH link to {self.target} lost: {reason}")
-        for pump in list(self._linked):
-            pump.close(f"SSH link lost: {reason}")
+        for pump in list(self._linked):  # cut off: never a clean end of stream
+            pump.close(f"SSH link lost: {reason}", abort=True)
 
     async def _supervise(self, conn: asyncssh.SSHClientConnection) -> None:
         """Probe, serve until the link drops, reconnect; forever (cancelled on close)."""
@@ -418,7 +423,11 @@ class RelayClient:
     async def probe(self, conn: asyncssh.SSHClientConnection,
                     path: str | None = None) -> str | None:
         """Open and close a channel to ``path`` (default: the first forward's remote socket);
-        None when it worked, else why not."""
+        None when it worked, else why not.
+
+        While it is open the probe counts against ``max_connections`` (the server counts it).
+        """
+        self.probing += 1
         try:
             async with asyncio.timeout(self.config.ssh_timeout):
                 chan, _ = await conn.create_unix_connection(
@@ -428,6 +437,8 @@ class RelayClient:
                 await chan.wait_closed()
         except (OSError, asyncssh.Error, TimeoutError) as exc:
             return _reason(exc)
+        finally:
+            self.probing -= 1
         return None
 
     # ------------------------------------------------------- local connections
@@ -441,18 +452,18 @@ class RelayClient:
         pump = Pump(f"c-{next(_conn_ids)}", fwd.remote, self._finished)
         self._forward_of[pump] = fwd
         end = TransportEnd(pump, CLIENT, config.buffer_size)
-        self.metrics.connection_started(pump, fwd.name)
+        self.metrics.connection_started(pump, fwd.name, admitted=False)
         conn = self.conn
         if self._closing:
-            pump.close("shutting down")
-        elif len(self.metrics.active) > config.max_connections:
+            self._refuse(pump, "shutting down")
+        elif len(self.metrics.active) + self.probing > config.max_connections:
+            # The readiness probe is a channel the server counts too: with equal limits on
+            # both roles, nothing this role admits may be refused there.
             self._refuse(pump, f"connection pool exhausted (max: {config.max_connections})")
         elif self.link.is_set() and conn is not None:
             self._open_channel(pump, conn)
         else:
-            task = asyncio.create_task(self._open_when_linked(pump), name="local-connection")
-            self._handlers.add(task)
-            task.add_done_callback(self._handlers.discard)
+            self._wait_for_link(pump)
         return end
 
     async def _open_when_linked(self, pump: Pump) -> None:
@@ -473,19 +484,33 @@ class RelayClient:
             return
         self._open_channel(pump, conn)
 
+    def _wait_for_link(self, pump: Pump) -> None:
+        """Open ``pump``'s channel once the (next) link is ready, waiting up to ``ssh_timeout``."""
+        task = asyncio.create_task(self._open_when_linked(pump), name="local-connection")
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
     def _open_channel(self, pump: Pump, conn: asyncssh.SSHClientConnection) -> None:
         """Open ``pump``'s channel; the pump's target side is attached once it is confirmed."""
         path = pump.target
         started = time.monotonic()
 
+        def failed(error: BaseException) -> None:
+            if pump.closing:  # already ended (client gone, shutting down)
+                return
+            if not self._retry_elsewhere(pump, conn, error):
+                self._refuse(pump, f"channel open to {path} failed: {_reason(error)}")
+
         def opened(error: BaseException | None) -> None:
             if error is not None:
-                if not pump.closing:  # else already ended (client gone, shutting down)
-                    self._refuse(pump, f"channel open to {path} failed: {_reason(error)}")
+                # Decided one loop pass later: an open failed by the link dropping fails
+                # while asyncssh is still closing the connection (is_closed() not yet true).
+                asyncio.get_running_loop().call_soon(failed, error)
                 return
             self.metrics.channel_opened(time.monotonic() - started)
             if pump.closing:
                 return
+            self.metrics.connection_admitted(pump)
             self._linked.add(pump)
             if log.isEnabledFor(logging.INFO):  # per connection: skip building the fields
                 fwd = self._forward_of.get(pump)
@@ -498,10 +523,37 @@ class RelayClient:
         except (OSError, asyncssh.Error) as exc:
             self._refuse(pump, f"channel open to {path} failed: {_reason(exc)}")
 
+    def _retry_elsewhere(self, pump: Pump, conn: asyncssh.SSHClientConnection,
+                         error: BaseException) -> bool:
+        """Whether a failed channel open is retried on the next link (nothing reached the
+        target): the link dropped while it was in flight, or the server is draining."""
+        if self._closing:
+            return False
+        if isinstance(error, asyncssh.ChannelOpenError) and error.reason == SERVER_DRAINING:
+            self._server_draining(conn)
+        elif not conn.is_closed():
+            return False
+        elif self.conn is conn:
+            self.link.clear()  # the supervisor has yet to notice: wait for the next link
+        log.info("connection_retried", extra={"conn_id": pump.conn_id,
+                                              "reason": _reason(error)})
+        self._wait_for_link(pump)
+        return True
+
+    def _server_draining(self, conn: asyncssh.SSHClientConnection) -> None:
+        """The server refused a channel because it is shutting down: stop using this link
+        for new connections and stop being ready until the next link is (the live ones go
+        on; the server closes the link once they are done)."""
+        if self.conn is not conn or not self.link.is_set():
+            return
+        self.link.clear()
+        self.state.set_not_ready("server is shutting down")
+        log.warning("server_draining", extra={"remote": str(self.target)})
+
     def _refuse(self, pump: Pump, reason: str) -> None:
         self.metrics.error("connection", f"{pump.conn_id}: {reason}")
         log.warning("connection_refused", extra={"conn_id": pump.conn_id, "reason": reason})
-        pump.close(reason)
+        pump.refuse(reason)
 
     def _finished(self, pump: Pump) -> None:
         """A pump ended: account and log it once."""

@@ -88,11 +88,12 @@ class Config:
                                   "and authentication (login grace time)", "duration",
                                   roles=SERVER, minimum=0.001)
     read_timeout: float = _opt(0.0, "close a forwarded connection after this long with no bytes "
-                               "in either direction (0 = never)", "duration", minimum=0,
-                               zero_disables=True)
-    write_timeout: float = _opt(0.0, "close a forwarded connection whose peer has not accepted "
-                                "written bytes for this long (0 = never)", "duration", minimum=0,
-                                zero_disables=True)
+                               "moving in either direction, read or taken by a peer "
+                               "(0 = never)", "duration", minimum=0, zero_disables=True)
+    write_timeout: float = _opt(0.0, "close a forwarded connection whose peer has taken none of "
+                                "the bytes waiting for it for this long; a slow reader that "
+                                "keeps taking bytes is never cut off (0 = never)", "duration",
+                                minimum=0, zero_disables=True)
     shutdown_timeout: float = _opt(10.0, "on SIGTERM/SIGINT, how long active connections may "
                                    "finish before they are closed", "duration", minimum=0)
     keepalive_interval: float = _opt(2.0, "SSH keepalive probe interval", "duration",

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "SERVER_DRAINING",
     "AuthenticationRefused",
     "ConfigError",
     "EndpointError",
@@ -29,6 +30,10 @@ __all__ = [
     "TunnelUnavailable",
 ]
 
+
+#: The reason a draining server gives when it refuses a channel; a client relay that reads it
+#: stops being ready and retries the connection on its next link instead of failing it.
+SERVER_DRAINING = "server is shutting down"
 
 class RelayError(Exception):
     """Root of every error this program reports to its user."""

@@ -6,8 +6,11 @@ Counting rules (documented in docs/observability.md):
   local Docker client on the client role, the SSH channel on the server role), i.e. requests
   travelling toward the engine.
 * ``total_bytes_written``: bytes written back to the client side, i.e. responses from the engine.
+* Byte counts are bytes the receiving peer accepted, not bytes the relay read: what a timeout
+  or an abort discarded from a buffer is not counted.
 * ``connection_errors``: SSH-level failures (handshake/authentication failures, refused or
-  failed channel opens, the SSH link dropping under live connections).
+  failed channel opens, the SSH link dropping under live connections) and forwarded
+  connections that did not end cleanly (timeouts, the close linger, aborts, cut-off streams).
 * ``socket_errors``: local socket/pipe failures (the target socket unreachable, I/O errors on a
   forwarded socket).
 
@@ -98,6 +101,8 @@ class Metrics:
         self._clock = clock
         self.started = clock()
         self.active: set[Pump] = set()
+        #: accepted connections whose target side is not open yet (not counted as connections)
+        self.waiting: set[Pump] = set()
         self.total_connections = 0
         self.closed_bytes_read = 0
         self.closed_bytes_written = 0
@@ -118,19 +123,39 @@ class Metrics:
         self.listeners: list[Callable[[], None]] = []
 
     # ---------------------------------------------------------------- feed
-    def connection_started(self, pump: Pump, forward: str = "") -> None:
-        """A forwarded connection was accepted (by the client's forward ``forward``)."""
-        self.total_connections += 1
+    def connection_started(self, pump: Pump, forward: str = "", *,
+                           admitted: bool = True) -> None:
+        """A forwarded connection was accepted, by the client's forward ``forward`` when given
+        (``admitted``: and its target side opened; otherwise :meth:`connection_admitted`
+        follows once it is)."""
         self.active.add(pump)
         if forward:
             self.forward_connections[forward] = self.forward_connections.get(forward, 0) + 1
+        if admitted:
+            self.total_connections += 1
+        else:
+            self.waiting.add(pump)
+
+    def connection_admitted(self, pump: Pump) -> None:
+        """A connection started with ``admitted=False`` reached its target side."""
+        if pump in self.waiting:
+            self.waiting.discard(pump)
+            self.total_connections += 1
 
     def connection_finished(self, pump: Pump) -> None:
-        """A forwarded connection ended (both sides closed)."""
+        """A forwarded connection ended (both sides closed).
+
+        One that never reached its target (refused, or its client left while the channel
+        opened) is not a connection: it counts in neither totals nor average duration.
+        """
         self.active.discard(pump)
+        if pump in self.waiting:
+            self.waiting.discard(pump)
+            return
         self.closed_connections += 1
-        self.closed_bytes_read += pump.bytes[0]
-        self.closed_bytes_written += pump.bytes[1]
+        up, down = pump.bytes
+        self.closed_bytes_read += up
+        self.closed_bytes_written += down
         duration = pump.duration
         self.closed_duration_total += duration
         self.duration_hist.observe(duration)
@@ -184,23 +209,29 @@ class Metrics:
 def account_finished(metrics: Metrics, pump: Pump, logger: logging.Logger,
                      forward: str = "") -> None:
     """Count a finished forwarded connection (and its failure), and log its one close event
-    (with the client's ``forward`` when given)."""
-    import asyncssh
+    (with the client's ``forward`` when given).
 
+    A connection that did not end cleanly (a side failed, a timeout or the close linger cut it
+    off, it was aborted at shutdown, its stream was cut off) is an error: ``socket_errors``
+    when a local socket or pipe failed, ``connection_errors`` otherwise.
+    """
     metrics.connection_finished(pump)
-    if pump.error is not None:
-        kind = "connection" if isinstance(pump.error, asyncssh.Error) else "socket"
+    up, down = pump.bytes
+    if pump.failed:
+        kind = "socket" if isinstance(pump.error, OSError) else "connection"
         metrics.error(kind, f"{pump.conn_id}: {pump.reason}")
     if not logger.isEnabledFor(logging.INFO):  # per connection: skip building the fields
         return
     extra = {
         "conn_id": pump.conn_id,
         "socket_path": pump.target,
-        "bytes_up": pump.up,
-        "bytes_down": pump.down,
+        "bytes_up": up,
+        "bytes_down": down,
         "duration_ms": round(pump.duration * 1000, 3),
         "reason": pump.reason,
+        "failed": pump.failed,
     }
     if forward:
         extra["endpoint"] = forward
-    logger.info("connection_closed", extra=extra)
+    logger.log(logging.WARNING if pump.failed else logging.INFO, "connection_closed",
+               extra=extra)

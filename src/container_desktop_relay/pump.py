@@ -24,6 +24,13 @@ Rules:
    other, so a broken stream never looks like a clean end of stream.
 4. The pump finishes when both attached sides have reported ``lost``; it then reports itself
    once to its ``on_finished`` callback with the byte counts and the close reason.
+5. Progress, not fullness, is what counts. Every ``write`` returns what the side still has
+   queued, so byte counts are bytes handed to the receiving peer, not bytes read (what an
+   abort discards is not counted). :meth:`Pump.stalled_for` (the idle sweeper's write timeout
+   and close linger) looks at each side's :meth:`End.backlog` and is the time since a peer
+   with a backlog last took any of it: a reader at any steady rate is never stalled.
+6. The close reason is ``done`` only when both directions ended and were flushed; an abort
+   (timeout, failure, cut-off stream, shutdown) replaces it, and :attr:`Pump.failed` says so.
 """
 
 from __future__ import annotations
@@ -33,10 +40,12 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["CLIENT", "HOLD_LIMIT", "TARGET", "End", "Pump", "Side"]
+__all__ = ["CLIENT", "HOLD_LIMIT", "REFUSE_LINGER", "TARGET", "End", "Pump", "Side"]
 
 #: Bytes a side may send before the other side is attached without its reader being paused.
 HOLD_LIMIT = 16 * 1024
+#: How long a refused client may go on sending (read and dropped) before it is cut off.
+REFUSE_LINGER = 1.0
 
 
 class Side(enum.IntEnum):
@@ -53,8 +62,16 @@ TARGET = Side.TARGET
 class End(Protocol):
     """What the pump needs from one side of a forwarded connection."""
 
-    def write(self, data: bytes) -> None:
-        """Queue ``data`` for sending; never blocks."""
+    def write(self, data: bytes) -> int:
+        """Queue ``data`` for sending; never blocks. Returns :meth:`queued` after queueing."""
+
+    def queued(self) -> int:
+        """Bytes written but still queued in the relay (not yet handed to the transport's
+        peer: the kernel, or the SSH peer through its window); 0 once closed."""
+
+    def backlog(self) -> int:
+        """Bytes written that the peer has not read yet, as far as can be seen: :meth:`queued`
+        plus what waits in a kernel send queue. Cheap enough for a periodic look only."""
 
     def write_eof(self) -> None:
         """Half-close: no more data will be written."""
@@ -79,21 +96,27 @@ class Pump:
     """One forwarded connection: two ends, two directions, byte counts, one close reason."""
 
     __slots__ = (
+        "_accepted",
+        "_backlog",
         "_ends",
         "_eof",
         "_finished",
         "_held",
         "_held_size",
         "_lost",
-        "_on_finished",
-        "_paused_by",
-        "_write_blocked",
-        "bytes",
+                "_paused_by",
+        "_progress",
+        "_sealed",
+        "_sent",
+        "_taken",
         "closing",
         "conn_id",
         "error",
+        "failed",
         "last_activity",
+        "on_finished",
         "reason",
+        "refused_at",
         "started",
         "target",
     )
@@ -106,23 +129,32 @@ class Pump:
     ) -> None:
         self.conn_id = conn_id
         self.target = target
-        self._on_finished = on_finished
+        self.on_finished = on_finished
         self._ends: list[End | None] = [None, None]
         self._held: list[list[bytes]] = [[], []]
         self._held_size = [0, 0]
         self._eof = [False, False]
         self._lost = [False, False]
         self._paused_by = [False, False]  # side X paused because the other side is backed up
-        self._write_blocked: list[float | None] = [None, None]
-        #: bytes[CLIENT] = read from the client side (upstream, toward the target);
-        #: bytes[TARGET] = read from the target side (downstream, toward the client).
-        self.bytes = [0, 0]
+        #: per side: bytes written to its end, bytes handed on to its peer (last known), the
+        #: backlog last seen, when its peer last took bytes (or had nothing pending)
+        self._sent = [0, 0]
+        self._accepted = [0, 0]
+        self._backlog = [0, 0]
+        self._taken = [0, 0]  # bytes the peer had read at the last look (sent - backlog)
         self.started = time.monotonic()
+        self._progress = [self.started, self.started]
+        #: a side whose accounting is final (lost, or aborted: its buffer is discarded)
+        self._sealed = [False, False]
         self.last_activity = self.started
         self.closing = False
         self._finished = False
         self.reason = ""
+        #: True once the stream was cut off (failure, timeout, abort): never a clean end
+        self.failed = False
         self.error: BaseException | None = None
+        #: when :meth:`refuse` was called (None: not refused)
+        self.refused_at: float | None = None
 
     # ----------------------------------------------------------------- wiring
     def attach(self, side: Side, end: End) -> None:
@@ -131,13 +163,19 @@ class Pump:
         if self.closing:
             end.close()
             return
+        if self.refused_at is not None:
+            if side == CLIENT:
+                end.write_eof()
+            else:
+                end.close()
+            return
         other = 1 - side
         held = self._held[other]
         if held:
             self._held[other] = []
             self._held_size[other] = 0
             for chunk in held:
-                end.write(chunk)
+                self._wrote(side, len(chunk), end.write(chunk))
         if self._eof[other]:
             end.write_eof()
         other_end = self._ends[other]
@@ -148,46 +186,92 @@ class Pump:
 
     @property
     def up(self) -> int:
-        """Bytes that went from the client side toward the target."""
-        return self.bytes[CLIENT]
+        """Bytes from the client side that the target side's peer accepted."""
+        self._observe(TARGET)
+        return self._accepted[TARGET]
 
     @property
     def down(self) -> int:
-        """Bytes that went from the target side back to the client."""
-        return self.bytes[TARGET]
+        """Bytes from the target side that the client side's peer accepted."""
+        self._observe(CLIENT)
+        return self._accepted[CLIENT]
+
+    @property
+    def bytes(self) -> tuple[int, int]:
+        """(:attr:`up`, :attr:`down`): bytes accepted by the peer, per direction."""
+        return self.up, self.down
 
     @property
     def duration(self) -> float:
         """Seconds since the pump was created."""
         return time.monotonic() - self.started
 
-    def write_blocked_for(self, now: float) -> float:
-        """How long the longest-blocked direction has been waiting for its reader."""
-        blocked = [t for t in self._write_blocked if t is not None]
-        return now - min(blocked) if blocked else 0.0
+    def stalled_for(self, now: float) -> float:
+        """How long the longest-stalled side's peer has taken nothing of its backlog."""
+        stalled = 0.0
+        for side in (CLIENT, TARGET):
+            self._observe(side, now)
+            if self._backlog[side] and not self._sealed[side]:
+                stalled = max(stalled, now - self._progress[side])
+        return stalled
+
+    def _wrote(self, side: int, n: int, queued: int) -> None:
+        """``n`` bytes were written to ``side``'s end, which still queues ``queued``."""
+        sent = self._sent[side] = self._sent[side] + n
+        if sent - queued > self._accepted[side]:
+            self._accepted[side] = sent - queued
+
+    def _observe(self, side: int, now: float | None = None) -> None:
+        """Note how much of ``side``'s backlog its peer has taken, and when it last took any."""
+        end = self._ends[side]
+        if end is None or self._sealed[side]:
+            return
+        now = time.monotonic() if now is None else now
+        sent = self._sent[side]
+        if sent - end.queued() > self._accepted[side]:
+            self._accepted[side] = sent - end.queued()
+        backlog = end.backlog()
+        if sent - backlog > self._taken[side]:
+            self._taken[side] = sent - backlog
+            self._progress[side] = now
+            if now > self.last_activity:
+                self.last_activity = now  # a peer taking bytes is activity too
+        elif not backlog:
+            self._progress[side] = now  # nothing pending: not stalled
+        self._backlog[side] = backlog
+
+    def _seal(self, side: int, *, observe: bool) -> None:
+        if observe:
+            self._observe(side)
+        self._sealed[side] = True
 
     # ------------------------------------------------------- adapter events
     def data(self, side: Side, data: bytes) -> None:
         """``side`` read ``data``."""
-        self.bytes[side] += len(data)
         self.last_activity = time.monotonic()
-        dest = self._ends[1 - side]
+        other = 1 - side
+        dest = self._ends[other]
         if dest is None:
+            if self.refused_at is not None:
+                return  # refused: the rest of the request is read and dropped
             self._held[side].append(bytes(data))
             self._held_size[side] += len(data)
             src = self._ends[side]
             if src is not None and self._held_size[side] > HOLD_LIMIT:
                 src.pause_reading()
             return
-        if self._lost[1 - side]:
+        if self._lost[other]:
             return
-        dest.write(data)
+        self._wrote(other, len(data), dest.write(data))
 
     def eof(self, side: Side) -> None:
         """``side`` will send no more data."""
         if self._eof[side]:
             return
         self._eof[side] = True
+        if self.refused_at is not None:
+            self._close_all(self.reason)  # the refused client has said all it will
+            return
         other = 1 - side
         dest = self._ends[other]
         live = dest is not None and not self._lost[other]
@@ -200,7 +284,6 @@ class Pump:
 
     def pause_writing(self, side: Side) -> None:
         """``side``'s outgoing buffer is full: stop reading from the other side."""
-        self._write_blocked[side] = time.monotonic()
         other = 1 - side
         self._paused_by[other] = True
         src = self._ends[other]
@@ -209,7 +292,7 @@ class Pump:
 
     def resume_writing(self, side: Side) -> None:
         """``side``'s outgoing buffer drained: read from the other side again."""
-        self._write_blocked[side] = None
+        self._observe(side)
         other = 1 - side
         if not self._paused_by[other]:
             return
@@ -222,16 +305,23 @@ class Pump:
         """``side`` is closed (``exc`` says why when it failed)."""
         if self._lost[side]:
             return
+        # A graceful close we asked for flushed everything; otherwise the transport has
+        # already discarded its buffer, and the last backlog seen is what was not accepted.
+        self._seal(side, observe=exc is None and self.closing and not self.failed)
         self._lost[side] = True
-        self._write_blocked[side] = None
         if exc is not None and self.error is None:
             self.error = exc
-            if not self.reason:
-                self.reason = f"{'client' if side == CLIENT else 'target'} error: {exc}"
+            self._fail(f"{'client' if side == CLIENT else 'target'} error: {exc}")
         if exc is not None:
             # A failed side is passed on as a failure (abort: a reset where the transport
             # can signal one), never as a clean end of stream.
             self.close(self.reason, abort=True)
+            return
+        if not self.closing and not any(self._sent) and not any(self._held_size) \
+                and not any(self._eof):
+            # Gone before a single byte moved either way (the client relay's readiness probe,
+            # a client that connected and left): nothing was cut short, so nothing failed.
+            self._close_all("closed before any data")
             return
         if not self.closing:
             # Gone before both directions ended, and without our asking: the stream was cut
@@ -241,23 +331,58 @@ class Pump:
             # on producing data nobody can receive (and, not being read, block). Either way
             # it is passed on as a failure.
             who = "client" if side == CLIENT else "target"
-            if not self.reason:
-                self.reason = (f"{who} closed without end of stream" if not self._eof[side]
-                               else f"{who} closed before the other direction ended")
+            self._fail(f"{who} closed without end of stream" if not self._eof[side]
+                       else f"{who} closed before the other direction ended")
             self.close(self.reason, abort=True)
             return
         self._maybe_finish()  # we were closing it: finished once every attached side is gone
 
     # ---------------------------------------------------------------- close
-    def close(self, reason: str, *, abort: bool = False) -> None:
-        """Close both sides (``abort`` discards buffered data) and record ``reason``."""
-        if not self.reason:
+    def refuse(self, reason: str) -> None:
+        """Refuse a connection whose target side never opened: the same way whatever it sent.
+
+        The client reads EOF at once (no answer will come); what it sends meanwhile is read and
+        dropped until it half-closes or closes, or :data:`REFUSE_LINGER` passes (the idle
+        sweeper then aborts it). Closing at once would reset a client whose request was not
+        yet read, but give a clean EOF to one whose request was: a refusal's look would depend
+        on its size.
+        """
+        if self.closing or self.refused_at is not None:
+            return
+        self._fail(reason)
+        self.refused_at = time.monotonic()
+        self._held = [[], []]
+        self._held_size = [0, 0]
+        end = self._ends[CLIENT]
+        if self._eof[CLIENT] or self._lost[CLIENT]:
+            self._close_all(reason)
+        elif end is not None:
+            end.write_eof()
+            end.resume_reading()
+        target = self._ends[TARGET]
+        if target is not None and not self._lost[TARGET]:
+            target.close()
+
+    def _fail(self, reason: str) -> None:
+        """Record the first failure; it replaces a graceful reason such as ``done``."""
+        if not self.failed:
+            self.failed = True
             self.reason = reason
+
+    def close(self, reason: str, *, abort: bool = False) -> None:
+        """Close both sides (``abort`` discards buffered data) and record ``reason``.
+
+        An abort is a failure: its reason replaces a graceful one (a ``done`` connection whose
+        peer then stopped reading ends as the timeout that cut it off, not as ``done``).
+        """
         if abort:
+            self._fail(reason)
             self.closing = True
             for side in (CLIENT, TARGET):
                 end = self._ends[side]
                 if end is not None and not self._lost[side]:
+                    if not self._sealed[side]:
+                        self._seal(side, observe=True)
                     end.abort()
             self._maybe_finish()
         else:
@@ -285,5 +410,5 @@ class Pump:
         if not self.closing:
             return
         self._finished = True
-        if self._on_finished is not None:
-            self._on_finished(self)
+        if self.on_finished is not None:
+            self.on_finished(self)

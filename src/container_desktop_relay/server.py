@@ -22,7 +22,7 @@ from container_desktop_relay import sshtune
 from container_desktop_relay.authkeys import LINE_OPTION, AuthorizedKeys, AuthorizedKeysReader
 from container_desktop_relay.config import Config
 from container_desktop_relay.ends import ChannelEnd, TransportEnd
-from container_desktop_relay.errors import ListenError
+from container_desktop_relay.errors import SERVER_DRAINING, ListenError
 from container_desktop_relay.idle import sweep_idle
 from container_desktop_relay.keys import check_not_writable_by_others, load_private_key
 from container_desktop_relay.log import get_logger
@@ -222,8 +222,15 @@ class RelayServer:
 
     # ------------------------------------------------------------ channels
     def slot_available(self) -> bool:
-        """Whether a new forwarded connection fits under ``max_connections``."""
-        return len(self.metrics.active) + self.pending < self.config.max_connections
+        """Whether a new forwarded connection fits under ``max_connections``.
+
+        Counts what is really open: connections already closing (both directions ended, or
+        aborted, and only flushing or waiting for the last close) do not count. A client relay
+        with the same limit frees its slot only after the server started closing it, so it
+        never has a connection admitted that the server refuses.
+        """
+        open_now = sum(1 for pump in self.metrics.active if not pump.closing)
+        return open_now + self.pending < self.config.max_connections
 
     def finished(self, pump: Pump) -> None:
         """A pump ended: account and log it once."""
@@ -375,7 +382,7 @@ class _ServerConnection(asyncssh.SSHServer):
         if self.forwarding_refused is not None:
             refused = self.forwarding_refused
         elif relay.state.draining:
-            refused, code = "server is shutting down", asyncssh.OPEN_CONNECT_FAILED
+            refused, code = SERVER_DRAINING, asyncssh.OPEN_CONNECT_FAILED
         elif why := check_socket_path(dest_path, config.allow_socket):
             refused = why
         elif not relay.slot_available():
@@ -457,11 +464,18 @@ class _ServerConnection(asyncssh.SSHServer):
         if self.lost:
             sock.close()
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "SSH connection closed")
-        pump = Pump(f"c-{next(_conn_ids)}", path, relay.finished)
+        pump = Pump(f"c-{next(_conn_ids)}", path)
         try:
             await _adopt(self._target_end(pump), sock)
         except OSError as exc:
             self._target_failed(path, exc)
+        if self.lost:
+            # The SSH connection dropped while the target socket was being wrapped: asyncssh
+            # will never attach this channel's session, so nothing would ever close the
+            # target (and, registered, it would count as active forever).
+            pump.close("SSH connection closed while connecting the target", abort=True)
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "SSH connection closed")
+        pump.on_finished = relay.finished
         self._register(pump, path, started)
         return ChannelEnd(pump, CLIENT)
 

@@ -19,6 +19,7 @@ from helpers import (
     FACTOR,
     EchoTarget,
     Keys,
+    PeakRss,
     Proc,
     RelayServer,
     exchange,
@@ -437,8 +438,6 @@ def test_memory_bounded_while_server_is_frozen(
 ) -> None:
     """With the server stalled, writers on open channels and on connections still waiting for
     their channel cannot grow the client's memory beyond its windows and buffers."""
-    import psutil
-
     server = owned(request, RelayServer(keys, tmp))
     client = owned(
         request, ClientProc(keys, tmp, server.port, str(echo.path), "--keepalive-interval", "60s")
@@ -452,8 +451,6 @@ def test_memory_bounded_while_server_is_frozen(
     server.proc.signal(signal.SIGSTOP)
     request.addfinalizer(lambda: server.proc.signal(signal.SIGCONT))
     pending = [unix_connect(client.socket) for _ in range(20)]
-    proc = psutil.Process(client.proc.pid)
-    before = proc.memory_info().rss
     chunk = b"m" * (1 << 20)
 
     def flood(sock: socket.socket) -> None:
@@ -465,11 +462,106 @@ def test_memory_bounded_while_server_is_frozen(
             pass
 
     threads = [threading.Thread(target=flood, args=(s,)) for s in opened + pending]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    grown = proc.memory_info().rss - before
+    with PeakRss(client.proc.pid) as rss:  # sampled during the push, not after it
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
     for s in opened + pending:
         s.close()
-    assert grown < 100 * MiB, f"client grew by {grown / MiB:.0f} MiB"
+    assert rss.samples > 10
+    grown = rss.growth_mib()[0]
+    assert grown < 100, f"client peaked {grown:.0f} MiB above its baseline"
+
+
+def test_sigterm_during_start_up_exits_zero_promptly(
+    request: pytest.FixtureRequest, keys: Keys, echo: EchoTarget, tmp: Path
+) -> None:
+    """A client whose server is frozen at start (TCP accepted, no SSH answer) is still in its
+    first link attempts when SIGTERM comes: it exits 0 within --shutdown-timeout of the
+    signal, not after giving up on its retries."""
+    server = owned(request, RelayServer(keys, tmp))
+    server.proc.signal(signal.SIGSTOP)
+    client = owned(request, ClientProc(keys, tmp, server.port, str(echo.path),
+                                       "--ssh-timeout", "5s", "--max-retries", "10",
+                                       "--shutdown-timeout", "2s", wait=False))
+    with stopping(server, client):
+        wait_for(lambda: client.socket.exists() or not client.proc.alive(), 30,
+                 "the client to listen (start-up under way)")
+        assert client.proc.alive(), client.log()
+        assert '"client_ready"' not in client.log()
+        client.proc.signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        code = client.proc.wait(20)
+        took = time.monotonic() - signalled
+    assert code == 0, client.log()[-3000:]
+    assert took < 2 + 1.5 * FACTOR, f"exited {took:.1f}s after SIGTERM"
+    assert '"shutdown_complete"' in client.log()
+
+
+def test_equal_limits_on_both_roles_refuse_nothing_admitted(
+    request: pytest.FixtureRequest, keys: Keys, echo: EchoTarget, tmp: Path
+) -> None:
+    """--max-connections 8 on both roles, 16 clients hammering it: the client refuses what is
+    over its limit, and the server refuses none of what the client admitted (closing
+    connections and the readiness probe do not count against the server's limit)."""
+    server = owned(request, RelayServer(keys, tmp, "--max-connections", "8"))
+    client = owned(request, ClientProc(keys, tmp, server.port, str(echo.path),
+                                       "--max-connections", "8"))
+    served = [0]
+    lock = threading.Lock()
+
+    def hammer() -> None:
+        for _ in range(40):
+            try:
+                got = _roundtrip(client.socket, b"x" * 3000)
+            except OSError:
+                continue
+            if got == b"x" * 3000:
+                with lock:
+                    served[0] += 1
+
+    with stopping(server, client):
+        threads = [threading.Thread(target=hammer, daemon=True) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120 * FACTOR)
+            assert not t.is_alive(), "a connection hung"
+        server_log = server.proc.log()
+    assert served[0] > 0
+    assert "connection pool exhausted" not in server_log, [
+        line for line in server_log.splitlines() if "pool exhausted" in line][:3]
+
+
+def test_draining_server_turns_client_unready_and_connections_wait_for_the_next_link(
+    request: pytest.FixtureRequest, keys: Keys, echo: EchoTarget, tmp: Path
+) -> None:
+    """While the server drains (SIGTERM, a stream still open), a new local connection is not
+    refused: the client stops being ready, and the connection waits for the next link (a
+    restarted server) and is served byte-exact there."""
+    server = owned(request, RelayServer(keys, tmp, "--shutdown-timeout", "30s"))
+    client = owned(request, ClientProc(keys, tmp, server.port, str(echo.path),
+                                       "--ssh-timeout", "30s"))
+    with stopping(server, client):
+        held = unix_connect(client.socket, 30)
+        held.sendall(b"hold")
+        assert held.recv(4) == b"hold"
+        server.proc.signal(signal.SIGTERM)
+        wait_for(lambda: '"shutdown_requested"' in server.proc.log(), 10, "the drain")
+        result: list[bytes] = []
+        waiting = threading.Thread(
+            target=lambda: result.append(_roundtrip(client.socket, b"late")), daemon=True)
+        waiting.start()
+        wait_for(lambda: '"server_draining"' in client.log(), 10, "the client to notice")
+        assert '"connection_retried"' in client.log()
+        held.shutdown(socket.SHUT_WR)  # let the drain finish
+        assert held.recv(1) == b""
+        held.close()
+        assert server.proc.wait(20) == 0
+        restarted = owned(request, RelayServer(keys, tmp, port=server.port))
+        with stopping(restarted):
+            waiting.join(40 * FACTOR)
+            assert not waiting.is_alive()
+    assert result == [b"late"]
+    assert "connection_refused" not in client.log()

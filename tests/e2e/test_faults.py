@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from clienthelp import ClientProc
@@ -27,6 +26,7 @@ from helpers import (
     FACTOR,
     EchoTarget,
     Keys,
+    PeakRss,
     RelayServer,
     exchange,
     record,
@@ -51,6 +51,14 @@ class Outcome:
         self.digest = ""
         self.error: BaseException | None = None
         self.elapsed = 0.0
+        self.ended = 0.0  # time.monotonic() when it ended
+        self.fault_at: float | None = None  # when the fault was injected, if one was
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None or self.received != self.expected
+
+    expected = -1
 
 
 def transfer(path: Path, payload: bytes, started: threading.Event | None = None,
@@ -82,17 +90,32 @@ def transfer(path: Path, payload: bytes, started: threading.Event | None = None,
         out.digest = digest.hexdigest()
     except OSError as exc:
         out.error = exc
-    out.elapsed = time.monotonic() - t0
+    out.ended = time.monotonic()
+    out.elapsed = out.ended - t0
+    out.expected = len(payload)
     return out
 
 
 def assert_complete_or_visible(out: Outcome, payload: bytes, bound: float) -> None:
-    """Byte-exact completion, or a visibly short/failed stream within ``bound`` seconds."""
+    """Byte-exact completion, or a visibly short/failed stream within ``bound`` seconds of
+    the fault (of the stream's start when no fault was injected)."""
     if out.error is None and out.received == len(payload):
         assert out.digest == sha(payload), "full length but corrupted bytes"
         return
     assert out.received < len(payload) or out.error is not None
-    assert out.elapsed < bound * FACTOR, f"took {out.elapsed:.1f}s to fail"
+    since = out.ended - out.fault_at if out.fault_at is not None else out.elapsed
+    assert since < bound * FACTOR, f"failed {since:.1f}s after the fault"
+
+
+def assert_failures_logged(log: str, outcomes: list[Outcome], *reasons: str) -> None:
+    """At least one stream failed, and the relay logged as many failed closes, each with one
+    of ``reasons`` (prefixes)."""
+    failed = [o for o in outcomes if o.failed]
+    assert failed, "the fault failed no stream: it was not injected mid-stream"
+    closes = [json.loads(line) for line in log.splitlines() if '"connection_closed"' in line]
+    logged = [c for c in closes if c.get("failed")]
+    assert len(logged) >= len(failed), (len(failed), closes)
+    assert all(str(c["reason"]).startswith(reasons) for c in logged), logged
 
 
 def report(what: str, outcomes: list[Outcome], payload: bytes, recovered: str) -> None:
@@ -177,10 +200,13 @@ def run_during(path: Path, payload: bytes, n: int, fault: callable) -> list[Outc
     for t in threads:
         t.start()
     assert started.wait(30 * FACTOR), "no data flowed before the fault"
+    fault_at = time.monotonic()
     fault()
     for t in threads:
         t.join(90 * FACTOR)
         assert not t.is_alive(), "a stream hung after the fault"
+    for out in outcomes:
+        out.fault_at = fault_at
     return outcomes
 
 
@@ -194,9 +220,9 @@ def test_server_sigkill_mid_stream_then_recovers(keys: Keys, echo: EchoTarget,
         outcomes = run_during(client.socket, payload, 4,
                               lambda: server.proc.signal(signal.SIGKILL))
         for out in outcomes:
-            assert_complete_or_visible(out, payload, KEEPALIVE_BOUND + 30)
-        assert any(o.received < len(payload) or o.error for o in outcomes)
+            assert_complete_or_visible(out, payload, KEEPALIVE_BOUND)
         wait_for(lambda: '"ssh_link_down"' in client.log(), 15, "client to notice")
+        assert_failures_logged(client.log(), outcomes, "target ", "SSH link lost")
         restarted = RelayServer(keys, tmp, port=server.port)
         with stopping(restarted):
             small = os.urandom(MiB)
@@ -215,7 +241,9 @@ def test_server_frozen_fails_within_keepalive_bound(chain: tuple[RelayServer, Cl
         outcomes = run_during(client.socket, payload, 2,
                               lambda: server.proc.signal(signal.SIGSTOP))
         for out in outcomes:
-            assert_complete_or_visible(out, payload, KEEPALIVE_BOUND + 20)
+            assert_complete_or_visible(out, payload, KEEPALIVE_BOUND)
+        wait_for(lambda: '"ssh_link_down"' in client.log(), 15, "client to notice")
+        assert_failures_logged(client.log(), outcomes, "target ", "SSH link lost")
     finally:
         server.proc.signal(signal.SIGCONT)
     small = os.urandom(MiB)
@@ -234,7 +262,8 @@ def test_ssh_connection_reset(keys: Keys, echo: EchoTarget, tmp: Path) -> None:
     with stopping(client, proxy, server):
         outcomes = run_during(client.socket, payload, 3, proxy.reset_all)
         for out in outcomes:
-            assert_complete_or_visible(out, payload, KEEPALIVE_BOUND + 20)
+            assert_complete_or_visible(out, payload, KEEPALIVE_BOUND)
+        assert_failures_logged(client.log(), outcomes, "target ", "SSH link lost")
         small = os.urandom(MiB)
         wait_for(lambda: exchange(client.socket, small) == (len(small), sha(small)), 30,
                  "a request after the reset", interval=0.2)
@@ -243,73 +272,202 @@ def test_ssh_connection_reset(keys: Keys, echo: EchoTarget, tmp: Path) -> None:
                "re-linked on its own")
 
 
-def test_target_removed_and_recreated(chain: tuple[RelayServer, ClientProc],
-                                      echo: EchoTarget, tmp: Path) -> None:
-    """Engine restart: in-flight streams fail visibly, requests while it is gone close at
-    once, and the re-created socket is used without restarting anything."""
-    server, client = chain
-    payload = os.urandom(32 * MiB)
-
-    outcomes = run_during(client.socket, payload, 2, echo.crash)
-    for out in outcomes:
-        assert_complete_or_visible(out, payload, 20)
-    t0 = time.monotonic()
-    try:
-        received = exchange(client.socket, b"anyone?", strict=False)[0]
-    except ConnectionResetError:
-        # The relay closed before reading the request (the channel open failed first):
-        # the kernel answers the unread bytes with a reset. Closed either way, nothing echoed.
-        received = 0
-    assert received == 0 and time.monotonic() - t0 < 5 * FACTOR  # closed promptly, not hung
-    wait_for(lambda: "does not exist" in server.proc.log(), 10, "server to log the reason")
-    again = EchoTarget(echo.path)
-    try:
-        small = os.urandom(MiB)
-        assert exchange(client.socket, small) == (len(small), sha(small))
-    finally:
-        again.close()
-    assert all(o.received < len(payload) or o.error for o in outcomes)
-    report("engine crashed (socket removed, connections reset), then re-created "
-           "(2 x 32 MiB echo)", outcomes, payload,
-           "request while gone closed at once; re-created socket used")
+ECHO_ENGINE = (
+    "import socket,sys,threading\n"
+    "l=socket.socket(socket.AF_UNIX); l.bind(sys.argv[1]); l.listen(64)\n"
+    "def serve(c):\n"
+    "    try:\n"
+    "        while d := c.recv(262144): c.sendall(d)\n"
+    "        c.shutdown(socket.SHUT_WR)\n"
+    "    except OSError: pass\n"
+    "while True:\n"
+    "    c,_=l.accept(); threading.Thread(target=serve,args=(c,),daemon=True).start()\n"
+)
 
 
-def test_local_client_vanishes_mid_transfer(chain: tuple[RelayServer, ClientProc],
-                                            tmp: Path) -> None:
-    """A local client killed mid-upload: both relays close the connection, none leaks."""
-    server, client = chain
+def test_target_removed_and_recreated(keys: Keys, tmp: Path) -> None:
+    """Engine crash (its process SIGKILLed, its socket file removed): in-flight streams fail
+    visibly and the server logs them as target failures, not as clean ends; a request while
+    it is gone is refused at once; the re-created socket is used without restarting anything."""
     import subprocess
     import sys
 
-    script = (
-        "import socket,sys\n"
-        "s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
-        "b=b'x'*65536\n"
-        "while True: s.sendall(b)\n"
-    )
-    writer = subprocess.Popen([sys.executable, "-c", script, str(client.socket)])
+    path = tmp / "engine.sock"
+    engine = subprocess.Popen([sys.executable, "-c", ECHO_ENGINE, str(path)])
     try:
-        wait_for(lambda: server.proc.log().count('"connection_opened"') >= 2, 15,
-                 "stream to start")
-        writer.kill()
-        writer.wait()
-        # The server's first connection is the client's readiness probe; the stream is the
-        # second. The client aborts its channel (CLOSE without EOF); the server passes that
-        # on to the target as a failure instead of a clean end of the upload.
-        wait_for(lambda: server.proc.log().count('"connection_closed"') >= 2
-                 and client.log().count('"connection_closed"') >= 1, 30,
-                 "both relays to close the connection")
+        wait_for(path.exists, 10, "the engine to listen")
+        server = RelayServer(keys, tmp)
+        client = ClientProc(keys, tmp, server.port, str(path))
+        payload = os.urandom(32 * MiB)
+
+        def crash() -> None:
+            engine.kill()
+            engine.wait()
+            path.unlink()
+
+        with stopping(client, server):
+            outcomes = run_during(client.socket, payload, 2, crash)
+            for out in outcomes:
+                assert_complete_or_visible(out, payload, 20)
+            wait_for(lambda: len([line for line in server.proc.log().splitlines()
+                                  if '"connection_closed"' in line]) >= 3, 20,
+                     "the server to log both streams' close")
+            assert_failures_logged(server.proc.log(), outcomes, "target ")
+            t0 = time.monotonic()
+            try:
+                received = exchange(client.socket, b"anyone?", strict=False)[0]
+            except ConnectionResetError:
+                received = 0
+            assert received == 0 and time.monotonic() - t0 < 5 * FACTOR  # refused at once
+            wait_for(lambda: "does not exist" in server.proc.log(), 10, "the refusal's reason")
+            again = EchoTarget(path)
+            try:
+                small = os.urandom(MiB)
+                assert exchange(client.socket, small) == (len(small), sha(small))
+            finally:
+                again.close()
     finally:
-        writer.kill()
-        writer.wait()
-    closed = [json.loads(line) for line in server.proc.log().splitlines()
-              if '"connection_closed"' in line]
-    assert any(c["reason"] == "client closed without end of stream" for c in closed), closed
-    small = os.urandom(MiB)
-    assert exchange(client.socket, small) == (len(small), sha(small))
-    record("fault", "local client killed mid-upload", 1,
-           "both relays closed it at once, the target saw a reset (not a clean end of the "
-           "upload); next request byte-exact")
+        engine.kill()
+        engine.wait()
+    assert all(o.failed for o in outcomes)
+    report("engine SIGKILLed (socket removed), then re-created (2 x 32 MiB echo)", outcomes,
+           payload, "server logged target failures; request while gone refused at once; "
+           "re-created socket used")
+
+
+class UploadSink:
+    """Unix-socket target reading an upload to its end; records how each reading ended.
+
+    A ``chatty`` sink also streams bytes back the whole time; since the uploader reads none of
+    them, the relays stop reading them and they wait unread in the server's socket, which is
+    what lets Linux turn the server's abort into a reset (docs/reliability.md, "Aborts").
+    """
+
+    def __init__(self, path: Path, chatty: bool) -> None:
+        self.path = path
+        self.chatty = chatty
+        self.received = 0
+        self.sent = 0
+        self.ended: str | None = None  # "eof" or the exception's class name
+        self.send_error = ""  # a chatty sink's send error's class name
+        self._sock = socket.socket(socket.AF_UNIX)
+        self._sock.bind(str(path))
+        self._sock.listen(8)
+        self.conn: socket.socket | None = None
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            first = conn.recv(65536)
+            if not first:  # the client's readiness probe
+                conn.close()
+                continue
+            self.conn = conn
+            self.received = len(first)
+            if self.chatty:
+                threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+            try:
+                while data := conn.recv(65536):
+                    self.received += len(data)
+                self.ended = "eof"
+            except OSError as exc:
+                self.ended = type(exc).__name__
+            return
+
+    def _talk(self, conn: socket.socket) -> None:
+        try:
+            while True:
+                self.sent += conn.send(b"t" * 65536)
+        except OSError as exc:
+            self.send_error = type(exc).__name__
+
+    def backed_up(self) -> bool:
+        """Upload flowing and (when chatty) the back stream stalled: nobody reads it."""
+        if self.received < MiB:
+            return False
+        if not self.chatty:
+            return True
+        before = self.sent
+        time.sleep(0.3)
+        return self.sent == before and self.sent > 0
+
+    def close(self) -> None:
+        self._sock.close()
+        if self.conn is not None:
+            self.conn.close()
+
+
+UPLOADER = (
+    "import socket,sys\n"
+    "s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+    "b=b'x'*65536\n"
+    "while True: s.sendall(b)\n"
+)
+
+
+@pytest.mark.parametrize("fault", ["uploader killed", "SSH link reset", "client relay killed"])
+@pytest.mark.parametrize("chatty", [True, False], ids=["target-sends-too", "target-only-reads"])
+def test_upload_cut_off_is_never_a_clean_end(fault: str, chatty: bool, keys: Keys,
+                                             tmp: Path) -> None:
+    """An upload cut off mid-way (uploader SIGKILLed, SSH link reset, client relay SIGKILLed):
+    the server logs the connection as failed with a reason that names the cause, and a target
+    that has sent bytes the relay had not read sees ECONNRESET, never a clean EOF. A target
+    that only reads cannot be reset by Linux (it reads EOF); the log and the counters are
+    what say the upload was cut off."""
+    import subprocess
+    import sys
+
+    sink = UploadSink(tmp / "sink.sock", chatty)
+    server = RelayServer(keys, tmp)
+    proxy = ResetProxy(server.port)
+    client = ClientProc(keys, tmp, proxy.port, str(sink.path))
+    writer = subprocess.Popen([sys.executable, "-c", UPLOADER, str(client.socket)])
+    with stopping(client, proxy, server, sink):
+        try:
+            wait_for(sink.backed_up, 30, "the upload to flow (and the back stream to stall)")
+            if fault == "uploader killed":
+                writer.kill()
+            elif fault == "SSH link reset":
+                proxy.reset_all()
+            else:
+                client.proc.signal(signal.SIGKILL)
+            wait_for(lambda: sink.ended is not None, 20, "the target to see the end")
+        finally:
+            writer.kill()
+            writer.wait()
+        if fault == "uploader killed" and not chatty:
+            # The killed uploader had nothing unread, so its kernel closed its socket as
+            # cleanly as a finished upload: the relay read EOF, and passed it on. Nothing in
+            # the stream says otherwise (straight against the target it is the same EOF).
+            assert sink.ended == "eof"
+            record("fault", "upload cut off: uploader killed, it read nothing", 1,
+                   "the kernel gave the relay a clean EOF; passed on as EOF, as without relay")
+            return
+        wait_for(lambda: [c for c in closed_events(server.proc.log()) if c["bytes_up"]], 20,
+                 "the server to log the close")
+        server_log = server.proc.log()
+    streams = [c for c in closed_events(server_log) if c["bytes_up"]]
+    assert len(streams) == 1 and streams[0]["failed"], streams
+    reason = str(streams[0]["reason"])
+    assert reason != "done" and reason.startswith("client "), reason
+    if chatty:
+        # Linux reports the reset once, to whichever call comes first: the read or the send.
+        assert "ConnectionResetError" in (sink.ended, sink.send_error), sink.ended
+    else:
+        assert sink.ended in ("eof", "ConnectionResetError"), sink.ended
+    saw = ("a reset" if "ConnectionResetError" in (sink.ended, sink.send_error)
+           else "EOF (Linux cannot reset a reading-only peer)")
+    record("fault", f"upload cut off: {fault}, target {'sends too' if chatty else 'only reads'}",
+           1, f"server: failed, reason {reason!r}; target saw {saw}")
+
+
+def closed_events(log: str) -> list[dict[str, object]]:
+    """The relay's connection_closed log events."""
+    return [json.loads(line) for line in log.splitlines() if '"connection_closed"' in line]
 
 
 def test_slow_reader_bounds_memory(keys: Keys, tmp: Path) -> None:
@@ -333,22 +491,21 @@ def test_slow_reader_bounds_memory(keys: Keys, tmp: Path) -> None:
     client = ClientProc(keys, tmp, server.port, str(target_path))
     sent = [0]
     with stopping(client, server, listener):
-        procs = [psutil.Process(server.proc.pid), psutil.Process(client.proc.pid)]
-        base = [p.memory_info().rss for p in procs]
         s = socket.socket(socket.AF_UNIX)
         s.connect(str(client.socket))
         s.setblocking(False)
         chunk = b"p" * 65536
         deadline = time.monotonic() + 8 * FACTOR
-        while time.monotonic() < deadline and sent[0] < 200 * MiB:
-            try:
-                sent[0] += s.send(chunk)
-            except BlockingIOError:
-                time.sleep(0.05)
-        peak = [p.memory_info().rss for p in procs]
+        with PeakRss(server.proc.pid, client.proc.pid) as rss:  # sampled during the push
+            while time.monotonic() < deadline and sent[0] < 200 * MiB:
+                try:
+                    sent[0] += s.send(chunk)
+                except BlockingIOError:
+                    time.sleep(0.05)
         stop.set()
         s.close()
-    growth_mb = [(b - a) / MiB for a, b in zip(base, peak, strict=True)]
+    assert rss.samples > 10
+    growth_mb = rss.growth_mib()
     # Everything in flight is bounded by the SSH window (a few MiB) and the socket buffers.
     assert sent[0] < 40 * MiB, f"writer pushed {sent[0] / MiB:.1f} MiB into a 1 KB/s reader"
     assert max(growth_mb) < 32, f"relay RSS grew {growth_mb} MiB"
@@ -371,5 +528,8 @@ def test_rekeying_keeps_a_first_use_link(keys: Keys, echo: EchoTarget, tmp: Path
         assert exchange(client.socket, payload) == (len(payload), sha(payload))
         assert '"ssh_link_down"' not in client.log()
         assert '"host_key_recorded"' in client.log()
+        # 24 MiB each way at 1 MiB per key: the server's key was re-checked on re-exchanges
+        rekeys = client.log().count('"ssh_host_key_rechecked"')
+        assert rekeys >= 10, f"{rekeys} key re-exchanges"
     record("fault", "SSH key re-exchange every 1 MiB on a first-use link (24 MiB echo)", 1,
            "byte-exact, link stayed up")

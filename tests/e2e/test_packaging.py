@@ -92,7 +92,8 @@ def test_sdist_contents(dist: Path) -> None:
         names = set(tf.getnames())
     for need in ("pyproject.toml", "LICENSE", "README.md", "CHANGELOG.md",
                  "docs/configuration.md", "src/container_desktop_relay/_version.py",
-                 "tests/helpers.py", "contrib/systemd/container-desktop-relay.service"):
+                 "tests/helpers.py", "contrib/systemd/container-desktop-relay.service",
+                 "lock/dev.txt", "lock/runtime.txt", "scripts/lockcheck.py"):
         assert f"{root}/{need}" in names, need
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -22,6 +23,7 @@ from helpers import (
     sha,
     ssh_forward,
     stopping,
+    tcp_open,
     unix_connect,
     wait_for,
 )
@@ -207,6 +209,11 @@ def test_graceful_shutdown_drains_then_exits_zero(keys: Keys, echo: EchoTarget,
         assert s.recv(1000)
         server.proc.signal(signal.SIGTERM)
         wait_for(lambda: '"shutdown_requested"' in server.proc.log(), 10, "drain to start")
+        late = unix_connect(tmp / "l.sock", 30)  # a new channel on the live SSH connection
+        assert late.recv(1) == b""
+        late.close()
+        wait_for(lambda: "server is shutting down" in fwd.log(), 10, "the channel refusal")
+        assert not tcp_open("127.0.0.1", server.port)  # no new SSH connections either
         payload = os.urandom(2 * MiB)
         s.sendall(payload)
         s.shutdown(socket.SHUT_WR)
@@ -218,6 +225,11 @@ def test_graceful_shutdown_drains_then_exits_zero(keys: Keys, echo: EchoTarget,
         assert server.proc.wait(20) == 0
     log = server.proc.log()
     assert '"shutdown_complete"' in log and "Traceback" not in log
+    assert log.count('"connection_opened"') == 1  # the refused channel never reached a target
+    with socket.socket() as again:  # the port is released (TIME_WAIT aside: no listener)
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", server.port))
+        again.listen(1)
 
 
 def test_second_signal_forces_exit(keys: Keys, echo: EchoTarget, tmp: Path) -> None:
@@ -291,9 +303,15 @@ def test_write_timeout_closes_stuck_peer(keys: Keys, tmp: Path) -> None:
         s = unix_connect(tmp / "l.sock", 30)
         accepted, _ = stuck.accept()
         chunk = b"w" * 65536
-        with pytest.raises(OSError):
+        # A reset or broken pipe: the relay cut us off. Not the socket's own 30 s timeout
+        # (TimeoutError is an OSError too, so OSError alone would accept it).
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):
             for _ in range(4096):  # 256 MiB at most; the relay must cut us off first
                 s.sendall(chunk)
         wait_for(lambda: "write_timeout" in server.proc.log(), 15, "write timeout log")
         s.close()
         accepted.close()
+    closed = [json.loads(line) for line in server.proc.log().splitlines()
+              if '"connection_closed"' in line]
+    assert [c["reason"] for c in closed if c["failed"]] == [
+        "peer accepted no data for 1s (write_timeout)"], closed

@@ -267,3 +267,45 @@ async def test_target_with_full_backlog_times_out(keys: Keys, tmp: Path) -> None
         listener.close()
         for sock in queued:
             sock.close()
+
+
+@pytest.mark.asyncio
+async def test_channel_open_in_flight_when_the_link_drops_is_retried(keys: Keys,
+                                                                     tmp: Path) -> None:
+    """A local connection whose channel is still opening (the server waits for a target with
+    a full backlog) when the SSH connection drops never reached the target: it waits for the
+    next link and is served there, not refused."""
+    listener, queued = _listener_with_full_backlog(tmp / "busy.sock")
+    p = await _start_pair(keys, tmp, str(tmp / "busy.sock"),
+                          server_extra={"max_request_wait_time": "30"})
+    second: RelayServer | None = None
+    target = None
+    echo = _EchoAll()
+    try:
+        await _wait(lambda: p.server.pending >= 1, "the probe's open waiting for the target")
+        answer = asyncio.ensure_future(_roundtrip(p.socket, b"in flight"))
+        await _wait(lambda: p.server.pending >= 2, "the connection's open waiting too")
+        p.server.stop_accepting()
+        p.server.close_all()  # the SSH connection drops under both opens
+        await _wait(lambda: p.client.state.link_up is False, "link down")
+        for sock in queued:
+            sock.close()
+        target = await asyncio.start_unix_server(echo, sock=listener)
+        second = RelayServer(p.server.config, Metrics("server"), RoleState("server"))
+        await second.start()
+        got = await asyncio.wait_for(answer, TIMEOUT)
+        assert got == b"in flight", list(p.client.metrics.recent_errors)
+        assert p.client.metrics.snapshot().total_connections == 1
+        assert not [e for e in p.client.metrics.recent_errors if "channel open" in e]
+    finally:
+        await p.client.aclose()
+        for server in (p.server, second):
+            if server is not None:
+                server.stop_accepting()
+                server.close_all()
+        if target is not None:
+            target.close()
+        await echo.close()
+        listener.close()
+        for sock in queued:
+            sock.close()

@@ -1,11 +1,21 @@
-"""Idle limits: read_timeout and write_timeout decisions."""
+"""Idle limits: read_timeout, write_timeout and the close linger measure time without progress."""
 
 from __future__ import annotations
 
 import time
 
 from container_desktop_relay.idle import expired
-from container_desktop_relay.pump import TARGET, Pump
+from container_desktop_relay.pump import CLIENT, TARGET, Pump
+from helpers import FakeEnd
+
+
+def attached(*, holding: bool = True) -> tuple[Pump, FakeEnd, FakeEnd]:
+    pump = Pump("c", "/s", None)
+    a, b = FakeEnd(), FakeEnd()
+    a.holding = b.holding = holding
+    pump.attach(CLIENT, a)
+    pump.attach(TARGET, b)
+    return pump, a, b
 
 
 def test_read_timeout() -> None:
@@ -18,24 +28,51 @@ def test_read_timeout() -> None:
     assert expired(pump, now + 1.5, 1.0, 0) is None
 
 
-def test_write_timeout() -> None:
-    """A side blocked for write_timeout expires; a resumed side does not."""
-    pump = Pump("c", "/s", None)
+def test_read_timeout_counts_a_peer_taking_buffered_bytes_as_activity() -> None:
+    """Nothing read for longer than read_timeout, but the client keeps taking the buffered
+    answer: not idle."""
+    pump, a, _b = attached()
+    pump.data(TARGET, b"x" * 1000)
     now = time.monotonic()
-    pump.pause_writing(TARGET)
-    assert expired(pump, now + 0.1, 0, 2.0) is None
-    assert "write_timeout" in (expired(pump, now + 2.5, 0, 2.0) or "")
-    pump.resume_writing(TARGET)
-    assert expired(pump, now + 2.5, 0, 2.0) is None
+    a.accept(100)
+    assert expired(pump, now + 0.9, 1.0, 0) is None
+    a.accept(100)
+    assert expired(pump, now + 1.8, 1.0, 0) is None
+    assert "read_timeout" in (expired(pump, now + 2.9, 1.0, 0) or "")
+
+
+def test_write_timeout_measures_time_without_progress() -> None:
+    """A backlog its peer keeps draining never expires, however long it lasts; a backlog the
+    peer stops draining expires write_timeout after the last byte it accepted."""
+    pump, _a, b = attached()
+    now = time.monotonic()
+    pump.data(CLIENT, b"u" * 10_000)
+    for step in range(1, 10):  # 9 s of a slow, steady reader with a 2 s limit
+        b.accept(1000)
+        assert expired(pump, now + step, 0, 2.0) is None
+    assert expired(pump, now + 10.5, 0, 2.0) is None
+    assert "write_timeout" in (expired(pump, now + 11.1, 0, 2.0) or "")
+
+
+def test_write_timeout_ignores_a_peer_with_nothing_pending() -> None:
+    """write_timeout is about bytes waiting for the peer: with none queued it never fires."""
+    pump, _a, _b = attached(holding=False)
+    pump.data(CLIENT, b"u" * 10_000)
+    assert expired(pump, time.monotonic() + 1e6, 0, 2.0) is None
 
 
 def test_zero_disables_and_closing_only_lingers() -> None:
-    """0 means no limit; a closing pump is reaped only when its peer stopped reading."""
-    pump = Pump("c", "/s", None)
+    """0 means no limit; a closing pump is reaped only when its peer stops accepting bytes,
+    not because draining its buffer takes longer than the linger."""
+    pump, a, _b = attached()
     assert expired(pump, time.monotonic() + 1e6, 0, 0) is None
-    pump.closing = True
-    assert expired(pump, time.monotonic() + 1e6, 1, 1) is None
+    pump.data(TARGET, b"d" * 100_000)
+    pump.eof(CLIENT)
+    pump.eof(TARGET)
+    assert pump.closing and pump.reason == "done"
     now = time.monotonic()
-    pump.pause_writing(TARGET)
-    assert expired(pump, now + 5, 0, 0, close_linger=10) is None
-    assert "while closing" in (expired(pump, now + 11, 0, 0, close_linger=10) or "")
+    for step in range(1, 30):  # a slow reader: 29 s to drain, linger 10 s
+        a.accept(3000)
+        assert expired(pump, now + step, 1, 1, close_linger=10) is None
+    assert expired(pump, now + 38, 0, 0, close_linger=10) is None
+    assert "while closing" in (expired(pump, now + 40, 0, 0, close_linger=10) or "")

@@ -147,3 +147,86 @@ def test_loss_after_both_eofs_is_a_clean_close() -> None:
     pump.lost(CLIENT)
     pump.lost(TARGET)
     assert not a.aborted and not b.aborted and pump.reason == "done" and done == [pump]
+
+
+def test_counts_are_bytes_the_peer_accepted() -> None:
+    """Byte counts follow what the receiving peer accepted; an abort drops the rest uncounted."""
+    pump, a, _b, done = make()
+    a.holding = True
+    pump.data(CLIENT, b"q" * 10)
+    pump.data(TARGET, b"r" * 1000)
+    assert (pump.up, pump.down) == (10, 0)
+    a.accept(400)
+    assert pump.down == 400
+    pump.close("write_timeout", abort=True)
+    a.accept(600)  # an aborted end's buffer is discarded, whatever it reports later
+    pump.lost(CLIENT)
+    pump.lost(TARGET)
+    assert done == [pump] and pump.bytes == (10, 400)
+
+
+def test_abort_after_a_clean_end_replaces_done() -> None:
+    """Both directions ended (reason ``done``), then the close linger aborts a peer that stopped
+    reading: the pump reports the abort, not ``done``."""
+    pump, _a, _b, done = make()
+    pump.eof(CLIENT)
+    pump.eof(TARGET)
+    assert pump.reason == "done" and not pump.failed
+    pump.close("peer accepted no data for 10s while closing", abort=True)
+    pump.lost(CLIENT)
+    pump.lost(TARGET)
+    assert done == [pump] and pump.failed and "while closing" in pump.reason
+
+
+def test_refusal_looks_the_same_whatever_was_sent() -> None:
+    """A refused connection: the client reads EOF at once, its request (held or still coming)
+    is dropped, and the pump closes once the client half-closes; it counts as failed."""
+    done: list[Pump] = []
+    pump = Pump("c-9", "/t.sock", done.append)
+    a = FakeEnd()
+    pump.attach(CLIENT, a)
+    pump.data(CLIENT, b"x" * (HOLD_LIMIT + 1))  # held, reader paused
+    assert a.paused
+    pump.refuse("channel open failed")
+    assert a.eof and not a.paused and not a.closed and not a.aborted
+    pump.data(CLIENT, b"more")
+    assert a.written == []
+    pump.eof(CLIENT)
+    assert a.closed and pump.failed and pump.reason == "channel open failed"
+    pump.lost(CLIENT)
+    assert done == [pump] and pump.bytes == (0, 0)
+
+
+def test_refused_connections_do_not_count_as_connections() -> None:
+    """Refused (never admitted) connections stay out of totals and the average duration."""
+    from container_desktop_relay.metrics import Metrics
+
+    metrics = Metrics("client")
+    ok = Pump("c-1", "/t.sock", metrics.connection_finished)
+    refused = Pump("c-2", "/t.sock", metrics.connection_finished)
+    for pump in (ok, refused):
+        pump.attach(CLIENT, FakeEnd())
+        metrics.connection_started(pump, admitted=False)
+    ok.attach(TARGET, FakeEnd())
+    metrics.connection_admitted(ok)
+    ok.data(CLIENT, b"req")
+    refused.data(CLIENT, b"refused request")
+    refused.refuse("pool exhausted")
+    for pump in (ok, refused):
+        pump.close("test")
+        pump.lost(CLIENT)
+        pump.lost(TARGET)
+    snap = metrics.snapshot()
+    assert (snap.total_connections, snap.active_connections, snap.total_bytes_read) == (1, 0, 3)
+    assert metrics.closed_connections == 1
+
+
+def test_side_gone_before_any_data_is_not_a_failure() -> None:
+    """A channel opened and closed without a byte either way (the client relay's readiness
+    probe): nothing was cut short, so the target is closed gracefully and nothing failed."""
+    pump, _a, b, done = make()
+    pump.lost(CLIENT)
+    assert b.closed and not b.aborted and not pump.failed
+    assert pump.reason == "closed before any data"
+    pump.lost(TARGET)
+    assert done == [pump]

@@ -19,6 +19,7 @@ import pytest
 from asyncssh import channel as ssh_channel
 from asyncssh import connection as ssh_connection
 from asyncssh.constants import MSG_CHANNEL_WINDOW_ADJUST
+from asyncssh.packet import UInt32
 
 from container_desktop_relay import sshfix, sshtune
 from container_desktop_relay.sshfix import flowcontrol
@@ -298,7 +299,10 @@ def test_draining_many_small_packets_is_linear(mode_all: None) -> None:
 
 
 def test_credit_is_granted_only_for_delivered_bytes(mode_all: None) -> None:
-    """Resuming, then pausing again after the first chunk: no credit while most is queued."""
+    """Resuming, then pausing again after the first chunk: credit for that chunk only.
+
+    While data is queued for a lagging reader, credit goes back per LAG_CREDIT_STEP delivered
+    (so the sender sees progress), never for bytes still queued."""
     chan, conn, session = _paused_channel()
     chunk = b"x" * 131072
     for _ in range(24):  # 3 MiB queued: under half the window is left
@@ -307,8 +311,10 @@ def test_credit_is_granted_only_for_delivered_bytes(mode_all: None) -> None:
                                                     chan.pause_reading())
     chan.resume_reading()  # delivers one chunk, then the session pauses again
     assert len(session.data) == 1
-    outstanding = chan._recv_window + 23 * len(chunk)
-    assert conn.sent == [] and outstanding == WINDOW - len(chunk)
+    assert len(chunk) >= flowcontrol.LAG_CREDIT_STEP
+    assert [(kind, args[-1][-4:]) for kind, args in conn.sent] == [
+        (MSG_CHANNEL_WINDOW_ADJUST, UInt32(len(chunk)))]  # (channel number, then the credit)
+    assert chan._recv_window + 23 * len(chunk) == WINDOW  # what is queued is not credited
 
 
 def test_draining_visits_each_queued_entry_once(mode_all: None) -> None:

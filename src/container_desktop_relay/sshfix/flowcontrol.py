@@ -33,7 +33,14 @@ from asyncssh.packet import UInt32
 
 from container_desktop_relay.sshfix.guard import Patch, Target
 
-__all__ = ["COALESCE_BELOW", "COALESCE_LIMIT", "FINGERPRINTS", "PATCHES", "join_connection_pause"]
+#: Window credit returned per this many bytes consumed while data waits for a lagging reader
+#: (the large packet size of the speed paths; sshtune.MAX_PACKET_SIZE).
+LAG_CREDIT_STEP = 128 * 1024
+
+__all__ = [
+    "COALESCE_BELOW", "COALESCE_LIMIT", "FINGERPRINTS", "LAG_CREDIT_STEP", "PATCHES",
+    "join_connection_pause",
+]
 
 #: Packets smaller than this, queued while a channel is paused, are merged into the entry
 #: before them while it stays within :data:`COALESCE_LIMIT` bytes (bulk packets are queued
@@ -62,9 +69,15 @@ FINGERPRINTS = {
 
 # ----------------------------------------------------------------- window credit
 def _grant_and_deliver(chan: Any, data: bytes, datatype: Any, queued: int) -> None:
-    """Return window credit for what is no longer queued, then hand ``data`` to the session."""
+    """Return window credit for what is no longer queued, then hand ``data`` to the session.
+
+    Half a window at a time while the reader keeps up; every :data:`LAG_CREDIT_STEP` while it
+    lags (data is queued), so the sender sees a slow reader's progress: its close linger and
+    write timeout measure window credit, and a 2 MiB step took a 100 KiB/s reader for stalled.
+    """
     outstanding = chan._recv_window + queued
-    if outstanding < chan._init_recv_window / 2:
+    if outstanding < chan._init_recv_window / 2 or (
+            queued and chan._init_recv_window - outstanding >= LAG_CREDIT_STEP):
         adjust = chan._init_recv_window - outstanding
         chan.send_packet(MSG_CHANNEL_WINDOW_ADJUST, UInt32(adjust))
         chan._recv_window += adjust
