@@ -187,3 +187,30 @@ def test_concurrent_appenders_lose_no_line(tmp_path: Path) -> None:
     lines = path.read_bytes().splitlines()
     assert lines[0] == b"# mine"
     assert sorted(lines[1:]) == sorted(f"p{n} {i}".encode() for n in range(4) for i in range(200))
+
+
+def _inconsistent_rsa_pem(rsa_pem: bytes) -> bytes:
+    """``rsa_pem`` with a wrong CRT coefficient: only the RSA consistency check notices."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    good = serialization.load_pem_private_key(rsa_pem, None).private_numbers()  # type: ignore[union-attr]
+    bad = rsa.RSAPrivateNumbers(good.p, good.q, good.d, good.dmp1, good.dmq1,
+                                good.iqmp + 1, good.public_numbers)
+    return bad.private_key(unsafe_skip_rsa_key_validation=True).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption())
+
+
+def test_rsa_check_skipped_only_for_own_private_file(tmp_path: Path, rsa_pem: bytes,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our own 0600 key skips cryptography's slow RSA check (start-up time); a key owned by
+    someone else is still checked, so a malformed one is refused."""
+    path = tmp_path / "id_rsa"
+    path.write_bytes(_inconsistent_rsa_pem(rsa_pem))
+    path.chmod(0o600)
+    assert keys.load_private_key(path).algorithm == b"ssh-rsa"  # not checked: ours
+    owner = path.stat().st_uid
+    monkeypatch.setattr(os, "getuid", lambda: owner + 1)
+    with pytest.raises(KeyFileError, match="cannot be loaded"):
+        keys.load_private_key(path)
