@@ -116,15 +116,27 @@ def find_wine_dir() -> Path:
     return Path(os.environ.get("CDR_WINE_DIR", REPO / ".cache" / "wine"))
 
 
+def build_dist(artifact: str) -> None:
+    """scripts/build-dist.sh ARTIFACT: builds it when its inputs changed (a no-op otherwise)."""
+    done = subprocess.run(["bash", str(REPO / "scripts" / "build-dist.sh"), artifact],
+                          env=dict(os.environ, PYTHON=os.environ.get("PYTHON", sys.executable)),
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          check=False, timeout=scaled(1800))
+    if done.returncode != 0:
+        raise RuntimeError(f"build-dist.sh {artifact} failed:\n{done.stdout}\n{done.stderr}")
+
+
 def ensure_dist() -> Path:
-    """dist/container-desktop-relay-linux, (re)built when missing or older than src/."""
-    exe = REPO / "dist" / "container-desktop-relay-linux"
-    newest = max(p.stat().st_mtime for p in (REPO / "src").rglob("*.py"))
-    if not exe.exists() or exe.stat().st_mtime < newest:
-        subprocess.run(["bash", str(REPO / "scripts" / "build-dist.sh")],
-                       env=dict(os.environ, PYTHON=os.environ.get("PYTHON", sys.executable)),
-                       check=True, capture_output=True, timeout=scaled(600))
-    return exe
+    """The shipped Linux relay, dist/container-desktop-relay-linux/container-desktop-relay-linux."""
+    build_dist("linux")
+    return REPO / "dist" / "container-desktop-relay-linux" / "container-desktop-relay-linux"
+
+
+def ensure_windows_dist() -> Path:
+    """The shipped Windows relay, dist/container-desktop-relay/container-desktop-relay.exe
+    (PyInstaller under this Wine set-up; stops the prefix's processes when it builds)."""
+    build_dist("windows")
+    return REPO / "dist" / "container-desktop-relay" / "container-desktop-relay.exe"
 
 
 def wine_available() -> bool:
