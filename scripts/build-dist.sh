@@ -123,7 +123,11 @@ build_python() {
         return
     fi
     rm -f "$stamps/python" "$dist"/*.whl "$dist"/*.tar.gz
-    "$PYTHON" -m build --no-isolation --outdir "$dist" "$repo" >/dev/null
+    local out
+    if ! out=$("$PYTHON" -m build --no-isolation --outdir "$dist" "$repo" 2>&1); then
+        echo "$out" >&2
+        return 1
+    fi
     echo "$hash" >"$stamps/python"
     say "$(cd "$dist" && ls ./*.whl ./*.tar.gz | tr '\n' ' ')in $((SECONDS - started))s"
 }

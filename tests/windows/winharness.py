@@ -56,13 +56,19 @@ class Wine:
             PYTHONUNBUFFERED="1",
         )
         self._server: subprocess.Popen[bytes] | None = None
+        #: The shipped client, dist/container-desktop-relay/container-desktop-relay.exe: set by
+        #: :meth:`start`; ``python.exe -m container_desktop_relay`` commands run it instead.
+        self.relay_exe: Path | None = None
 
     def start(self) -> None:
-        """Start a persistent wineserver and Wine's services, all with stdio on /dev/null.
+        """Build the shipped .exe when its inputs changed, then start a persistent wineserver
+        and Wine's services, all with stdio on /dev/null.
 
         (Wine's helper processes inherit the stdio of the first wine call; a pipe there would
-        never see EOF, and a regular file breaks Windows CPython's stdio.)
+        never see EOF, and a regular file breaks Windows CPython's stdio. The build runs
+        first: it stops this prefix's processes when it is done.)
         """
+        self.relay_exe = ensure_windows_dist()
         self._server = subprocess.Popen(
             ["wineserver", "-f", "-p"], env=self.env, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -85,7 +91,10 @@ class Wine:
                 self._server.wait()
 
     def command(self, args: list[str], timeout: float) -> list[str]:
-        """argv running Windows CPython with ``args`` under ``timeout``."""
+        """argv running Windows CPython with ``args`` under ``timeout``; the relay itself
+        (``-m container_desktop_relay ...``) runs as the shipped .exe once it is built."""
+        if self.relay_exe is not None and args[:2] == ["-m", "container_desktop_relay"]:
+            return ["timeout", "-k", "5", str(timeout), "wine", str(self.relay_exe), *args[2:]]
         return ["timeout", "-k", "5", str(timeout), "wine", str(self.python), *args]
 
     def run(self, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
