@@ -15,8 +15,8 @@
 # in a child of a bootloader, so killing the started process left the relay running (pyinstaller
 # #4858, #9016), and it unpacked ~33 MB at every start.
 #
-# Cache: each artifact records the sha256 of its inputs (lock, spec, this script, src/, the
-# build Python) in .cache/dist-stamps/<artifact>; an unchanged tree does not rebuild.
+# Cache: each artifact records the sha256 of its inputs (lock, packaging/, this script, src/,
+# the build Python) in .cache/dist-stamps/<artifact>; an unchanged tree does not rebuild.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,12 +28,13 @@ PYTHON=${PYTHON:-python3}
 say() { printf 'build-dist: %s\n' "$*" >&2; }
 mkdir -p "$cache" "$stamps" "$dist"
 
-# sha256 over the named files and every file under src/ (names and contents), plus extra text.
+# sha256 over the named files and every file under src/ and packaging/ (names and contents),
+# plus extra text.
 inputs_hash() {
     local extra=$1; shift
     {
         printf '%s\n' "$extra"
-        (cd "$repo" && find src -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 \
+        (cd "$repo" && find src packaging -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 \
             | sort -z | xargs -0 sha256sum)
         (cd "$repo" && sha256sum "$@")
     } | sha256sum | cut -d' ' -f1

@@ -55,13 +55,15 @@ def dist_keys(dist_exe: Path, tmp_path: Path) -> tuple[Path, Path]:
     return identity, authorized
 
 
-def start_dist_server(exe: Path, keys: tuple[Path, Path], port: int, log: Path) -> Proc:
-    """``exe server`` on 127.0.0.1:port with an empty environment; waits until it listens."""
+def start_dist_server(exe: Path, keys: tuple[Path, Path], port: int, log: Path,
+                      env: dict[str, str] | None = None) -> Proc:
+    """``exe server`` on 127.0.0.1:port with an empty environment (plus ``env``); waits until
+    it listens."""
     identity, authorized = keys
     proc = Proc([str(exe), "server", "--host", "127.0.0.1", "--port", str(port),
                  "--identity-path", str(identity), "--authorized-keys-path", str(authorized),
                  "--health-check-enabled", "false", "--metrics-enabled", "false",
-                 "--log-level", "info"], log, env={"HOME": str(log.parent)})
+                 "--log-level", "info"], log, env={"HOME": str(log.parent), **(env or {})})
     try:
         wait_for(lambda: '"server_listening"' in proc.log() or not proc.alive(), 60,
                  "the dist server to listen")
@@ -172,3 +174,19 @@ def test_make_dist_sums_cover_every_artifact() -> None:
     check = subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=dist,
                            capture_output=True, text=True, timeout=600 * FACTOR, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_dist_server_start_runs_no_compiler(dist_exe: Path, dist_keys: tuple[Path, Path],
+                                            tmp_path: Path) -> None:
+    """Starting the shipped server does not run gcc (ctypes.util.find_library's fallback,
+    for asyncssh's liboqs probe: a dozen subprocesses at every start where gcc exists)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    marker = tmp_path / "gcc-ran"
+    fake = bin_dir / "gcc"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {marker}\nexit 1\n")
+    fake.chmod(0o755)
+    proc = start_dist_server(dist_exe, dist_keys, free_port(), tmp_path / "server.log",
+                             env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    proc.stop()
+    assert not marker.exists(), marker.read_text()
