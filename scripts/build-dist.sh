@@ -34,7 +34,8 @@ inputs_hash() {
     local extra=$1; shift
     {
         printf '%s\n' "$extra"
-        (cd "$repo" && find src packaging -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 \
+        (cd "$repo" && find src packaging -type f ! -path '*/__pycache__/*' ! -name '*.pyc' \
+            ! -path '*.egg-info/*' -print0 \
             | sort -z | xargs -0 sha256sum)
         (cd "$repo" && sha256sum "$@")
     } | sha256sum | cut -d' ' -f1
@@ -74,7 +75,9 @@ build_linux() {
     say "dist/$name/ ($(du -sh "$dist/$name" | cut -f1)) in $((SECONDS - started))s"
 }
 
-build_windows() {
+# A subshell: the Wine environment (WINEPREFIX, PYTHONPYCACHEPREFIX=Z:...) must not reach the
+# Linux Pythons of the other steps.
+build_windows() (
     local name=container-desktop-relay hash started=$SECONDS wine_dir
     wine_dir=${CDR_WINE_DIR:-$cache/wine}
     # Wine, the Windows CPython and lock/windows.txt (PyInstaller included); idempotent.
@@ -113,7 +116,7 @@ build_windows() {
     esac
     echo "$hash" >"$stamps/windows"
     say "dist/$name/$name.exe ($(du -sh "$dist/$name" | cut -f1)) in $((SECONDS - started))s"
-}
+)
 
 build_python() {
     local hash started=$SECONDS
