@@ -137,8 +137,10 @@ build_python() {
 }
 
 sums() {
+    # Written outside dist/ first: a file being written there would list itself.
     (cd "$dist" && find . -type f ! -name SHA256SUMS -printf '%P\0' | sort -z \
-        | xargs -0 sha256sum >SHA256SUMS.new && mv SHA256SUMS.new SHA256SUMS)
+        | xargs -0 sha256sum >"$cache/SHA256SUMS.new")
+    mv "$cache/SHA256SUMS.new" "$dist/SHA256SUMS"
     say "dist/SHA256SUMS: $(wc -l <"$dist/SHA256SUMS") files"
 }
 
