@@ -241,7 +241,7 @@ async def _startup(workdir: Path, keys: dict[str, Path], runs: int,
     if dist is not None:
         programs["relay-dist"] = lambda port: startup.relay_server_argv([str(dist)], rsa_keys,
                                                                         port)
-    return await startup.measure_startup(workdir, rsa_keys, runs, programs, say)
+    return await startup.measure_startup(workdir, runs, programs, say)
 
 
 def run_bench_command(argv: Sequence[str]) -> int:

@@ -77,7 +77,7 @@ async def time_to_banner(argv_for_port: Callable[[int], list[str]], log: Path) -
     return elapsed
 
 
-async def measure_startup(workdir: Path, keys: dict[str, Path], runs: int,
+async def measure_startup(workdir: Path, runs: int,
                           programs: dict[str, Callable[[int], list[str]]],
                           say: Callable[[str], None]) -> dict[str, dict[str, object]]:
     """``runs`` starts of each program, interleaved; per program the median and every run (ms),
