@@ -32,8 +32,8 @@ lint: venv
 	$(BIN)/ruff check src tests
 
 # Everything: unit, end-to-end (OpenSSH, Podman, docker), the Windows client under Wine
-# (tests/windows, set up by wine-setup) and the standalone executable (tests/dist).
-test: system venv lint wine-setup
+# (tests/windows, set up by wine-setup) and the shipped artifacts (make dist; tests/dist).
+test: system venv lint wine-setup dist
 	$(BIN)/python -m pytest -q --durations=20
 	$(MAKE) --no-print-directory test-floors
 

@@ -79,12 +79,15 @@ fi
 printf 'Z:%s\n' "${repo//\//\\}\\src" >"$site/cdr-src.pth"
 
 # 4. cryptography >= 43 imports bcryptprimitives.ProcessPrng, which Wine 8.0 lacks: a 4 KB
-#    DLL whose only export forwards it to advapi32.SystemFunction036 (RtlGenRandom).
-if [ ! -f "$py/bcryptprimitives.dll" ]; then
+#    DLL whose only export forwards it to advapi32.SystemFunction036 (RtlGenRandom). It goes
+#    into the prefix's system32 (step 5), where Windows keeps the real one: next to python.exe
+#    PyInstaller would bundle it into the shipped .exe folder.
+rm -f "$py/bcryptprimitives.dll"
+if [ ! -f "$W/bcryptprimitives.dll" ]; then
     say "building the ProcessPrng shim (bcryptprimitives.dll)"
     printf 'LIBRARY bcryptprimitives.dll\nEXPORTS\nProcessPrng = advapi32.SystemFunction036\n' \
         >"$W/bcp.def"
-    x86_64-w64-mingw32-ld --dll -e 0 -o "$py/bcryptprimitives.dll" "$W/bcp.def"
+    x86_64-w64-mingw32-ld --dll -e 0 -o "$W/bcryptprimitives.dll" "$W/bcp.def"
 fi
 
 # 5. The prefix. Wine's helper processes inherit stdio: keep it on /dev/null (a pipe would
@@ -102,6 +105,8 @@ if [ ! -f "$WINEPREFIX/system.reg" ] || [ ! -f "$W/prefix.stamp" ]; then
         </dev/null >/dev/null 2>&1
     touch "$W/prefix.stamp"
 fi
+cmp -s "$W/bcryptprimitives.dll" "$WINEPREFIX/drive_c/windows/system32/bcryptprimitives.dll" \
+    || cp "$W/bcryptprimitives.dll" "$WINEPREFIX/drive_c/windows/system32/bcryptprimitives.dll"
 
 # 6. Smoke check, once per wheel set: the Windows CPython imports the stack and this package.
 if [ "$(cat "$W/smoke.stamp" 2>/dev/null)" != "$stamp" ]; then

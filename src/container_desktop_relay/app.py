@@ -161,9 +161,9 @@ async def serve(
                 cleanups.append(cleanup)
         # Everything imported and set up so far lives for the whole run: move it out of the
         # garbage collector's view, so the collections that per-connection garbage triggers
-        # do not walk asyncssh's and cryptography's module objects each time. Start-up
-        # garbage is collected first (frozen objects are never freed).
-        gc.collect()
+        # do not walk asyncssh's and cryptography's module objects each time. No collection
+        # first: start-up leaves next to no cyclic garbage (10 objects of 42,000 measured),
+        # and a full collection here delayed the first SSH banner by 13-70 ms.
         gc.freeze()
         await shutdown.requested.wait()
         role.state.start_draining()

@@ -225,6 +225,14 @@ _EXTRA_HELP: dict[str, str] = {
 }
 
 
+def version_line() -> str:
+    """``PROG VERSION (Python X, asyncssh Y, cryptography Z)``: what this build carries."""
+    from importlib.metadata import version
+
+    return (f"{PROG} {__version__} (Python {sys.version.split()[0]}, asyncssh "
+            f"{version('asyncssh')}, cryptography {version('cryptography')})")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: returns the exit status (0 ok, 1 failure, 2 bad usage or configuration)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -232,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_usage(), end="")
         return 0
     if args and args[0] in ("--version", "-version", "version"):
-        print(f"{PROG} {__version__}")
+        print(version_line())
         return 0
     try:
         if args and args[0] in COMMANDS:

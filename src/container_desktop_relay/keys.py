@@ -100,15 +100,19 @@ def append_line(path: Path, line: bytes, mode: int = 0o600) -> int:
     return existing.count(b"\n") + (0 if data is line else 1) + 1
 
 
-def _check_private_permissions(path: Path) -> None:
+def _check_private_permissions(path: Path) -> bool:
+    """Refuse a group/other-accessible key; True when the file is provably this user's own
+    (POSIX owner and mode checked), False where modes mean nothing (Windows, DrvFs)."""
     if not _POSIX or on_windows_drive(path):  # DrvFs modes are synthesized; Windows ACLs rule
-        return
-    mode = stat.S_IMODE(path.stat().st_mode)
+        return False
+    info = path.stat()
+    mode = stat.S_IMODE(info.st_mode)
     if mode & 0o077:
         raise KeyFileError(
             f"private key {path} is accessible by group/others (mode {mode:04o}); "
             f"it must be 0600: run chmod 600 {path}"
         )
+    return info.st_uid == os.getuid()
 
 
 def load_private_key(path: Path, *, what: str = "identity key") -> asyncssh.SSHKey:
@@ -128,9 +132,13 @@ def load_private_key(path: Path, *, what: str = "identity key") -> asyncssh.SSHK
         raise KeyFileError(
             f"{what} {path} is a public key; the path must name the private key{hint}"
         )
-    _check_private_permissions(path)
+    # cryptography's RSA consistency check costs 0.5-0.7 s for a 4096-bit key at every start
+    # (most of the server's start-up). It guards against malformed keys from untrusted
+    # sources; a 0600 file owned by this user is our own (keygen made or checked it), so
+    # only such a file skips it. Anywhere else (Windows, DrvFs, another owner) it still runs.
+    own = _check_private_permissions(path)
     try:
-        return asyncssh.read_private_key(str(path))
+        return asyncssh.read_private_key(str(path), unsafe_skip_rsa_key_validation=own)
     except (OSError, asyncssh.KeyImportError, ValueError) as exc:
         raise KeyFileError(f"{what} {path} cannot be loaded: {exc}") from None
 

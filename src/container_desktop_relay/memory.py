@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import sys
 from collections.abc import Callable
 
@@ -17,7 +16,9 @@ log = get_logger(__name__)
 _libc: ctypes.CDLL | None = None
 if sys.platform == "linux":
     try:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # The C library is already loaded: dlopen(NULL) finds it without find_library's
+        # ldconfig subprocess (start-up time).
+        _libc = ctypes.CDLL(None)
         _libc.malloc_trim  # noqa: B018 - glibc only; musl has none
     except (OSError, AttributeError):
         _libc = None

@@ -68,3 +68,21 @@ def test_bench_bad_flag_is_one_line_exit_2(tmp: Path) -> None:
         assert done.returncode == 2
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert done.stdout == ""
+
+
+def test_bench_startup_reports_sshd_and_the_relay_server(tmp: Path) -> None:
+    """The start-up section: exec-to-banner runs and a median for sshd and the relay's server
+    (and dist/'s Linux relay when built); the table names them next to each other."""
+    need_tool("ssh-keygen")
+    if CI:
+        need_tool("sshd", "/usr/sbin/sshd")
+    done, out = _run_bench(tmp, "--chains", "direct", "--bulk-mib", "1", "--conns", "10",
+                           "--startup-runs", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    startup = json.loads(out.read_text())["startup"]
+    expected = {"relay"} | ({"sshd"} if find_sshd() else set())
+    assert expected <= set(startup), startup
+    for name, fig in startup.items():
+        assert len(fig["runs_ms"]) == 2 and all(v > 0 for v in fig["runs_ms"]), (name, fig)
+        assert min(fig["runs_ms"]) <= fig["median_ms"] <= max(fig["runs_ms"])
+        assert f"start-up {name}: exec to SSH banner" in done.stdout

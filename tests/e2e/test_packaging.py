@@ -121,7 +121,8 @@ def test_installed_wheel_runs_outside_the_source_tree(dist: Path, tmp: Path) -> 
 
     version = _run([str(script), "--version"], cwd=tmp)
     assert version.returncode == 0, version.stderr
-    assert version.stdout.strip() == f"container-desktop-relay {__version__}"
+    # the relay's version, then the Python, asyncssh and cryptography it runs with
+    assert version.stdout.strip().startswith(f"container-desktop-relay {__version__} (Python ")
 
     where = _run([str(venv / "bin" / "python"), "-c",
                   "import container_desktop_relay as m; print(m.__file__)"], cwd=tmp)

@@ -255,3 +255,30 @@ def test_new_key_is_authorized_when_the_public_file_cannot_be_written(
     key = keys.load_private_key(tmp_path / "id_rsa")
     assert [k.public_data for k in keys.load_authorized_keys(ak)] == [key.public_data]
     assert ak.read_bytes().startswith(b"# Jos\xe9's laptop, Latin-1\nnot a key \xff\n")
+
+
+def _inconsistent_rsa_pem(rsa_pem: bytes) -> bytes:
+    """``rsa_pem`` with a wrong CRT coefficient: only the RSA consistency check notices."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    good = serialization.load_pem_private_key(rsa_pem, None).private_numbers()  # type: ignore[union-attr]
+    bad = rsa.RSAPrivateNumbers(good.p, good.q, good.d, good.dmp1, good.dmq1,
+                                good.iqmp + 1, good.public_numbers)
+    return bad.private_key(unsafe_skip_rsa_key_validation=True).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption())
+
+
+def test_rsa_check_skipped_only_for_own_private_file(tmp_path: Path, rsa_pem: bytes,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our own 0600 key skips cryptography's slow RSA check (start-up time); a key owned by
+    someone else is still checked, so a malformed one is refused."""
+    path = tmp_path / "id_rsa"
+    path.write_bytes(_inconsistent_rsa_pem(rsa_pem))
+    path.chmod(0o600)
+    assert keys.load_private_key(path).algorithm == b"ssh-rsa"  # not checked: ours
+    owner = path.stat().st_uid
+    monkeypatch.setattr(os, "getuid", lambda: owner + 1)
+    with pytest.raises(KeyFileError, match="cannot be loaded"):
+        keys.load_private_key(path)

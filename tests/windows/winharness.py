@@ -56,13 +56,19 @@ class Wine:
             PYTHONUNBUFFERED="1",
         )
         self._server: subprocess.Popen[bytes] | None = None
+        #: The shipped client, dist/container-desktop-relay/container-desktop-relay.exe: set by
+        #: :meth:`start`; ``python.exe -m container_desktop_relay`` commands run it instead.
+        self.relay_exe: Path | None = None
 
     def start(self) -> None:
-        """Start a persistent wineserver and Wine's services, all with stdio on /dev/null.
+        """Build the shipped .exe when its inputs changed, then start a persistent wineserver
+        and Wine's services, all with stdio on /dev/null.
 
         (Wine's helper processes inherit the stdio of the first wine call; a pipe there would
-        never see EOF, and a regular file breaks Windows CPython's stdio.)
+        never see EOF, and a regular file breaks Windows CPython's stdio. The build runs
+        first: it stops this prefix's processes when it is done.)
         """
+        self.relay_exe = ensure_windows_dist()
         self._server = subprocess.Popen(
             ["wineserver", "-f", "-p"], env=self.env, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -85,7 +91,10 @@ class Wine:
                 self._server.wait()
 
     def command(self, args: list[str], timeout: float) -> list[str]:
-        """argv running Windows CPython with ``args`` under ``timeout``."""
+        """argv running Windows CPython with ``args`` under ``timeout``; the relay itself
+        (``-m container_desktop_relay ...``) runs as the shipped .exe once it is built."""
+        if self.relay_exe is not None and args[:2] == ["-m", "container_desktop_relay"]:
+            return ["timeout", "-k", "5", str(timeout), "wine", str(self.relay_exe), *args[2:]]
         return ["timeout", "-k", "5", str(timeout), "wine", str(self.python), *args]
 
     def run(self, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -116,15 +125,27 @@ def find_wine_dir() -> Path:
     return Path(os.environ.get("CDR_WINE_DIR", REPO / ".cache" / "wine"))
 
 
+def build_dist(artifact: str) -> None:
+    """scripts/build-dist.sh ARTIFACT: builds it when its inputs changed (a no-op otherwise)."""
+    done = subprocess.run(["bash", str(REPO / "scripts" / "build-dist.sh"), artifact],
+                          env=dict(os.environ, PYTHON=os.environ.get("PYTHON", sys.executable)),
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          check=False, timeout=scaled(1800))
+    if done.returncode != 0:
+        raise RuntimeError(f"build-dist.sh {artifact} failed:\n{done.stdout}\n{done.stderr}")
+
+
 def ensure_dist() -> Path:
-    """dist/container-desktop-relay-linux, (re)built when missing or older than src/."""
-    exe = REPO / "dist" / "container-desktop-relay-linux"
-    newest = max(p.stat().st_mtime for p in (REPO / "src").rglob("*.py"))
-    if not exe.exists() or exe.stat().st_mtime < newest:
-        subprocess.run(["bash", str(REPO / "scripts" / "build-dist.sh")],
-                       env=dict(os.environ, PYTHON=os.environ.get("PYTHON", sys.executable)),
-                       check=True, capture_output=True, timeout=scaled(600))
-    return exe
+    """The shipped Linux relay, dist/container-desktop-relay-linux/container-desktop-relay-linux."""
+    build_dist("linux")
+    return REPO / "dist" / "container-desktop-relay-linux" / "container-desktop-relay-linux"
+
+
+def ensure_windows_dist() -> Path:
+    """The shipped Windows relay, dist/container-desktop-relay/container-desktop-relay.exe
+    (PyInstaller under this Wine set-up; stops the prefix's processes when it builds)."""
+    build_dist("windows")
+    return REPO / "dist" / "container-desktop-relay" / "container-desktop-relay.exe"
 
 
 def wine_available() -> bool:

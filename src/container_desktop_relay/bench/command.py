@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -15,8 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from container_desktop_relay.bench import chains, workloads
-from container_desktop_relay.bench.report import ChainResult, document, machine, table, verdicts
+from container_desktop_relay.bench import chains, startup, workloads
+from container_desktop_relay.bench.report import (
+    ChainResult,
+    document,
+    machine,
+    startup_lines,
+    table,
+    verdicts,
+)
 
 T = TypeVar("T")
 
@@ -37,10 +45,11 @@ class Plan:
     conn_bytes: int
     rounds: int
     concurrent_timeout: float = 300.0
+    startup_runs: int = 5
 
     @classmethod
     def make(cls, *, quick: bool, rounds: int | None, conns: int | None,
-             bulk_mib: int | None) -> Plan:
+             bulk_mib: int | None, startup_runs: int | None = None) -> Plan:
         """The quick or full plan, with any overrides."""
         if quick:
             base = cls(bulk_bytes=32 * MIB, pingpong_rounds=300, connect_rounds=60,
@@ -53,6 +62,7 @@ class Plan:
             pingpong_rounds=base.pingpong_rounds, connect_rounds=base.connect_rounds,
             conns=conns or base.conns, conn_bytes=base.conn_bytes,
             rounds=rounds or base.rounds, concurrent_timeout=base.concurrent_timeout,
+            startup_runs=(3 if quick else 5) if startup_runs is None else startup_runs,
         )
 
 
@@ -77,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="concurrent connections (default: 1000, --quick: 200)")
     parser.add_argument("--bulk-mib", type=int, metavar="N",
                         help="MiB per bulk direction (default: 512, --quick: 32)")
+    parser.add_argument("--startup-runs", type=int, metavar="N",
+                        help="starts of sshd and of the relay's server (from this Python and, "
+                             "when built, dist/'s Linux relay), timed from exec to the SSH "
+                             "banner; medians reported (default: 5, --quick: 3, 0: skip)")
     return parser
 
 
@@ -171,6 +185,7 @@ async def run_bench(plan: Plan, names: Sequence[str],
     started = time.monotonic()
     try:
         keys = chains.make_keys(workdir)
+        startup_doc = await _startup(workdir, keys, plan.startup_runs, say)
         target = str(workdir / "target.sock")
         target_proc = await chains.start_target(target)
         try:
@@ -196,7 +211,37 @@ async def run_bench(plan: Plan, names: Sequence[str],
                 "connect_rounds": plan.connect_rounds, "conns": plan.conns,
                 "conn_bytes": plan.conn_bytes, "ssh_cipher": chains.SSH_CIPHER,
                 "seconds": round(time.monotonic() - started, 1)}
-    return document(results, settings, machine())
+    doc = document(results, settings, machine())
+    if startup_doc:
+        doc["startup"] = startup_doc
+    return doc
+
+
+async def _startup(workdir: Path, keys: dict[str, Path], runs: int,
+                   say: Callable[[str], None]) -> dict[str, Any]:
+    """Exec-to-banner medians of sshd and the relay's server (an RSA 4096 key, as keygen
+    makes); empty when ``runs`` is 0."""
+    if runs <= 0:
+        return {}
+    from container_desktop_relay.keys import ensure_key_pair
+
+    rsa = workdir / "startup" / "id_rsa"
+    ensure_key_pair(rsa, workdir / "startup" / "authorized_keys")
+    rsa_keys = {**keys, "host": rsa, "rsa": rsa}
+    programs: dict[str, Callable[[int], list[str]]] = {}
+    sshd = chains.find_sshd()
+    if sshd is not None:
+        if os.geteuid() == 0:
+            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privsep directory
+        programs["sshd"] = lambda port: [sshd, "-D", "-e", "-f", str(
+            chains.sshd_config(workdir / "startup", port, rsa_keys))]
+    programs["relay"] = lambda port: startup.relay_server_argv(
+        [sys.executable, "-m", "container_desktop_relay"], rsa_keys, port)
+    dist = startup.find_dist_server()
+    if dist is not None:
+        programs["relay-dist"] = lambda port: startup.relay_server_argv([str(dist)], rsa_keys,
+                                                                        port)
+    return await startup.measure_startup(workdir, runs, programs, say)
 
 
 def run_bench_command(argv: Sequence[str]) -> int:
@@ -210,7 +255,7 @@ def run_bench_command(argv: Sequence[str]) -> int:
         raise ArgumentError(f"--chains: unknown chain(s) {', '.join(unknown) or '(none)'}; "
                             f"choose from {', '.join(CHAINS)}")
     plan = Plan.make(quick=args.quick, rounds=args.rounds, conns=args.conns,
-                     bulk_mib=args.bulk_mib)
+                     bulk_mib=args.bulk_mib, startup_runs=args.startup_runs)
     from container_desktop_relay.app import run_loop
 
     holder: dict[str, Any] = {}
@@ -222,6 +267,8 @@ def run_bench_command(argv: Sequence[str]) -> int:
     run_loop(main)
     doc = holder["doc"]
     print(table(doc, names), end="")
+    for line in startup_lines(doc.get("startup", {})):
+        print(line)
     for line in verdicts(doc):
         print(line)
     if args.json:

@@ -11,7 +11,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["CHAIN_KEYS", "ChainResult", "document", "machine", "table", "verdicts"]
+__all__ = ["CHAIN_KEYS", "ChainResult", "document", "machine", "startup_lines", "table",
+           "verdicts"]
 
 #: The keys every measured chain object carries (``rss_*`` absent for ``direct``).
 CHAIN_KEYS = ("throughput_mb_s", "latency_p50_us", "latency_p99_us", "connect_p50_us",
@@ -163,6 +164,19 @@ def table(doc: dict[str, Any], chains: list[str]) -> str:
                        enumerate(zip(row, widths, strict=True))) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines) + "\n"
+
+
+def startup_lines(startup: dict[str, Any]) -> list[str]:
+    """One line per program of the start-up section: exec to SSH banner, median and runs."""
+    out = []
+    for name, fig in startup.items():
+        if "error" in fig:
+            out.append(f"start-up {name}: error: {fig['error']}")
+            continue
+        runs = ", ".join(f"{v:.0f}" for v in fig["runs_ms"])
+        out.append(f"start-up {name}: exec to SSH banner {fig['median_ms']:.0f} ms median "
+                   f"({runs})")
+    return out
 
 
 def verdicts(doc: dict[str, Any]) -> list[str]:
