@@ -485,7 +485,8 @@ class Podman:
         rootfs = self.workdir / "rootfs"
         (rootfs / "bin").mkdir(parents=True)
         shutil.copy2(busybox, rootfs / "bin" / "busybox")
-        for tool in ("sh", "wc", "cat", "echo", "sleep", "head", "seq", "yes", "true"):
+        for tool in ("sh", "wc", "cat", "echo", "sleep", "head", "seq", "yes", "true",
+                     "sha256sum"):
             (rootfs / "bin" / tool).symlink_to("busybox")
         tarball = self.workdir / "bb.tar"
         subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], check=True)
