@@ -19,9 +19,12 @@ from helpers import (
     FACTOR,
     EchoTarget,
     Keys,
+    Proc,
     RelayServer,
     exchange,
     free_port,
+    relay_cmd,
+    relay_env,
     run_relay,
     sha,
     ssh_forward,
@@ -208,3 +211,25 @@ def test_busy_health_port_is_a_clear_error(keys: Keys, tmp: Path) -> None:
             assert server.proc.wait(30) == 1
             assert (f"error: cannot listen for /health, /ready on 127.0.0.1:{port}: "
                     "address already in use") in server.proc.log().lower()
+
+
+def test_every_listener_binds_loopback_by_default(keys: Keys, tmp: Path) -> None:
+    """With neither --host nor --health-check-host, the SSH port, /health and /metrics all
+    listen on 127.0.0.1 and nothing else (docs/security.md: nothing on the network)."""
+    import psutil
+
+    port, health_port, metrics_port = free_port(), free_port(), free_port()
+    proc = Proc(relay_cmd("server", "--port", str(port), "--identity-path", str(keys.identity),
+                          "--authorized-keys-path", str(keys.authorized_keys),
+                          f"--health-check-port={health_port}",
+                          f"--metrics-port={metrics_port}", "--log-level", "debug"),
+                tmp / "default-host.log", env=relay_env())
+    with stopping(proc):
+        wait_for(lambda: '"server_listening"' in proc.log() or not proc.alive(), 20,
+                 "the server to listen")
+        bound_ports(proc)
+        listening = {(c.laddr.ip, c.laddr.port)
+                     for c in psutil.Process(proc.pid).net_connections("inet")
+                     if c.status == psutil.CONN_LISTEN}
+        assert listening == {("127.0.0.1", port), ("127.0.0.1", health_port),
+                             ("127.0.0.1", metrics_port)}, proc.log()
