@@ -231,3 +231,44 @@ def test_append_waits_for_the_lock_and_then_sees_the_final_newline(tmp_path: Pat
         appender.join(30)
     assert path.read_bytes() == b"# mine\nother-writer-without-newline\nhost ssh-ed25519 AAAA\n"
     assert numbers == [3]
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o610, 0o601, 0o620, 0o602])
+def test_private_key_with_any_group_or_other_bit_refused(tmp_path: Path, rsa_pem: bytes,
+                                                         mode: int) -> None:
+    """A private key is refused for any group or other bit, group-only ones (0640) included."""
+    private = tmp_path / "id_rsa"
+    private.write_bytes(rsa_pem)
+    private.chmod(mode)
+    with pytest.raises(KeyFileError, match=rf"mode {mode:04o}.*chmod 600"):
+        keys.load_private_key(private)
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400])
+def test_private_key_of_the_owner_only_loads(tmp_path: Path, rsa_pem: bytes, mode: int) -> None:
+    """0600 and 0400 keys load."""
+    private = tmp_path / "id_rsa"
+    private.write_bytes(rsa_pem)
+    private.chmod(mode)
+    assert keys.load_private_key(private).get_algorithm() == "ssh-rsa"
+
+
+@pytest.mark.parametrize("mode", [0o620, 0o602, 0o660, 0o622])
+def test_authorized_keys_writable_by_group_or_others_refused(tmp_path: Path, rsa_pem: bytes,
+                                                             mode: int) -> None:
+    """The server refuses authorized_keys that the group alone (0620) or others can write."""
+    ak = tmp_path / "authorized_keys"
+    ak.write_bytes(keys.authorized_key_line(asyncssh.import_private_key(rsa_pem)))
+    ak.chmod(mode)
+    with pytest.raises(KeyFileError, match=rf"writable by group/others \(mode {mode:04o}\)"):
+        keys.load_authorized_keys(ak, strict=True)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o600, 0o400])
+def test_authorized_keys_readable_by_others_accepted(tmp_path: Path, rsa_pem: bytes,
+                                                     mode: int) -> None:
+    """Read bits for group and others are fine (as with OpenSSH): only write bits are refused."""
+    ak = tmp_path / "authorized_keys"
+    ak.write_bytes(keys.authorized_key_line(asyncssh.import_private_key(rsa_pem)))
+    ak.chmod(mode)
+    assert len(keys.load_authorized_keys(ak, strict=True)) == 1
