@@ -272,3 +272,26 @@ def test_authorized_keys_readable_by_others_accepted(tmp_path: Path, rsa_pem: by
     ak.write_bytes(keys.authorized_key_line(asyncssh.import_private_key(rsa_pem)))
     ak.chmod(mode)
     assert len(keys.load_authorized_keys(ak, strict=True)) == 1
+
+
+def test_public_key_written_through_a_temporary_file(tmp_path: Path, rsa_pem: bytes,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The .pub appears whole or not at all: a write that fails midway leaves no .pub and no
+    temporary file, and the next run writes it."""
+    import errno
+
+    private = tmp_path / "id_rsa"
+    private.write_bytes(rsa_pem)
+    private.chmod(0o600)
+
+    def fsync(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fsync", fsync)
+        with pytest.raises(KeyFileError, match="cannot write public key"):
+            keys.ensure_key_pair(private, None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["id_rsa"]
+    result = keys.ensure_key_pair(private, None)
+    assert result.public_path.read_bytes() == keys.public_pem(
+        asyncssh.import_private_key(rsa_pem))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from pathlib import Path
+
+import pytest
 
 from container_desktop_relay.tidfile import remove_tid_file, tid_text, write_tid_file
 
@@ -31,3 +34,26 @@ def test_someone_elses_file_is_kept(tmp_path: Path) -> None:
     remove_tid_file(path, text)
     assert path.read_text() == "1:2"
     remove_tid_file(tmp_path / "missing", text)  # a missing file is fine
+
+
+def _fail_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fsync(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_replacing_goes_through_a_temporary_file_and_rename(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tid file is replaced, never rewritten in place: another link to the old file keeps
+    the old text, and a write that fails midway leaves the old file and no temporary file."""
+    path = tmp_path / "relay.tid"
+    path.write_text("1:2")
+    os.link(path, tmp_path / "old-link")
+    text = write_tid_file(path)
+    assert path.read_text() == text and (tmp_path / "old-link").read_text() == "1:2"
+    _fail_fsync(monkeypatch)
+    with pytest.raises(OSError, match="No space"):
+        write_tid_file(path)
+    assert path.read_text() == text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old-link", "relay.tid"]
