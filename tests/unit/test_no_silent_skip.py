@@ -21,7 +21,7 @@ def test_only_the_helper_skips() -> None:
     for path in sorted(TESTS.rglob("*.py")):
         if path == TESTS / "helpers.py" or path == Path(__file__):
             continue
-        for number, line in enumerate(path.read_text().splitlines(), 1):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if SKIP.search(line):
                 found.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
     assert found == [], "skip outside helpers.skip_or_fail:\n" + "\n".join(found)
@@ -29,7 +29,7 @@ def test_only_the_helper_skips() -> None:
 
 def test_helper_has_the_one_skip() -> None:
     """helpers.py calls pytest.skip once, inside skip_or_fail, after asking under_ci."""
-    text = (TESTS / "helpers.py").read_text()
+    text = (TESTS / "helpers.py").read_text(encoding="utf-8")
     assert len(re.findall(r"pytest\.skip\(", text)) == 1
     body = text[text.index("def skip_or_fail"):]
     body = body[:body.index("\ndef ", 1)]
