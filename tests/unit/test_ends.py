@@ -40,26 +40,28 @@ def test_transport_ends_relay_both_ways_with_half_close() -> None:
         pump = Pump("c-1", "/t.sock", done.append)
         client, client_relay = socket.socketpair()
         target, target_relay = socket.socketpair()
-        for s in (client, target):
-            s.setblocking(False)
-        t_client, _ = await _wrap(pump, CLIENT, client_relay, 4096)
-        t_target, _ = await _wrap(pump, TARGET, target_relay, 4096)
-        assert t_client.get_write_buffer_limits() == (1024, 4096)
-        loop = asyncio.get_running_loop()
-        up, down = bytes(range(256)) * 400, b"answer" * 5000
-        await loop.sock_sendall(client, up)
-        client.shutdown(socket.SHUT_WR)
-        assert await _recv_all(target) == up  # EOF arrived after the bytes
-        await loop.sock_sendall(target, down)  # the other direction still flows
-        target.shutdown(socket.SHUT_WR)
-        assert await _recv_all(client) == down
-        async with asyncio.timeout(TIMEOUT):
-            while not done:  # noqa: ASYNC110 - polls the pump's own state
-                await asyncio.sleep(0.01)
-        assert (pump.up, pump.down, pump.reason) == (len(up), len(down), "done")
-        assert t_target.is_closing() and t_client.is_closing()
-        client.close()
-        target.close()
+        try:
+            for s in (client, target):
+                s.setblocking(False)
+            t_client, _ = await _wrap(pump, CLIENT, client_relay, 4096)
+            t_target, _ = await _wrap(pump, TARGET, target_relay, 4096)
+            assert t_client.get_write_buffer_limits() == (1024, 4096)
+            loop = asyncio.get_running_loop()
+            up, down = bytes(range(256)) * 400, b"answer" * 5000
+            await loop.sock_sendall(client, up)
+            client.shutdown(socket.SHUT_WR)
+            assert await _recv_all(target) == up  # EOF arrived after the bytes
+            await loop.sock_sendall(target, down)  # the other direction still flows
+            target.shutdown(socket.SHUT_WR)
+            assert await _recv_all(client) == down
+            async with asyncio.timeout(TIMEOUT):
+                while not done:  # noqa: ASYNC110 - polls the pump's own state
+                    await asyncio.sleep(0.01)
+            assert (pump.up, pump.down, pump.reason) == (len(up), len(down), "done")
+            assert t_target.is_closing() and t_client.is_closing()
+        finally:
+            for s in (client, target, client_relay, target_relay):
+                s.close()
 
     asyncio.run(run())
 
