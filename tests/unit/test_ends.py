@@ -40,11 +40,14 @@ def test_transport_ends_relay_both_ways_with_half_close() -> None:
         pump = Pump("c-1", "/t.sock", done.append)
         client, client_relay = socket.socketpair()
         target, target_relay = socket.socketpair()
+        transports: list[asyncio.Transport] = []
         try:
             for s in (client, target):
                 s.setblocking(False)
             t_client, _ = await _wrap(pump, CLIENT, client_relay, 4096)
+            transports.append(t_client)
             t_target, _ = await _wrap(pump, TARGET, target_relay, 4096)
+            transports.append(t_target)
             assert t_client.get_write_buffer_limits() == (1024, 4096)
             loop = asyncio.get_running_loop()
             up, down = bytes(range(256)) * 400, b"answer" * 5000
@@ -60,6 +63,9 @@ def test_transport_ends_relay_both_ways_with_half_close() -> None:
             assert (pump.up, pump.down, pump.reason) == (len(up), len(down), "done")
             assert t_target.is_closing() and t_client.is_closing()
         finally:
+            for t in transports:
+                t.abort()
+            await asyncio.sleep(0)  # let the aborts run their connection_lost
             for s in (client, target, client_relay, target_relay):
                 s.close()
 
