@@ -211,3 +211,27 @@ def test_every_key_has_a_flag_and_help(role: str) -> None:
             loaded = parse_config(role, [flag, text], environ={})
             assert getattr(loaded, f.name) == expected, flag
         assert getattr(defaults, f.name) != expected, f"sample for {f.name} is its default"
+
+
+@pytest.mark.parametrize(("key", "value", "why"), [
+    ("read_timeout", "-1", "too small"), ("write_timeout", "-0.5", "too small"),
+    ("port", "0", "too small"), ("port", "65536", "too large"),
+    ("buffer_size", "1023", "too small"), ("keepalive_count_max", "1001", "too large"),
+])
+def test_range_edges_refused_with_the_reason(key: str, value: str, why: str) -> None:
+    """One step past either end of a range is refused, naming the key, the source and why;
+    0 = never does not open the door to negative limits."""
+    with pytest.raises(ConfigError) as info:
+        load_config({key: value}, environ={})
+    dashed = key.replace("_", "-")
+    assert str(info.value).startswith(f"invalid {key}={value} from --{dashed} ({why}): must be ")
+    assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("read_timeout", "0", 0.0), ("write_timeout", "0", 0.0), ("port", "1", 1),
+    ("port", "65535", 65535), ("buffer_size", "1024", 1024), ("keepalive_count_max", "1000", 1000),
+])
+def test_range_edges_accepted(key: str, value: str, expected: float) -> None:
+    """The ends of each range are inside it; 0 disables the idle limits."""
+    assert getattr(load_config({key: value}, environ={}), key) == expected
