@@ -53,24 +53,33 @@ async def _echo_through(conn: asyncssh.SSHClientConnection, target: Path) -> byt
 
 
 @pytest.mark.asyncio
-async def test_remote_forwarding_requests_refused(server: RelayServer, keys: Keys,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+async def test_remote_forwarding_requests_refused(server: RelayServer, keys: Keys) -> None:
     """tcpip-forward and streamlocal-forward global requests get an SSH refusal and one
     forward_request_refused log line each; the connection goes on working."""
-    caplog.set_level(logging.WARNING)
-    tmp = keys.dir
-    async with _connect(server, keys.identity) as conn:
-        with pytest.raises(asyncssh.ChannelListenError):
-            await conn.forward_remote_port("127.0.0.1", 0, "127.0.0.1", 9)
-        with pytest.raises(asyncssh.ChannelListenError):
-            await conn.forward_remote_path(str(tmp / "remote.sock"), str(tmp / "local.sock"))
-        assert not (tmp / "remote.sock").exists()
-        echo = EchoTarget(tmp / "e.sock")
-        try:
-            assert await _echo_through(conn, echo.path) == b"ping"
-        finally:
-            echo.close()
-    kinds = [getattr(r, "kind", None) for r in caplog.records
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("container_desktop_relay.server")
+    logger.addHandler(handler)  # whatever configuration earlier tests left on the loggers
+    old_level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        tmp = keys.dir
+        async with _connect(server, keys.identity) as conn:
+            with pytest.raises(asyncssh.ChannelListenError):
+                await conn.forward_remote_port("127.0.0.1", 0, "127.0.0.1", 9)
+            with pytest.raises(asyncssh.ChannelListenError):
+                await conn.forward_remote_path(str(tmp / "remote.sock"), str(tmp / "local.sock"))
+            assert not (tmp / "remote.sock").exists()
+            echo = EchoTarget(tmp / "e.sock")
+            try:
+                assert await _echo_through(conn, echo.path) == b"ping"
+            finally:
+                echo.close()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    kinds = [getattr(r, "kind", None) for r in records
              if r.getMessage() == "forward_request_refused"]
     assert kinds == ["tcpip-forward", "streamlocal-forward"]
 
