@@ -44,11 +44,12 @@ def test_transport_ends_relay_both_ways_with_half_close() -> None:
         try:
             for s in (client, target):
                 s.setblocking(False)
-            t_client, _ = await _wrap(pump, CLIENT, client_relay, 4096)
+            t_client, _ = await _wrap(pump, CLIENT, client_relay, 4097)
             transports.append(t_client)
-            t_target, _ = await _wrap(pump, TARGET, target_relay, 4096)
+            t_target, _ = await _wrap(pump, TARGET, target_relay, 4097)
             transports.append(t_target)
-            assert t_client.get_write_buffer_limits() == (1024, 4096)
+            # 4097, not a multiple of 4: asyncio's own defaults cannot give the same pair
+            assert t_client.get_write_buffer_limits() == (1024, 4097)
             loop = asyncio.get_running_loop()
             up, down = bytes(range(256)) * 400, b"answer" * 5000
             await loop.sock_sendall(client, up)
@@ -170,3 +171,20 @@ def test_ends_without_a_transport_do_nothing() -> None:
                        "abort"):
             getattr(end, method)()
         end.write(b"x")
+
+
+def test_transport_end_reports_its_own_side_to_the_pump() -> None:
+    """Backpressure and loss on a TransportEnd reach the pump as that end's side, with the
+    error that ended it."""
+    from helpers import FakeEnd
+
+    pump = Pump("c", "/s")
+    client = FakeEnd()
+    pump.attach(CLIENT, client)
+    end = TransportEnd(pump, TARGET, 1024)
+    end.pause_writing()
+    assert client.paused
+    end.resume_writing()
+    assert not client.paused
+    end.connection_lost(ConnectionResetError("reset by target"))
+    assert pump.reason == "target error: reset by target" and client.aborted
