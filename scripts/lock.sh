@@ -34,6 +34,7 @@ compile() {  # output, then uv pip compile arguments
 linux=(--universal --python-version 3.11)
 compile lock/runtime.txt pyproject.toml "${linux[@]}"
 compile lock/dev.txt pyproject.toml lock/dev.in --extra test "${linux[@]}"
+compile lock/mutation.txt pyproject.toml lock/dev.in --extra test --extra mutation "${linux[@]}"
 compile lock/dist.txt pyproject.toml lock/dist.in "${linux[@]}"
 compile lock/windows.txt pyproject.toml lock/windows.in \
     --python-platform x86_64-pc-windows-msvc --python-version 3.12

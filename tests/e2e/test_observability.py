@@ -20,9 +20,12 @@ from helpers import (
     FACTOR,
     EchoTarget,
     Keys,
+    Proc,
     RelayServer,
     exchange,
     free_port,
+    relay_cmd,
+    relay_env,
     run_relay,
     sha,
     ssh_forward,
@@ -291,3 +294,25 @@ def test_taken_default_port_is_logged_and_relaying_goes_on(keys: Keys, echo: Ech
             # /health and /ready are not served; /metrics (its own default port) is
             assert result.returncode == 1 and data["health"]["body"] is None
             assert data["health"]["error"] == "timed out" and data["metrics"]["code"] == 200
+
+
+def test_every_listener_binds_loopback_by_default(keys: Keys, tmp: Path) -> None:
+    """With neither --host nor --health-check-host, the SSH port, /health and /metrics all
+    listen on 127.0.0.1 and nothing else (docs/security.md: nothing on the network)."""
+    import psutil
+
+    port, health_port, metrics_port = free_port(), free_port(), free_port()
+    proc = Proc(relay_cmd("server", "--port", str(port), "--identity-path", str(keys.identity),
+                          "--authorized-keys-path", str(keys.authorized_keys),
+                          f"--health-check-port={health_port}",
+                          f"--metrics-port={metrics_port}", "--log-level", "debug"),
+                tmp / "default-host.log", env=relay_env())
+    with stopping(proc):
+        wait_for(lambda: '"server_listening"' in proc.log() or not proc.alive(), 20,
+                 "the server to listen")
+        bound_ports(proc)
+        listening = {(c.laddr.ip, c.laddr.port)
+                     for c in psutil.Process(proc.pid).net_connections("inet")
+                     if c.status == psutil.CONN_LISTEN}
+        assert listening == {("127.0.0.1", port), ("127.0.0.1", health_port),
+                             ("127.0.0.1", metrics_port)}, proc.log()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CI, FACTOR, REPO, short_tmpdir
+from helpers import FACTOR, REPO, short_tmpdir, skip_or_fail
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +34,7 @@ def dist() -> Iterator[Path]:
     """``python -m build`` of this checkout (sdist, then the wheel built from that sdist)."""
     if importlib.util.find_spec("build") is None:
         message = "the 'build' package is not installed (pip install '.[test]')"
-        pytest.fail(message) if CI else pytest.skip(message)
+        skip_or_fail(message)
     out = short_tmpdir()
     # A copy of the tree, so the build's egg-info and build/ never land in the checkout.
     tree = out / "tree"

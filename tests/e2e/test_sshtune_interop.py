@@ -22,6 +22,7 @@ import pytest
 from container_desktop_relay import sshtune
 from container_desktop_relay.bench import chains
 from container_desktop_relay.bench.targets import pattern, pattern_digest
+from helpers import skip_or_fail
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("asyncssh_patches")]
 
@@ -35,9 +36,7 @@ TIMEOUT = 120.0 * float(os.environ.get("CDR_TEST_TIMEOUT_FACTOR", "1"))
 def _need(tool: str | None, what: str) -> str:
     if tool:
         return tool
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{what} is required under CI=true")
-    pytest.skip(f"{what} is not installed")
+    skip_or_fail(f"{what} is not installed")
 
 
 @pytest.fixture(scope="module")

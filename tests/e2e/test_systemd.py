@@ -21,6 +21,7 @@ from helpers import (
     relay_env,
     run_relay,
     sha,
+    skip_or_fail,
     ssh_forward,
     stopping,
     wait_for,
@@ -131,7 +132,7 @@ def test_server_works_under_memory_deny_write_execute(keys: Keys, tmp: Path) -> 
     """With W^X enforced by the kernel (what MemoryDenyWriteExecute= asks for), keygen and the
     server (uvloop, asyncssh, cryptography) still run and forward bytes exactly."""
     if not _mdwe_supported():
-        pytest.skip("kernel without PR_SET_MDWE (Linux < 6.3): cannot emulate the setting")
+        skip_or_fail("kernel without PR_SET_MDWE (Linux < 6.3): cannot emulate the setting")
     wrapper = tmp / "mdwe.py"
     wrapper.write_text(MDWE_WRAPPER)
     under = [sys.executable, str(wrapper), sys.executable]

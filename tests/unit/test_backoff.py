@@ -68,5 +68,21 @@ def test_huge_attempt_does_not_overflow() -> None:
                                 {"jitter": 1.0}, {"jitter": -0.1}])
 def test_invalid_parameters_rejected(kw: dict[str, float]) -> None:
     """Nonsense parameters are refused at construction."""
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^backoff needs 0 < initial <= cap, factor >= 1, "
+                                         r"0 <= jitter < 1$"):
         Backoff(**kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kw", [{"initial": 2.0, "cap": 2.0}, {"factor": 1.0}, {"jitter": 0.0},
+                                {"factor": 1.5}])
+def test_boundary_parameters_accepted(kw: dict[str, float]) -> None:
+    """The edges of the allowed ranges are allowed: initial == cap, factor 1 (constant delay)
+    and factors between 1 and 2, no jitter."""
+    b = Backoff(**kw)  # type: ignore[arg-type]
+    assert b.nominal(0) == b.initial
+
+
+def test_exponent_is_clamped_at_64() -> None:
+    """The exponent stops growing at 64 (no overflow), visible with a factor barely above 1."""
+    b = Backoff(initial=1.0, cap=1e9, factor=1.01, jitter=0.0)
+    assert b.nominal(10_000) == b.nominal(64) == 1.01 ** 64 != 1.01 ** 65

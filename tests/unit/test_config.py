@@ -7,8 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from container_desktop_relay.cli import parse_config
-from container_desktop_relay.config import Config, config_fields, derived_port, load_config
+from container_desktop_relay.cli import build_parser, parse_config
+from container_desktop_relay.config import (
+    Option,
+    config_fields,
+    derived_port,
+    load_config,
+)
 from container_desktop_relay.errors import ConfigError
 
 SPEC_CONFIG = {
@@ -194,10 +199,72 @@ def test_bad_env_value_names_the_variable() -> None:
         load_config({}, environ={"CDR_PORT": "99999"})
 
 
-def test_every_key_has_a_flag_and_help() -> None:
-    """Every config key is documented and reachable as a flag."""
+# A valid value for each key that differs from its default, given as a flag's text.
+FLAG_SAMPLES = {
+    "host": "127.0.0.2", "identity_path": "/k/id", "known_hosts_path": "/k/kh",
+    "authorized_keys_path": "/k/ak", "host_key_path": "/k/hk",
+    "allow_socket": "/run/*.sock", "allowed_users": "alice", "log_level": "warn",
+    "named_pipe": "npipe:////./pipe/other", "listen": "unix:///tmp/x.sock",
+    "ssh_connection": "ssh://u@h:2222/run/podman.sock", "distribution": "Debian",
+    "relay_program_path": "/usr/bin/relay", "tid_path": "/tmp/t.tid",
+    "health_check_host": "127.0.0.3", "asyncssh_patches": "correctness",
+    "forward": "unix:///tmp/f.sock=/run/engine.sock",
+}
+
+
+def _sample(name: str, opt: Option, default: object) -> tuple[str, object]:
+    """Flag text for ``name`` and the value the loaded Config must then hold."""
+    if name in FLAG_SAMPLES:
+        text = FLAG_SAMPLES[name]
+        return text, [text] if opt.kind == "list" else text
+    if opt.kind == "bool":
+        return ("false", False) if default else ("true", True)
+    if opt.kind == "duration":
+        return "7s", 7.0
+    assert opt.kind == "int", name
+    value = int(opt.maximum if opt.maximum is not None else 7)
+    value = value if value != default else value - 1
+    return str(value), value
+
+
+@pytest.mark.parametrize("role", ["server", "client"])
+def test_every_key_has_a_flag_and_help(role: str) -> None:
+    """Every config key has --key and -key flags whose help is the key's help, and the flag
+    sets exactly that key."""
+    shown = " ".join(build_parser(role).format_help().split())
+    defaults = load_config({}, environ={})
     for f, opt in config_fields():
+        dashed = f.name.replace("_", "-")
         assert opt.help, f.name
-        c = parse_config("server", [], environ={})
-        assert hasattr(c, f.name)
-    assert isinstance(load_config({}, environ={}), Config)
+        assert f"--{dashed} " in shown, f"no flag for {f.name}"
+        # (whitespace ignored: argparse wraps long help, at hyphens too)
+        assert "".join(opt.help.split()) in "".join(shown.split()), f"help of {f.name} not shown"
+        text, expected = _sample(f.name, opt, getattr(defaults, f.name))
+        for flag in (f"--{dashed}", f"-{dashed}"):
+            loaded = parse_config(role, [flag, text], environ={})
+            assert getattr(loaded, f.name) == expected, flag
+        assert getattr(defaults, f.name) != expected, f"sample for {f.name} is its default"
+
+
+@pytest.mark.parametrize(("key", "value", "why"), [
+    ("read_timeout", "-1", "too small"), ("write_timeout", "-0.5", "too small"),
+    ("port", "0", "too small"), ("port", "65536", "too large"),
+    ("buffer_size", "1023", "too small"), ("keepalive_count_max", "1001", "too large"),
+])
+def test_range_edges_refused_with_the_reason(key: str, value: str, why: str) -> None:
+    """One step past either end of a range is refused, naming the key, the source and why;
+    0 = never does not open the door to negative limits."""
+    with pytest.raises(ConfigError) as info:
+        load_config({key: value}, environ={})
+    dashed = key.replace("_", "-")
+    assert str(info.value).startswith(f"invalid {key}={value} from --{dashed} ({why}): must be ")
+    assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("read_timeout", "0", 0.0), ("write_timeout", "0", 0.0), ("port", "1", 1),
+    ("port", "65535", 65535), ("buffer_size", "1024", 1024), ("keepalive_count_max", "1000", 1000),
+])
+def test_range_edges_accepted(key: str, value: str, expected: float) -> None:
+    """The ends of each range are inside it; 0 disables the idle limits."""
+    assert getattr(load_config({key: value}, environ={}), key) == expected

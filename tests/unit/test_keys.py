@@ -12,6 +12,7 @@ import pytest
 
 from container_desktop_relay import keys
 from container_desktop_relay.errors import KeyFileError
+from helpers import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -167,27 +168,38 @@ def test_append_line_keeps_the_file_itself(tmp_path: Path) -> None:
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
 
 
-def _append_many(path: str, tag: str, count: int) -> None:
-    for i in range(count):
-        keys.append_line(Path(path), f"{tag} {i}\n".encode())
+def _append_many(path: str, tag: str, count: int, numbers: str) -> None:
+    with open(numbers, "w") as out:
+        for i in range(count):
+            line = f"{tag} {i} " + "k" * 300 + "\n"  # about an ed25519 known_hosts line
+            out.write(f"{tag} {i} {keys.append_line(Path(path), line.encode())}\n")
 
 
 def test_concurrent_appenders_lose_no_line(tmp_path: Path) -> None:
-    """Processes appending at once (relays recording host keys, ssh) lose nothing."""
+    """Processes appending at once (relays recording host keys, ssh) lose nothing, and each
+    is told the line number its line really landed on (the lock spans read and write)."""
     import multiprocessing
 
     path = tmp_path / "known_hosts"
     path.write_bytes(b"# mine\n")
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_append_many, args=(str(path), f"p{n}", 200)) for n in range(4)]
+    procs = [ctx.Process(target=_append_many,
+                         args=(str(path), f"p{n}", 150, str(tmp_path / f"n{n}")))
+             for n in range(6)]
     for proc in procs:
         proc.start()
     for proc in procs:
         proc.join(60)
         assert proc.exitcode == 0
-    lines = path.read_bytes().splitlines()
-    assert lines[0] == b"# mine"
-    assert sorted(lines[1:]) == sorted(f"p{n} {i}".encode() for n in range(4) for i in range(200))
+    lines = [line.split()[:2] for line in path.read_bytes().decode().splitlines()]
+    assert lines[0] == ["#", "mine"]
+    expected = sorted([f"p{n}", str(i)] for n in range(6) for i in range(150))
+    assert sorted(lines[1:]) == expected
+    where = {tuple(line): number for number, line in enumerate(lines, 1)}
+    for n in range(6):
+        for row in (tmp_path / f"n{n}").read_text().splitlines():
+            tag, i, number = row.split()
+            assert where[(tag, i)] == int(number), f"{tag} {i} was told line {number}"
 
 
 def test_stale_public_key_without_private_is_refused(tmp_path: Path, rsa_pem: bytes) -> None:
@@ -282,3 +294,99 @@ def test_rsa_check_skipped_only_for_own_private_file(tmp_path: Path, rsa_pem: by
     monkeypatch.setattr(os, "getuid", lambda: owner + 1)
     with pytest.raises(KeyFileError, match="cannot be loaded"):
         keys.load_private_key(path)
+
+
+def _blocked_flock_waiters(path: Path) -> int:
+    """How many FLOCK requests on ``path``'s inode wait in /proc/locks (Linux)."""
+    st = path.stat()
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    return sum(1 for line in Path("/proc/locks").read_text().splitlines()
+               if "->" in line and " FLOCK " in line and inode in line)
+
+
+def test_append_waits_for_the_lock_and_then_sees_the_final_newline(tmp_path: Path) -> None:
+    """An appender waits for another holder of the lock, then reads what that holder wrote:
+    a line left without its newline gets one before the new line, never glued to it."""
+    import fcntl
+    import threading
+
+    path = tmp_path / "known_hosts"
+    path.write_bytes(b"# mine\n")
+    holder = os.open(path, os.O_WRONLY | os.O_APPEND)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    numbers: list[int] = []
+    appender = threading.Thread(target=lambda: numbers.append(
+        keys.append_line(path, b"host ssh-ed25519 AAAA\n")))
+    try:
+        appender.start()
+        wait_for(lambda: _blocked_flock_waiters(path) == 1, what="append_line waiting on flock")
+        os.write(holder, b"other-writer-without-newline")
+    finally:
+        os.close(holder)  # releases the lock
+        appender.join(30)
+    assert path.read_bytes() == b"# mine\nother-writer-without-newline\nhost ssh-ed25519 AAAA\n"
+    assert numbers == [3]
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o610, 0o601, 0o620, 0o602])
+def test_private_key_with_any_group_or_other_bit_refused(tmp_path: Path, rsa_pem: bytes,
+                                                         mode: int) -> None:
+    """A private key is refused for any group or other bit, group-only ones (0640) included."""
+    private = tmp_path / "id_rsa"
+    private.write_bytes(rsa_pem)
+    private.chmod(mode)
+    with pytest.raises(KeyFileError, match=rf"mode {mode:04o}.*chmod 600"):
+        keys.load_private_key(private)
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400])
+def test_private_key_of_the_owner_only_loads(tmp_path: Path, rsa_pem: bytes, mode: int) -> None:
+    """0600 and 0400 keys load."""
+    private = tmp_path / "id_rsa"
+    private.write_bytes(rsa_pem)
+    private.chmod(mode)
+    assert keys.load_private_key(private).get_algorithm() == "ssh-rsa"
+
+
+@pytest.mark.parametrize("mode", [0o620, 0o602, 0o660, 0o622])
+def test_authorized_keys_writable_by_group_or_others_refused(tmp_path: Path, rsa_pem: bytes,
+                                                             mode: int) -> None:
+    """The server refuses authorized_keys that the group alone (0620) or others can write."""
+    ak = tmp_path / "authorized_keys"
+    ak.write_bytes(keys.authorized_key_line(asyncssh.import_private_key(rsa_pem)))
+    ak.chmod(mode)
+    with pytest.raises(KeyFileError, match=rf"writable by group/others \(mode {mode:04o}\)"):
+        keys.load_authorized_keys(ak, strict=True)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o600, 0o400])
+def test_authorized_keys_readable_by_others_accepted(tmp_path: Path, rsa_pem: bytes,
+                                                     mode: int) -> None:
+    """Read bits for group and others are fine (as with OpenSSH): only write bits are refused."""
+    ak = tmp_path / "authorized_keys"
+    ak.write_bytes(keys.authorized_key_line(asyncssh.import_private_key(rsa_pem)))
+    ak.chmod(mode)
+    assert len(keys.load_authorized_keys(ak, strict=True)) == 1
+
+
+def test_public_key_written_through_a_temporary_file(tmp_path: Path, rsa_pem: bytes,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The .pub appears whole or not at all: a write that fails midway leaves no .pub and no
+    temporary file, and the next run writes it."""
+    import errno
+
+    private = tmp_path / "id_rsa"
+    private.write_bytes(rsa_pem)
+    private.chmod(0o600)
+
+    def fsync(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fsync", fsync)
+        with pytest.raises(KeyFileError, match="cannot write public key"):
+            keys.ensure_key_pair(private, None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["id_rsa"]
+    result = keys.ensure_key_pair(private, None)
+    assert result.public_path.read_bytes() == keys.public_pem(
+        asyncssh.import_private_key(rsa_pem))

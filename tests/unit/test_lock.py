@@ -21,6 +21,7 @@ _spec.loader.exec_module(lockcheck)
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 RUNTIME = [Requirement(r) for r in PROJECT["dependencies"]]
 TEST = [Requirement(r) for r in PROJECT["optional-dependencies"]["test"]]
+MUTATION = [Requirement(r) for r in PROJECT["optional-dependencies"]["mutation"]]
 WINDOWS = {"sys_platform": "win32", "platform_system": "Windows", "os_name": "nt",
            "python_version": "3.12"}
 
@@ -38,6 +39,7 @@ def _all_pins(name: str) -> dict[str, str]:
 @pytest.mark.parametrize(("lock", "requirements", "env"), [
     ("runtime.txt", RUNTIME, None),
     ("dev.txt", RUNTIME + TEST, None),
+    ("mutation.txt", RUNTIME + TEST + MUTATION, None),
     ("dist.txt", RUNTIME, None),
     ("floors.txt", RUNTIME + TEST, None),
     ("windows.txt", RUNTIME, WINDOWS),

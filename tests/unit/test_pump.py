@@ -230,3 +230,72 @@ def test_side_gone_before_any_data_is_not_a_failure() -> None:
     assert pump.reason == "closed before any data"
     pump.lost(TARGET)
     assert done == [pump]
+
+
+def test_counts_accumulate_and_activity_is_stamped() -> None:
+    """Counts add up over many chunks; each chunk stamps the activity time; the pump keeps
+    its id and target for the close record."""
+    pump, _a, _b, _ = make()
+    assert (pump.conn_id, pump.target, pump.reason, pump.closing) == ("c-1", "/t.sock", "", False)
+    before = pump.last_activity
+    for size in (3, 5, 7):
+        pump.data(CLIENT, b"x" * size)
+    pump.data(TARGET, b"y")
+    pump.data(TARGET, b"yy")
+    assert (pump.up, pump.down) == (15, 3)
+    assert isinstance(pump.last_activity, float) and pump.last_activity >= before
+
+
+def test_resume_only_undoes_our_own_pause() -> None:
+    """resume_writing resumes a reader only if this pump paused it, once per pause: a reader
+    paused for another reason stays paused."""
+    pump, a, b, _ = make()
+    a.paused = b.paused = True  # paused by something else (e.g. the endpoint itself)
+    pump.resume_writing(TARGET)
+    pump.resume_writing(CLIENT)
+    assert a.paused and b.paused
+    pump.pause_writing(TARGET)
+    pump.resume_writing(TARGET)
+    assert not a.paused
+    a.paused = True
+    pump.resume_writing(TARGET)  # a second resume has no pause of ours to undo
+    assert a.paused
+
+
+def test_hold_limit_is_exact_on_either_side() -> None:
+    """Exactly HOLD_LIMIT held bytes leave the reader running; one more pauses it (both ways)."""
+    for side in (CLIENT, TARGET):
+        pump = Pump("c-9", "/t.sock")
+        src = FakeEnd()
+        pump.attach(side, src)
+        pump.data(side, b"h" * HOLD_LIMIT)
+        assert not src.paused, side
+        pump.data(side, b"h")
+        assert src.paused, side
+
+
+def test_reasons_name_the_side() -> None:
+    """A failure or a cut-off is recorded with the side it came from."""
+    pump, _a, _b, _ = make()
+    pump.lost(CLIENT, OSError("boom"))
+    assert pump.reason == "client error: boom"
+    pump, _a, _b, _ = make()
+    pump.data(TARGET, b"partial answer")
+    pump.lost(TARGET)
+    assert pump.reason == "target closed without end of stream"
+    pump, _a, _b, _ = make()
+    pump.eof(TARGET)
+    pump.lost(TARGET)
+    assert pump.reason == "target closed before the other direction ended"
+
+
+def test_close_before_the_target_attached() -> None:
+    """Closing a pump whose target never attached closes the client and finishes."""
+    done: list[Pump] = []
+    pump = Pump("c-4", "/t.sock", done.append)
+    a = FakeEnd()
+    pump.attach(CLIENT, a)
+    pump.close("shutdown")
+    assert a.closed and pump.reason == "shutdown" and not done
+    pump.lost(CLIENT)
+    assert done == [pump]

@@ -3,6 +3,7 @@ stale one removed at start."""
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from pathlib import Path
@@ -65,3 +66,26 @@ def test_client_removes_a_stale_file_even_when_its_start_fails(tmp_path: Path) -
     with pytest.raises(KeyFileError):
         run_client(config)
     assert not path.exists()
+
+
+def _fail_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fsync(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_replacing_goes_through_a_temporary_file_and_rename(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tid file is replaced, never rewritten in place: another link to the old file keeps
+    the old text, and a write that fails midway leaves the old file and no temporary file."""
+    path = tmp_path / "relay.tid"
+    path.write_text("1:2")
+    os.link(path, tmp_path / "old-link")
+    text = write_tid_file(path)
+    assert path.read_text() == text and (tmp_path / "old-link").read_text() == "1:2"
+    _fail_fsync(monkeypatch)
+    with pytest.raises(OSError, match="No space"):
+        write_tid_file(path)
+    assert path.read_text() == text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old-link", "relay.tid"]

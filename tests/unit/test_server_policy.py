@@ -1,0 +1,196 @@
+"""The server core in-process against a plain asyncssh client on loopback: what it refuses,
+whom it admits (fast enough for make mutation's unit-test command)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncssh
+import pytest
+import pytest_asyncio
+
+from container_desktop_relay.config import load_config
+from container_desktop_relay.metrics import Metrics
+from container_desktop_relay.server import RelayServer
+from container_desktop_relay.state import RoleState
+from helpers import EchoTarget, Keys, free_port
+
+TIMEOUT = 10.0
+
+
+@pytest_asyncio.fixture
+async def server(keys: Keys) -> AsyncIterator[RelayServer]:
+    """The server role on a free loopback port, authorized_keys as the test leaves it."""
+    relay = RelayServer(
+        load_config({"identity_path": str(keys.identity), "port": str(free_port()),
+                     "authorized_keys_path": str(keys.authorized_keys),
+                     "log_level": "error"}, environ={}),
+        Metrics("server"), RoleState("server"),
+    )
+    await relay.start()
+    yield relay
+    relay.stop_accepting()
+    relay.close_all()
+
+
+def _connect(relay: RelayServer, key: asyncssh.SSHKey | Path) -> asyncssh.SSHClientConnection:
+    return asyncssh.connect("127.0.0.1", relay.port, username="t", client_keys=[key],
+                            known_hosts=None, agent_path=None, passphrase=None,
+                            login_timeout=TIMEOUT)
+
+
+async def _echo_through(conn: asyncssh.SSHClientConnection, target: Path) -> bytes:
+    reader, writer = await conn.open_unix_connection(str(target))
+    writer.write(b"ping")
+    writer.write_eof()
+    try:
+        return await asyncio.wait_for(reader.read(), TIMEOUT)
+    finally:
+        writer.close()
+
+
+@pytest.mark.asyncio
+async def test_remote_forwarding_requests_refused(server: RelayServer, keys: Keys) -> None:
+    """tcpip-forward and streamlocal-forward global requests get an SSH refusal and one
+    forward_request_refused log line each; the connection goes on working."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("container_desktop_relay.server")
+    logger.addHandler(handler)  # whatever configuration earlier tests left on the loggers
+    old_level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        tmp = keys.dir
+        async with _connect(server, keys.identity) as conn:
+            with pytest.raises(asyncssh.ChannelListenError):
+                await conn.forward_remote_port("127.0.0.1", 0, "127.0.0.1", 9)
+            with pytest.raises(asyncssh.ChannelListenError):
+                await conn.forward_remote_path(str(tmp / "remote.sock"), str(tmp / "local.sock"))
+            assert not (tmp / "remote.sock").exists()
+            echo = EchoTarget(tmp / "e.sock")
+            try:
+                assert await _echo_through(conn, echo.path) == b"ping"
+            finally:
+                echo.close()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    kinds = [getattr(r, "kind", None) for r in records
+             if r.getMessage() == "forward_request_refused"]
+    assert kinds == ["tcpip-forward", "streamlocal-forward"]
+
+
+@pytest.mark.asyncio
+async def test_identity_public_half_admitted_without_authorized_keys_entry(
+        server: RelayServer, keys: Keys) -> None:
+    """With authorized_keys empty, the server's own identity still logs in (the client and the
+    server share it) and another key does not."""
+    keys.authorized_keys.write_bytes(b"")
+    async with _connect(server, keys.identity) as conn:
+        echo = EchoTarget(keys.dir / "e.sock")
+        try:
+            assert await _echo_through(conn, echo.path) == b"ping"
+        finally:
+            echo.close()
+    stranger = asyncssh.generate_private_key("ssh-ed25519")
+    with pytest.raises(asyncssh.PermissionDenied):
+        async with _connect(server, stranger):
+            pass
+
+
+async def _open_error(conn: asyncssh.SSHClientConnection, path: str) -> asyncssh.ChannelOpenError:
+    with pytest.raises(asyncssh.ChannelOpenError) as info:
+        await conn.open_unix_connection(path)
+    return info.value
+
+
+@pytest.mark.asyncio
+async def test_channels_other_than_streamlocal_refused_with_reasons(
+        server: RelayServer, keys: Keys) -> None:
+    """Sessions (shell, exec) and direct-tcpip get an SSH refusal that says why; bad socket
+    paths are refused for what is wrong with them."""
+    async with _connect(server, keys.identity) as conn:
+        with pytest.raises(asyncssh.ChannelOpenError) as session:
+            await conn.create_session(asyncssh.SSHClientSession, "id")
+        assert session.value.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED
+        assert "session channels (shell, exec, subsystem) are not allowed" in session.value.reason
+        with pytest.raises(asyncssh.ChannelOpenError) as tcp:
+            await conn.open_connection("127.0.0.1", 9)
+        assert "TCP forwarding (direct-tcpip) is not allowed" in tcp.value.reason
+        relative = await _open_error(conn, "run/podman.sock")
+        assert relative.reason == "socket path 'run/podman.sock' is not absolute"
+        assert relative.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED
+        dotted = await _open_error(conn, "/run/../etc/x.sock")
+        assert "is not normalized" in dotted.reason
+        missing = await _open_error(conn, str(keys.dir / "missing.sock"))
+        assert missing.code == asyncssh.OPEN_CONNECT_FAILED
+        assert missing.reason == f"target socket {keys.dir / 'missing.sock'} does not exist"
+
+
+@pytest.mark.asyncio
+async def test_allowlist_pool_limit_and_drain(keys: Keys) -> None:
+    """--allow-socket refuses other paths; max_connections refuses the one too many with
+    'connection pool exhausted'; a draining server refuses new channels."""
+    echo = EchoTarget(keys.dir / "e.sock")
+    relay = RelayServer(
+        load_config({"identity_path": str(keys.identity), "port": str(free_port()),
+                     "authorized_keys_path": str(keys.authorized_keys), "log_level": "error",
+                     "allow_socket": [str(keys.dir / "e*.sock")], "max_connections": "1"},
+                    environ={}),
+        Metrics("server"), RoleState("server"),
+    )
+    await relay.start()
+    try:
+        async with _connect(relay, keys.identity) as conn:
+            other = await _open_error(conn, str(keys.dir / "other.sock"))
+            assert other.reason.startswith(f"socket path {keys.dir / 'other.sock'} is not "
+                                           "allowed (allowed: ")
+            reader, writer = await conn.open_unix_connection(str(echo.path))
+            writer.write(b"1")
+            assert await asyncio.wait_for(reader.readexactly(1), TIMEOUT) == b"1"
+            full = await _open_error(conn, str(echo.path))
+            assert full.reason == "connection pool exhausted (max: 1)"
+            assert full.code == asyncssh.OPEN_RESOURCE_SHORTAGE
+            writer.close()
+            relay.state.start_draining()
+            draining = await _open_error(conn, str(echo.path))
+            assert draining.reason == "server is shutting down"
+    finally:
+        echo.close()
+        relay.stop_accepting()
+        relay.close_all()
+
+
+@pytest.mark.asyncio
+async def test_allowed_users_and_key_only_login(keys: Keys) -> None:
+    """With --allowed-users only those names get in; passwords are never offered."""
+    relay = RelayServer(
+        load_config({"identity_path": str(keys.identity), "port": str(free_port()),
+                     "authorized_keys_path": str(keys.authorized_keys), "log_level": "error",
+                     "allowed_users": ["alice"]}, environ={}),
+        Metrics("server"), RoleState("server"),
+    )
+    await relay.start()
+    try:
+        async with asyncssh.connect("127.0.0.1", relay.port, username="alice",
+                                    client_keys=[keys.identity], known_hosts=None,
+                                    agent_path=None, login_timeout=TIMEOUT):
+            pass
+        with pytest.raises(asyncssh.PermissionDenied):
+            async with asyncssh.connect("127.0.0.1", relay.port, username="mallory",
+                                        client_keys=[keys.identity], known_hosts=None,
+                                        agent_path=None, login_timeout=TIMEOUT):
+                pass
+        with pytest.raises(asyncssh.PermissionDenied):
+            async with asyncssh.connect("127.0.0.1", relay.port, username="alice",
+                                        client_keys=None, password="secret",
+                                        known_hosts=None, agent_path=None,
+                                        login_timeout=TIMEOUT):
+                pass
+    finally:
+        relay.stop_accepting()
+        relay.close_all()
