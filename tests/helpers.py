@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -305,30 +306,48 @@ def ssh_forward(port: int, identity: Path, local: Path, remote: str, workdir: Pa
 
 
 # ---------------------------------------------------------------- targets
-class EchoTarget:
-    """Unix-socket echo server: echoes until EOF, then half-closes and closes."""
+def closed_events(log: str) -> list[dict[str, Any]]:
+    """The relay's connection_closed log events, in order."""
+    return [json.loads(line) for line in log.splitlines() if '"connection_closed"' in line]
 
-    def __init__(self, path: Path) -> None:
+
+class UnixTarget:
+    """A Unix-socket server for tests: a thread accepts, a thread per connection runs
+    :meth:`_serve`. Subclasses set what ``_serve`` records before calling ``__init__``."""
+
+    def __init__(self, path: Path, backlog: int = 64) -> None:
         self.path = path
-        self.connections = 0
-        self._live: set[socket.socket] = set()
         self._sock = socket.socket(socket.AF_UNIX)
         self._sock.bind(str(path))
-        self._sock.listen(1024)
-        self._stop = False
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
+        self._sock.listen(backlog)
+        threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
-        while not self._stop:
+        while True:
             try:
                 conn, _ = self._sock.accept()
-            except OSError:
+            except OSError:  # closed: stop accepting
                 return
-            self.connections += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop listening (connections already accepted go on)."""
+        self._sock.close()
+
+
+class EchoTarget(UnixTarget):
+    """Unix-socket echo server: echoes until EOF, then half-closes and closes."""
+
+    def __init__(self, path: Path) -> None:
+        self.connections = 0
+        self._live: set[socket.socket] = set()
+        super().__init__(path, backlog=1024)
+
+    def _serve(self, conn: socket.socket) -> None:
+        self.connections += 1
         self._live.add(conn)
         with conn:
             try:
@@ -340,8 +359,7 @@ class EchoTarget:
         self._live.discard(conn)
 
     def close(self) -> None:
-        self._stop = True
-        self._sock.close()
+        super().close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
@@ -353,25 +371,13 @@ class EchoTarget:
                 conn.shutdown(socket.SHUT_RDWR)
 
 
-class SendFirstTarget:
+class SendFirstTarget(UnixTarget):
     """Unix-socket target that sends ``payload``, half-closes, then hashes all it receives."""
 
     def __init__(self, path: Path, payload: bytes) -> None:
-        self.path = path
         self.payload = payload
         self.received: list[tuple[int, str]] = []
-        self._sock = socket.socket(socket.AF_UNIX)
-        self._sock.bind(str(path))
-        self._sock.listen(64)
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        super().__init__(path)
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
@@ -401,9 +407,6 @@ class SendFirstTarget:
         s.close()
         wait_for(lambda: self.received, 20, "target to receive the upload")
         assert self.received[0] == (len(up), hashlib.sha256(up).hexdigest())
-
-    def close(self) -> None:
-        self._sock.close()
 
 
 def unix_connect(path: Path | str, timeout: float = 10) -> socket.socket:

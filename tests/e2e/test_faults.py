@@ -28,6 +28,7 @@ from helpers import (
     Keys,
     PeakRss,
     RelayServer,
+    closed_events,
     exchange,
     record,
     sha,
@@ -386,14 +387,31 @@ class UploadSink:
             self.send_error = type(exc).__name__
 
     def backed_up(self) -> bool:
-        """Upload flowing and (when chatty) the back stream stalled: nobody reads it."""
+        """Upload flowing and (when chatty) the back stream stalled: nobody reads it, and
+        bytes wait unread in the server's socket (SIOCOUTQ of ours > 0), which is what makes
+        the server's abort a reset (a momentary pause under load is not enough)."""
         if self.received < MiB:
             return False
         if not self.chatty:
             return True
         before = self.sent
         time.sleep(0.3)
-        return self.sent == before and self.sent > 0
+        return self.sent == before and self.sent > 0 and self.unread_by_peer() > 0
+
+    def unread_by_peer(self) -> int:
+        """Bytes we sent that the server's socket holds unread (Linux SIOCOUTQ)."""
+        import fcntl
+        import struct
+        import termios
+
+        conn = self.conn
+        if conn is None:
+            return 0
+        try:
+            out = fcntl.ioctl(conn.fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
+        except OSError:
+            return 0
+        return int(struct.unpack("i", out)[0])
 
     def close(self) -> None:
         self._sock.close()
@@ -454,9 +472,17 @@ def test_upload_cut_off_is_never_a_clean_end(fault: str, chatty: bool, keys: Key
     assert len(streams) == 1 and streams[0]["failed"], streams
     reason = str(streams[0]["reason"])
     assert reason != "done" and reason.startswith("client "), reason
-    if chatty:
+    if chatty and fault == "uploader killed":
         # Linux reports the reset once, to whichever call comes first: the read or the send.
         assert "ConnectionResetError" in (sink.ended, sink.send_error), sink.ended
+    elif chatty:
+        # When the link or the client relay dies, the server learns it from the SSH side
+        # some time after the fault; under load it was seen to have read the target's last
+        # unread bytes by then (2 runs in ~20 on a loaded 2-core machine), and Linux then
+        # has nothing to turn the close into a reset. The log above says "failed" either way.
+        assert "ConnectionResetError" in (sink.ended, sink.send_error) or (
+            sink.ended == "eof" and sink.send_error in ("BrokenPipeError", "")), (
+            sink.ended, sink.send_error)
     else:
         assert sink.ended in ("eof", "ConnectionResetError"), sink.ended
     saw = ("a reset" if "ConnectionResetError" in (sink.ended, sink.send_error)
@@ -464,10 +490,6 @@ def test_upload_cut_off_is_never_a_clean_end(fault: str, chatty: bool, keys: Key
     record("fault", f"upload cut off: {fault}, target {'sends too' if chatty else 'only reads'}",
            1, f"server: failed, reason {reason!r}; target saw {saw}")
 
-
-def closed_events(log: str) -> list[dict[str, object]]:
-    """The relay's connection_closed log events."""
-    return [json.loads(line) for line in log.splitlines() if '"connection_closed"' in line]
 
 
 def test_slow_reader_bounds_memory(keys: Keys, tmp: Path) -> None:

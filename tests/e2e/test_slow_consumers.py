@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import random
 import socket
 import subprocess
@@ -27,6 +26,8 @@ from helpers import (
     Keys,
     Podman,
     RelayServer,
+    UnixTarget,
+    closed_events,
     record,
     stopping,
     unix_connect,
@@ -44,27 +45,11 @@ def answer_for(size: int) -> bytes:
     return random.Random(size).randbytes(size)
 
 
-class AnswerTarget:
+class AnswerTarget(UnixTarget):
     """Unix-socket target: reads a request line ``<size> <wait-eof>``; when asked, also waits
     for the client's EOF (a half-closed request); then sends ``answer_for(size)`` and closes."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._sock = socket.socket(socket.AF_UNIX)
-        self._sock.bind(str(path))
-        self._sock.listen(64)
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _serve(conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):
             line = b""
             while not line.endswith(b"\n"):
@@ -78,9 +63,6 @@ class AnswerTarget:
                     pass
             conn.sendall(answer_for(int(size)))
             conn.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self._sock.close()
 
 
 class Paced:
@@ -118,9 +100,6 @@ def ask(path: Path, size: int, rate: int, half_close: bool) -> Paced:
         reader.read(s.recv)
     return reader
 
-
-def closed_events(log: str) -> list[dict[str, object]]:
-    return [json.loads(line) for line in log.splitlines() if '"connection_closed"' in line]
 
 
 @pytest.fixture
@@ -222,30 +201,18 @@ def test_docker_run_into_a_slow_consumer(podman: Podman, relay_server: RelayServ
     assert not [c for c in closed_events(client_log) if c["failed"]], closed_events(client_log)
 
 
-class UploadTarget:
+class UploadTarget(UnixTarget):
     """Unix-socket target for uploads: reads a line ``steady`` or ``stop``; a steady reader
     takes the rest at ``rate`` to EOF and records it, a stopping one reads ``stop_after``
     bytes and then nothing (until the test ends), noting how its connection ended."""
 
     def __init__(self, path: Path, rate: int, stop_after: int) -> None:
-        self.path = path
         self.rate = rate
         self.stop_after = stop_after
         self.steady: list[Paced] = []
         self.stopped = threading.Event()
         self.release = threading.Event()
-        self._sock = socket.socket(socket.AF_UNIX)
-        self._sock.bind(str(path))
-        self._sock.listen(16)
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        super().__init__(path, backlog=16)
 
     def _serve(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):
@@ -269,7 +236,7 @@ class UploadTarget:
 
     def close(self) -> None:
         self.release.set()
-        self._sock.close()
+        super().close()
 
 
 def upload(path: Path, kind: str, payload: bytes) -> BaseException | None:
