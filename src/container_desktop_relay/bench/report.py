@@ -167,15 +167,17 @@ def table(doc: dict[str, Any], chains: list[str]) -> str:
 
 
 def startup_lines(startup: dict[str, Any]) -> list[str]:
-    """One line per program of the start-up section: exec to SSH banner, median and runs."""
+    """One line per program of the start-up section: exec to SSH banner (or, for the client
+    chains, to the first answered /_ping), median and runs."""
     out = []
     for name, fig in startup.items():
         if "error" in fig:
             out.append(f"start-up {name}: error: {fig['error']}")
             continue
         runs = ", ".join(f"{v:.0f}" for v in fig["runs_ms"])
-        out.append(f"start-up {name}: exec to SSH banner {fig['median_ms']:.0f} ms median "
-                   f"({runs})")
+        what = ("exec to first /_ping through the client" if fig.get("measures") == "ping"
+                else "exec to SSH banner")
+        out.append(f"start-up {name}: {what} {fig['median_ms']:.0f} ms median ({runs})")
     return out
 
 

@@ -1,4 +1,5 @@
-"""Start-up time: from exec to the first SSH banner, for sshd and for the relay's server."""
+"""Start-up time: exec to the first SSH banner (sshd, the relay's server), and exec to the first
+``/_ping`` answered through a client that spawns its server (the desktop app's chain)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from container_desktop_relay.bench import chains
+from container_desktop_relay.doctor import ping_stream
 
-__all__ = ["STARTUP_TIMEOUT", "find_dist_server", "measure_startup", "relay_server_argv",
-           "time_to_banner"]
+__all__ = ["STARTUP_TIMEOUT", "WSL_STANDIN", "find_dist_server", "measure_client_chain",
+           "measure_startup", "relay_server_argv", "time_to_banner", "time_to_ping"]
 
 STARTUP_TIMEOUT = 30.0
 #: The shipped Linux relay as `make dist` leaves it in a checkout.
 DIST_SERVER = Path("dist") / "container-desktop-relay-linux" / "container-desktop-relay-linux"
+#: ``wsl.exe --distribution D --exec PROGRAM ARGS...`` on Linux: runs PROGRAM ARGS here, as
+#: WSL's interop would inside the distribution (the spawn path is the app's, unchanged).
+WSL_STANDIN = ('#!/bin/sh\n# wsl.exe stand-in (bench): --distribution D --exec PROGRAM ARGS\n'
+               'shift 3\nexec "$@"\n')
+_PONG = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nOK"
 
 
 def find_dist_server() -> Path | None:
@@ -75,6 +82,111 @@ async def time_to_banner(argv_for_port: Callable[[int], list[str]], log: Path) -
     if not banner.startswith(b"SSH-2.0-"):
         raise chains.ChainError(f"{argv[0]}: not an SSH banner: {banner[:40]!r}")
     return elapsed
+
+
+async def _answer_pings(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The engine's side of ``GET /_ping``: 200 ``OK`` once a request's headers arrived."""
+    try:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(_PONG)
+        await writer.drain()
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+        pass  # the client's readiness probe opens and closes without a request
+    finally:
+        writer.close()
+
+
+async def time_to_ping(argv: list[str], env: dict[str, str], sock: Path, log: Path) -> float:
+    """Seconds from exec of a client to the first ``/_ping`` answered through ``sock``, its
+    local endpoint; the client (and the server it spawned) is then stopped."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    started = time.monotonic()
+    deadline = started + STARTUP_TIMEOUT
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=fd, env=env)
+    finally:
+        os.close(fd)
+    delay = 0.0005
+    try:
+        while True:
+            if proc.returncode is not None:
+                raise chains.ChainError(f"client exited with status {proc.returncode}")
+            try:
+                reader, writer = await asyncio.open_unix_connection(str(sock))
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise chains.ChainError(f"no local endpoint after {STARTUP_TIMEOUT:g}s") \
+                        from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.005)
+                continue
+            try:
+                wrong = await ping_stream(reader, writer, max(deadline - time.monotonic(), 0.1))
+            finally:
+                writer.close()
+            if not wrong:
+                return time.monotonic() - started
+            if time.monotonic() > deadline:
+                raise chains.ChainError(f"/_ping through the client: {wrong}")
+            await asyncio.sleep(0.005)  # refused before the link was up: ask again
+    finally:
+        await chains.stop(proc)
+
+
+async def measure_client_chain(workdir: Path, runs: int, keys: dict[str, Path],
+                               servers: dict[str, Path],
+                               say: Callable[[str], None]) -> dict[str, dict[str, object]]:
+    """``runs`` starts of the client as the app starts it (it spawns its server through a
+    ``wsl.exe`` stand-in), once per relay program in ``servers`` (run as the client and as the
+    server it spawns): exec to the first answered ``/_ping`` through its endpoint. Keys:
+    ``rsa`` (the identity)."""
+    base = workdir / "client-chain"
+    bindir = base / "bin"
+    bindir.mkdir(parents=True, exist_ok=True)
+    wsl = bindir / "wsl.exe"
+    wsl.write_text(WSL_STANDIN)
+    wsl.chmod(0o755)
+    engine = base / "engine.sock"
+    pinger = await asyncio.start_unix_server(_answer_pings, str(engine))
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+           "CDR_HEALTH_CHECK_ENABLED": "false", "CDR_METRICS_ENABLED": "false"}
+    times: dict[str, list[float]] = {name: [] for name in servers}
+    errors: dict[str, str] = {}
+    try:
+        for run in range(runs):
+            for name, program in servers.items():
+                if name in errors:
+                    continue
+                port, sock = chains.free_port(), base / f"c{run}-{name}.sock"
+                argv = [str(program), "client",
+                        "--listen", f"unix://{sock}",
+                        "--ssh-connection", f"ssh://bench@127.0.0.1:{port}{engine}",
+                        "--identity-path", str(keys["rsa"]),
+                        "--known-hosts-path", str(base / f"known_hosts-{run}-{name}"),
+                        "--distribution", "Bench", "--relay-program-path", str(program),
+                        "--host", "127.0.0.1", "--port", str(port)]
+                try:
+                    seconds = await time_to_ping(argv, env, sock, base / f"{name}.log")
+                except (chains.ChainError, OSError, TimeoutError) as exc:
+                    errors[name] = f"{type(exc).__name__}: {exc}"
+                    say(f"start-up {name}: FAILED: {errors[name]}")
+                    continue
+                times[name].append(seconds * 1000)
+    finally:
+        pinger.close()
+        await pinger.wait_closed()
+    out: dict[str, dict[str, object]] = {}
+    for name, values in times.items():
+        if name in errors:
+            out[name] = {"error": errors[name]}
+            continue
+        out[name] = {"median_ms": round(statistics.median(values), 1),
+                     "runs_ms": [round(v, 1) for v in values], "measures": "ping"}
+        say(f"start-up {name}: exec to first /_ping through the client, median "
+            f"{out[name]['median_ms']} ms of {len(values)}")
+    return out
 
 
 async def measure_startup(workdir: Path, runs: int,
