@@ -7,7 +7,7 @@ import asyncio
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from container_desktop_relay.bench import chains
@@ -17,6 +17,7 @@ __all__ = ["STARTUP_TIMEOUT", "WSL_STANDIN", "find_dist_server", "measure_client
            "measure_startup", "relay_server_argv", "time_to_banner", "time_to_ping"]
 
 STARTUP_TIMEOUT = 30.0
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 #: The shipped Linux relay as `make dist` leaves it in a checkout.
 DIST_SERVER = Path("dist") / "container-desktop-relay-linux" / "container-desktop-relay-linux"
 #: ``wsl.exe --distribution D --exec PROGRAM ARGS...`` on Linux: runs PROGRAM ARGS here, as
@@ -43,37 +44,55 @@ def relay_server_argv(program: list[str], keys: dict[str, Path], port: int) -> l
             "--metrics-port", str(chains.free_port())]
 
 
-async def _read_banner(port: int, proc: asyncio.subprocess.Process, deadline: float) -> bytes:
+async def _connect_until(open_stream: Callable[[], Awaitable[Stream]],
+                         proc: asyncio.subprocess.Process, deadline: float, exited: str,
+                         missing: str) -> Stream:
+    """``open_stream()`` retried (0.5 ms apart at first, then up to 5 ms) until it connects;
+    :class:`chains.ChainError` with ``exited`` (formatted with the ``status``) or ``missing``
+    when ``proc`` ends or ``deadline`` passes first."""
     delay = 0.0005
     while True:
         if proc.returncode is not None:
-            raise chains.ChainError(f"exited with status {proc.returncode} before its banner")
+            raise chains.ChainError(exited.format(status=proc.returncode))
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            return await open_stream()
         except OSError:
             if time.monotonic() > deadline:
-                raise chains.ChainError(f"no SSH banner after {STARTUP_TIMEOUT:g}s") from None
+                raise chains.ChainError(f"{missing} after {STARTUP_TIMEOUT:g}s") from None
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.005)
-            continue
-        try:
-            return await asyncio.wait_for(reader.readline(), deadline - time.monotonic())
-        finally:
-            writer.close()
+
+
+async def _read_banner(port: int, proc: asyncio.subprocess.Process, deadline: float) -> bytes:
+    reader, writer = await _connect_until(
+        lambda: asyncio.open_connection("127.0.0.1", port), proc, deadline,
+        "exited with status {status} before its banner", "no SSH banner")
+    try:
+        return await asyncio.wait_for(reader.readline(), deadline - time.monotonic())
+    finally:
+        writer.close()
+
+
+async def _spawn_logged(argv: list[str], log: Path,
+                        env: dict[str, str] | None = None) -> tuple[asyncio.subprocess.Process,
+                                                                    float]:
+    """Start ``argv`` with stderr appended to ``log``; the process and its exec time."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    started = time.monotonic()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=fd, env=env)
+    finally:
+        os.close(fd)
+    return proc, started
 
 
 async def time_to_banner(argv_for_port: Callable[[int], list[str]], log: Path) -> float:
     """Seconds from exec to the first line of the SSH banner; the process is then stopped."""
     port = chains.free_port()
     argv = argv_for_port(port)
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    started = time.monotonic()
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=fd)
-    finally:
-        os.close(fd)
+    proc, started = await _spawn_logged(argv, log)
     try:
         banner = await _read_banner(port, proc, started + STARTUP_TIMEOUT)
         elapsed = time.monotonic() - started
@@ -99,29 +118,13 @@ async def _answer_pings(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
 async def time_to_ping(argv: list[str], env: dict[str, str], sock: Path, log: Path) -> float:
     """Seconds from exec of a client to the first ``/_ping`` answered through ``sock``, its
     local endpoint; the client (and the server it spawned) is then stopped."""
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    started = time.monotonic()
+    proc, started = await _spawn_logged(argv, log, env)
     deadline = started + STARTUP_TIMEOUT
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=fd, env=env)
-    finally:
-        os.close(fd)
-    delay = 0.0005
-    try:
         while True:
-            if proc.returncode is not None:
-                raise chains.ChainError(f"client exited with status {proc.returncode}")
-            try:
-                reader, writer = await asyncio.open_unix_connection(str(sock))
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise chains.ChainError(f"no local endpoint after {STARTUP_TIMEOUT:g}s") \
-                        from None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.005)
-                continue
+            reader, writer = await _connect_until(
+                lambda: asyncio.open_unix_connection(str(sock)), proc, deadline,
+                "client exited with status {status}", "no local endpoint")
             try:
                 wrong = await ping_stream(reader, writer, max(deadline - time.monotonic(), 0.1))
             finally:
@@ -152,57 +155,42 @@ async def measure_client_chain(workdir: Path, runs: int, keys: dict[str, Path],
     pinger = await asyncio.start_unix_server(_answer_pings, str(engine))
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
            "CDR_HEALTH_CHECK_ENABLED": "false", "CDR_METRICS_ENABLED": "false"}
-    times: dict[str, list[float]] = {name: [] for name in servers}
-    errors: dict[str, str] = {}
+    async def start(name: str, run: int) -> float:
+        program = servers[name]
+        port, sock = chains.free_port(), base / f"c{run}-{name}.sock"
+        argv = [str(program), "client",
+                "--listen", f"unix://{sock}",
+                "--ssh-connection", f"ssh://bench@127.0.0.1:{port}{engine}",
+                "--identity-path", str(keys["rsa"]),
+                "--known-hosts-path", str(base / f"known_hosts-{run}-{name}"),
+                "--distribution", "Bench", "--relay-program-path", str(program),
+                "--host", "127.0.0.1", "--port", str(port)]
+        return await time_to_ping(argv, env, sock, base / f"{name}.log")
+
     try:
-        for run in range(runs):
-            for name, program in servers.items():
-                if name in errors:
-                    continue
-                port, sock = chains.free_port(), base / f"c{run}-{name}.sock"
-                argv = [str(program), "client",
-                        "--listen", f"unix://{sock}",
-                        "--ssh-connection", f"ssh://bench@127.0.0.1:{port}{engine}",
-                        "--identity-path", str(keys["rsa"]),
-                        "--known-hosts-path", str(base / f"known_hosts-{run}-{name}"),
-                        "--distribution", "Bench", "--relay-program-path", str(program),
-                        "--host", "127.0.0.1", "--port", str(port)]
-                try:
-                    seconds = await time_to_ping(argv, env, sock, base / f"{name}.log")
-                except (chains.ChainError, OSError, TimeoutError) as exc:
-                    errors[name] = f"{type(exc).__name__}: {exc}"
-                    say(f"start-up {name}: FAILED: {errors[name]}")
-                    continue
-                times[name].append(seconds * 1000)
+        return await _interleaved(runs, list(servers), start,
+                                  (chains.ChainError, OSError, TimeoutError), say,
+                                  "exec to first /_ping through the client,", "ping")
     finally:
         pinger.close()
         await pinger.wait_closed()
-    out: dict[str, dict[str, object]] = {}
-    for name, values in times.items():
-        if name in errors:
-            out[name] = {"error": errors[name]}
-            continue
-        out[name] = {"median_ms": round(statistics.median(values), 1),
-                     "runs_ms": [round(v, 1) for v in values], "measures": "ping"}
-        say(f"start-up {name}: exec to first /_ping through the client, median "
-            f"{out[name]['median_ms']} ms of {len(values)}")
-    return out
 
 
-async def measure_startup(workdir: Path, runs: int,
-                          programs: dict[str, Callable[[int], list[str]]],
-                          say: Callable[[str], None]) -> dict[str, dict[str, object]]:
-    """``runs`` starts of each program, interleaved; per program the median and every run (ms),
-    or the error that stopped it."""
-    times: dict[str, list[float]] = {name: [] for name in programs}
+async def _interleaved(runs: int, names: list[str],
+                       start: Callable[[str, int], Awaitable[float]],
+                       caught: tuple[type[BaseException], ...], say: Callable[[str], None],
+                       what: str, measures: str | None) -> dict[str, dict[str, object]]:
+    """``runs`` rounds of ``start(name, round)`` (seconds) for each name in turn; per name the
+    median and every run (ms), or the error that stopped it (``caught``)."""
+    times: dict[str, list[float]] = {name: [] for name in names}
     errors: dict[str, str] = {}
-    for _ in range(runs):
-        for name, argv_for_port in programs.items():
+    for run in range(runs):
+        for name in names:
             if name in errors:
                 continue
             try:
-                seconds = await time_to_banner(argv_for_port, workdir / f"startup-{name}.log")
-            except (chains.ChainError, OSError) as exc:
+                seconds = await start(name, run)
+            except caught as exc:
                 errors[name] = f"{type(exc).__name__}: {exc}"
                 say(f"start-up {name}: FAILED: {errors[name]}")
                 continue
@@ -214,6 +202,19 @@ async def measure_startup(workdir: Path, runs: int,
             continue
         out[name] = {"median_ms": round(statistics.median(values), 1),
                      "runs_ms": [round(v, 1) for v in values]}
-        say(f"start-up {name}: exec to SSH banner, median {out[name]['median_ms']} ms "
-            f"of {len(values)}")
+        if measures is not None:
+            out[name]["measures"] = measures
+        say(f"start-up {name}: {what} median {out[name]['median_ms']} ms of {len(values)}")
     return out
+
+
+async def measure_startup(workdir: Path, runs: int,
+                          programs: dict[str, Callable[[int], list[str]]],
+                          say: Callable[[str], None]) -> dict[str, dict[str, object]]:
+    """``runs`` starts of each program, interleaved; per program the median and every run (ms),
+    or the error that stopped it."""
+    async def start(name: str, run: int) -> float:
+        return await time_to_banner(programs[name], workdir / f"startup-{name}.log")
+
+    return await _interleaved(runs, list(programs), start, (chains.ChainError, OSError), say,
+                              "exec to SSH banner,", None)
