@@ -12,6 +12,17 @@ FLOORS := .cache/floors-venv
 
 .PHONY: all system venv test unit e2e lint demo soak clean lock test-floors test-latest
 
+# $(call locked_venv,DIR,LOCK): a fresh venv in DIR holding exactly LOCK (hash-checked, then
+# checked by lockcheck), this package on top without resolving anything; stamps DIR/.installed.
+define locked_venv
+	rm -rf $(1)
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/pip install -q $(PIP_LOCKED) -r $(2)
+	$(1)/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(1)/bin/python scripts/lockcheck.py $(2)
+	touch $(1)/.installed
+endef
+
 all: test
 
 system:
@@ -19,12 +30,7 @@ system:
 
 # Exactly the lock (hash-checked), then this package on top without resolving anything.
 $(STAMP): lock/dev.txt pyproject.toml
-	rm -rf $(VENV)
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q $(PIP_LOCKED) -r lock/dev.txt
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
-	$(BIN)/python scripts/lockcheck.py lock/dev.txt
-	touch $(STAMP)
+	$(call locked_venv,$(VENV),lock/dev.txt)
 
 venv: $(STAMP)
 
@@ -39,12 +45,7 @@ test: system venv lint wine-setup dist
 
 # The OpenSSH interop suite with every direct dependency at its declared floor.
 $(FLOORS)/.installed: lock/floors.txt pyproject.toml
-	rm -rf $(FLOORS)
-	$(PYTHON) -m venv $(FLOORS)
-	$(FLOORS)/bin/pip install -q $(PIP_LOCKED) -r lock/floors.txt
-	$(FLOORS)/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
-	$(FLOORS)/bin/python scripts/lockcheck.py lock/floors.txt
-	touch $@
+	$(call locked_venv,$(FLOORS),lock/floors.txt)
 
 test-floors: system $(FLOORS)/.installed
 	$(FLOORS)/bin/python -m pytest -q -p no:cacheprovider tests/e2e/test_sshtune_interop.py \

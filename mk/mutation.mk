@@ -13,12 +13,7 @@ MUTATION_REPORT ?= mutation-report.md
 MUT := .cache/mutation-venv
 
 $(MUT)/.installed: lock/mutation.txt pyproject.toml
-	rm -rf $(MUT)
-	$(PYTHON) -m venv $(MUT)
-	$(MUT)/bin/pip install -q $(PIP_LOCKED) -r lock/mutation.txt
-	$(MUT)/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
-	$(MUT)/bin/python scripts/lockcheck.py lock/mutation.txt
-	touch $@
+	$(call locked_venv,$(MUT),lock/mutation.txt)
 
 mutation: $(MUT)/.installed
 	$(MUT)/bin/mutmut run --max-children $(MUTATION_JOBS) > /dev/null
