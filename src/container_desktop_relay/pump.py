@@ -228,8 +228,7 @@ class Pump:
             return
         now = time.monotonic() if now is None else now
         sent = self._sent[side]
-        if sent - end.queued() > self._accepted[side]:
-            self._accepted[side] = sent - end.queued()
+        self._wrote(side, 0, end.queued())
         backlog = end.backlog()
         if sent - backlog > self._taken[side]:
             self._taken[side] = sent - backlog
