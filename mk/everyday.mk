@@ -8,6 +8,6 @@ package: venv
 
 docs: venv
 	$(BIN)/python -m container_desktop_relay config-docs > docs/configuration.md.tmp && mv docs/configuration.md.tmp docs/configuration.md
-	$(BIN)/python -c 'from container_desktop_relay.service import render_unit as r; \
+	$(BIN)/python -c 'from container_desktop_relay.commands.service import render_unit as r; \
 	open("contrib/systemd/container-desktop-relay.service", "w").write(r(user=False)); \
 	open("contrib/systemd/user/container-desktop-relay.service", "w").write(r(user=True))'

@@ -97,16 +97,29 @@ build_windows() (
     # Wine's services inherit the first wine call's stdio: start them on /dev/null. Windows
     # CPython needs its stdio to be pipes, not files (docs/windows.md).
     timeout 120 wine cmd /c exit </dev/null >/dev/null 2>&1
-    local status=0
-    true | timeout -k 10 1800 wine "$CDR_WINE_PYTHON" -m PyInstaller --noconfirm \
-        --distpath "$winrepo\\dist" --workpath "$winrepo\\.cache\\pyinstaller\\windows" \
-        --log-level WARN "$winrepo\\packaging\\container-desktop-relay.spec" 2>&1 \
-        | grep -v -e "^$" -e "Wine" | cat >&2 || status=${PIPESTATUS[1]}
-    if [ "$status" != 0 ] || [ ! -f "$dist/$name/$name.exe" ]; then
-        say "PyInstaller under Wine failed (status $status)"
+    local status attempt log=$cache/pyinstaller-windows.log
+    # Wine itself, not the build, sometimes fails to start PyInstaller's isolated helper
+    # process ("[WinError 1359] Internal error" from CreateProcess, seen once in ~20 CI runs):
+    # that one error gets a second attempt on a fresh wineserver; any other failure stops here.
+    for attempt in 1 2; do
+        status=0
+        true | timeout -k 10 1800 wine "$CDR_WINE_PYTHON" -m PyInstaller --noconfirm \
+            --distpath "$winrepo\\dist" --workpath "$winrepo\\.cache\\pyinstaller\\windows" \
+            --log-level WARN "$winrepo\\packaging\\container-desktop-relay.spec" >"$log" 2>&1 \
+            || status=$?
+        grep -v -e "^$" -e "Wine" "$log" >&2 || true
+        if [ "$status" = 0 ] && [ -f "$dist/$name/$name.exe" ]; then
+            break
+        fi
         timeout 30 wineserver -k 2>/dev/null || true
+        if [ "$attempt" = 1 ] && grep -q "WinError 1359" "$log"; then
+            say "Wine could not start a process (WinError 1359); building once more"
+            timeout 120 wine cmd /c exit </dev/null >/dev/null 2>&1
+            continue
+        fi
+        say "PyInstaller under Wine failed (status $status)"
         return 1
-    fi
+    done
     local version
     version=$(true | timeout 120 wine "$dist/$name/$name.exe" --version 2>&1 | cat)
     timeout 30 wineserver -k 2>/dev/null || true

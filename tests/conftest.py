@@ -90,7 +90,7 @@ def asyncssh_patches(request: pytest.FixtureRequest,
                      monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Each asyncssh patch mode in turn: applied in this process, and passed to the relay
     processes a test starts (CDR_ASYNCSSH_PATCHES); every patch is back afterwards."""
-    from container_desktop_relay import sshtune
+    from container_desktop_relay.ssh import tune as sshtune
 
     mode: str = request.param
     sshtune.apply(mode)

@@ -7,8 +7,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from container_desktop_relay.metrics import Metrics
-from container_desktop_relay.pump import CLIENT, TARGET, Pump
+from container_desktop_relay.core.pump import CLIENT, TARGET, Pump
+from container_desktop_relay.observability.metrics import Metrics
 from helpers import FACTOR, Proc, wait_for
 
 

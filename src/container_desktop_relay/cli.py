@@ -107,7 +107,7 @@ def _platform_role() -> str:
 
 
 def _run_keygen(config: Config) -> int:
-    from container_desktop_relay.keys import ensure_key_pair
+    from container_desktop_relay.ssh.keys import ensure_key_pair
 
     result = ensure_key_pair(config.path("identity_path"), config.path("authorized_keys_path"))
     verb = "created" if result.created else "kept existing"
@@ -119,10 +119,10 @@ def _run_keygen(config: Config) -> int:
 
 def _run_role(role: str, config: Config) -> int:
     if config.generate_key_pair:
-        from container_desktop_relay.keys import ensure_key_pair
+        from container_desktop_relay.ssh.keys import ensure_key_pair
 
         ensure_key_pair(config.path("identity_path"), config.path("authorized_keys_path"))
-    from container_desktop_relay import roles
+    from container_desktop_relay.runtime import roles
 
     return roles.run_server(config) if role == "server" else roles.run_client(config)
 
@@ -139,20 +139,20 @@ def _config_command(role: str) -> Callable[[Sequence[str]], int]:
 
 
 def run_bench_command(argv: Sequence[str]) -> int:
-    """``bench``: the benchmark (imported on use; see container_desktop_relay.bench)."""
-    from container_desktop_relay.bench.command import run_bench_command as run
+    """``bench``: the benchmark (imported on use; see container_desktop_relay.commands.bench)."""
+    from container_desktop_relay.commands.bench.command import run_bench_command as run
 
     return run(argv)
 
 
 def _status(argv: Sequence[str]) -> int:
-    from container_desktop_relay import status
+    from container_desktop_relay.commands import status
 
     return status.main(argv)
 
 
 def _config_docs(argv: Sequence[str]) -> int:
-    from container_desktop_relay.configdocs import render
+    from container_desktop_relay.commands.configdocs import render
 
     _new_parser(f"{PROG} config-docs", "Print the configuration reference (Markdown).")\
         .parse_args(list(argv))
@@ -161,25 +161,25 @@ def _config_docs(argv: Sequence[str]) -> int:
 
 
 def _install_service(argv: Sequence[str]) -> int:
-    from container_desktop_relay import service
+    from container_desktop_relay.commands import service
 
     return service.run(argv)
 
 
 def _completion(argv: Sequence[str]) -> int:
-    from container_desktop_relay import completion
+    from container_desktop_relay.commands import completion
 
     return completion.run(argv)
 
 
 def _doctor(argv: Sequence[str]) -> int:
-    from container_desktop_relay import doctor
+    from container_desktop_relay.commands import doctor
 
     return doctor.main(argv)
 
 
 def _docker_context(argv: Sequence[str]) -> int:
-    from container_desktop_relay import dockerctx
+    from container_desktop_relay.commands import dockerctx
 
     return dockerctx.main(argv)
 

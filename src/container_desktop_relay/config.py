@@ -181,7 +181,7 @@ class Config:
         """The SSH port this role's observability ports derive from: the server's own port;
         for the client, the port of ``--ssh-connection`` (else ``--port``)."""
         if role == "client" and self.ssh_connection:
-            from container_desktop_relay.sshurl import parse_ssh_url
+            from container_desktop_relay.ssh.url import parse_ssh_url
 
             return parse_ssh_url(self.ssh_connection).port
         return self.port
@@ -458,7 +458,7 @@ def _cross_check(config: Config) -> None:
                 "with /"
             )
     if config.ssh_connection:
-        from container_desktop_relay.sshurl import parse_ssh_url
+        from container_desktop_relay.ssh.url import parse_ssh_url
 
         parse_ssh_url(config.ssh_connection)
     if config.listen:
@@ -466,7 +466,7 @@ def _cross_check(config: Config) -> None:
 
         parse_endpoint(config.listen)
     if config.forward:
-        from container_desktop_relay.forwards import client_forwards
+        from container_desktop_relay.ssh.forwards import client_forwards
 
         client_forwards(config)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from container_desktop_relay.bench.chains import find_sshd
-from container_desktop_relay.bench.report import CHAIN_KEYS
+from container_desktop_relay.commands.bench.chains import find_sshd
+from container_desktop_relay.commands.bench.report import CHAIN_KEYS
 from helpers import CI, SRC, need_tool
 
 pytestmark = pytest.mark.e2e

@@ -19,9 +19,9 @@ from typing import Any
 import asyncssh
 import pytest
 
-from container_desktop_relay import sshtune
-from container_desktop_relay.bench import chains
-from container_desktop_relay.bench.targets import pattern, pattern_digest
+from container_desktop_relay.commands.bench import chains
+from container_desktop_relay.commands.bench.targets import pattern, pattern_digest
+from container_desktop_relay.ssh import tune as sshtune
 from helpers import skip_or_fail
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("asyncssh_patches")]

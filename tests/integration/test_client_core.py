@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from container_desktop_relay.client import RelayClient
 from container_desktop_relay.config import load_config
 from container_desktop_relay.errors import ListenError
-from container_desktop_relay.metrics import Metrics
-from container_desktop_relay.server import RelayServer
-from container_desktop_relay.state import RoleState
+from container_desktop_relay.observability.metrics import Metrics
+from container_desktop_relay.runtime.state import RoleState
+from container_desktop_relay.ssh.client import RelayClient
+from container_desktop_relay.ssh.server import RelayServer
 from helpers import EchoTarget, Keys, free_port
 
 TIMEOUT = 10.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from container_desktop_relay.server import check_socket_path
+from container_desktop_relay.ssh.server import check_socket_path
 
 
 @pytest.mark.parametrize("path", ["/var/run/docker.sock", "/run/podman/podman.sock"])

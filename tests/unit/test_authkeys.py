@@ -8,7 +8,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from container_desktop_relay.authkeys import (
+from container_desktop_relay.ssh.authkeys import (
     OptionError,
     expiry_seconds,
     parse_authorized_keys,
@@ -114,7 +114,7 @@ def test_each_line_decided_and_reported_once(key: asyncssh.SSHKey) -> None:
 def test_asyncssh_matches_from_and_skips_refused_lines(key: asyncssh.SSHKey) -> None:
     """What asyncssh is handed: a from= line matches only its hosts; a refused line never."""
     entries, _ = _parse(_line(key, 'from="10.9.9.*,!10.9.9.8"') + _line(key, "verify-required"))
-    from container_desktop_relay.authkeys import AuthorizedKeys
+    from container_desktop_relay.ssh.authkeys import AuthorizedKeys
 
     allowed = AuthorizedKeys(PATH, entries).for_asyncssh()
     assert allowed.validate(key, "", "10.9.9.9") is not None
@@ -139,7 +139,7 @@ def test_reader_parses_again_only_on_change_or_expiry(key: asyncssh.SSHKey,
     """An unchanged file is not parsed again; new bytes or a passed expiry-time are."""
     import types
 
-    from container_desktop_relay.authkeys import AuthorizedKeysReader
+    from container_desktop_relay.ssh.authkeys import AuthorizedKeysReader
 
     clock = types.SimpleNamespace(now=expiry_seconds("20300101Z") - 10)
     path = tmp_path / "authorized_keys"

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from container_desktop_relay.backoff import Backoff
+from container_desktop_relay.core.backoff import Backoff
 
 
 class _Fixed(random.Random):

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import math
 
-from container_desktop_relay.bench.command import Plan
-from container_desktop_relay.bench.report import CHAIN_KEYS, ChainResult, document, table, verdicts
-from container_desktop_relay.bench.workloads import percentile
+from container_desktop_relay.commands.bench.command import Plan
+from container_desktop_relay.commands.bench.report import (
+    CHAIN_KEYS,
+    ChainResult,
+    document,
+    table,
+    verdicts,
+)
+from container_desktop_relay.commands.bench.workloads import percentile
 
 
 def _measured(name: str, *, rss: bool = True) -> ChainResult:

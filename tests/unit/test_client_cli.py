@@ -7,8 +7,8 @@ import getpass
 import pytest
 
 from container_desktop_relay.cli import COMMANDS, main, parse_config
-from container_desktop_relay.client import resolve_target
 from container_desktop_relay.endpoints import parse_endpoint
+from container_desktop_relay.ssh.client import resolve_target
 
 APP_ARGV = [
     "--named-pipe", "npipe:////./pipe/container-desktop",

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from container_desktop_relay.cli import COMMANDS
-from container_desktop_relay.completion import SHELLS, script
+from container_desktop_relay.commands.completion import SHELLS, script
 from container_desktop_relay.config import config_fields
 
 

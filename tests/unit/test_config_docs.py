@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from container_desktop_relay.commands.configdocs import render
 from container_desktop_relay.config import config_fields
-from container_desktop_relay.configdocs import render
 from helpers import REPO
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from container_desktop_relay.config import load_config
-from container_desktop_relay.metrics import Metrics
-from container_desktop_relay.pump import CLIENT, Pump
-from container_desktop_relay.server import RelayServer, _ServerConnection, connect_now
-from container_desktop_relay.state import RoleState
+from container_desktop_relay.core.pump import CLIENT, Pump
+from container_desktop_relay.observability.metrics import Metrics
+from container_desktop_relay.runtime.state import RoleState
+from container_desktop_relay.ssh.server import RelayServer, _ServerConnection, connect_now
 from helpers import FakeEnd
 
 

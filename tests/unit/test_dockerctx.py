@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from container_desktop_relay.commands.dockerctx import docker_host
 from container_desktop_relay.config import load_config
-from container_desktop_relay.dockerctx import docker_host
 
 
 @pytest.mark.parametrize(("flags", "host"), [

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from container_desktop_relay.doctor import PING, Check, ping_stream, render, summary
+from container_desktop_relay.commands.doctor import PING, Check, ping_stream, render, summary
 
 
 class _Reader:

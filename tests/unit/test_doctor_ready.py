@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from container_desktop_relay.commands.doctor import Doctor, Failed
 from container_desktop_relay.config import Config
-from container_desktop_relay.doctor import Doctor, Failed
-from container_desktop_relay.metrics import Metrics
-from container_desktop_relay.observe import Observability
-from container_desktop_relay.state import RoleState
+from container_desktop_relay.observability.metrics import Metrics
+from container_desktop_relay.observability.observe import Observability
+from container_desktop_relay.runtime.state import RoleState
 
 
 @pytest.mark.asyncio

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from container_desktop_relay.commands.doctor import Doctor, Failed
 from container_desktop_relay.config import load_config
-from container_desktop_relay.doctor import Doctor, Failed
 
 
 @pytest.fixture

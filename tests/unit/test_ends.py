@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from container_desktop_relay.ends import ChannelEnd, TransportEnd
-from container_desktop_relay.pump import CLIENT, TARGET, Pump
+from container_desktop_relay.core.ends import ChannelEnd, TransportEnd
+from container_desktop_relay.core.pump import CLIENT, TARGET, Pump
 
 TIMEOUT = 10.0
 

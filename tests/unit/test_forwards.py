@@ -9,7 +9,7 @@ import pytest
 
 from container_desktop_relay.config import load_config
 from container_desktop_relay.errors import ConfigError
-from container_desktop_relay.forwards import client_forwards, parse_forward
+from container_desktop_relay.ssh.forwards import client_forwards, parse_forward
 
 
 def test_single_form_is_one_forward() -> None:

@@ -12,7 +12,7 @@ import asyncssh
 import pytest
 
 from container_desktop_relay.errors import HostKeyMismatch, HostKeyUnknown
-from container_desktop_relay.hostkeys import HostKeyPolicy, host_label, read_known_hosts
+from container_desktop_relay.ssh.hostkeys import HostKeyPolicy, host_label, read_known_hosts
 
 
 def _key() -> asyncssh.SSHKey:

@@ -8,7 +8,12 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from container_desktop_relay.httpserve import HttpServer, Request, Response, json_response
+from container_desktop_relay.observability.httpserve import (
+    HttpServer,
+    Request,
+    Response,
+    json_response,
+)
 
 
 def _handler(request: Request) -> Response:

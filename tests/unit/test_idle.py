@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from container_desktop_relay import idle
-from container_desktop_relay.idle import expired
-from container_desktop_relay.pump import CLIENT, TARGET, Pump
+from container_desktop_relay.core import idle
+from container_desktop_relay.core.idle import expired
+from container_desktop_relay.core.pump import CLIENT, TARGET, Pump
 from helpers import FakeEnd
 
 

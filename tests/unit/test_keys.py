@@ -10,8 +10,8 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from container_desktop_relay import keys
 from container_desktop_relay.errors import KeyFileError
+from container_desktop_relay.ssh import keys
 from helpers import wait_for
 
 

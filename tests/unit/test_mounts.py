@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from container_desktop_relay.mounts import (
+from container_desktop_relay.ssh.mounts import (
     mount_of,
     on_windows_drive,
     parse_mountinfo,
@@ -96,7 +96,7 @@ def test_rule_line_outside_wsl() -> None:
 
 def test_rule_line_names_the_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     """Under WSL, the line names the mount, the rule that matched and what follows from it."""
-    from container_desktop_relay import mounts
+    from container_desktop_relay.ssh import mounts
 
     monkeypatch.setattr(mounts, "is_wsl", lambda: True)
     monkeypatch.setattr(mounts, "read_mountinfo", lambda: "\n".join(

@@ -16,12 +16,11 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from container_desktop_relay import sshfix
 from container_desktop_relay.config import Config, load_config
 from container_desktop_relay.errors import ConfigError
-from container_desktop_relay.httpserve import HttpServer
-from container_desktop_relay.metrics import Metrics
-from container_desktop_relay.observe import (
+from container_desktop_relay.observability.httpserve import HttpServer
+from container_desktop_relay.observability.metrics import Metrics
+from container_desktop_relay.observability.observe import (
     Observability,
     health_view,
     make_handler,
@@ -30,7 +29,8 @@ from container_desktop_relay.observe import (
     ready_view,
     rfc3339,
 )
-from container_desktop_relay.state import RoleState
+from container_desktop_relay.runtime.state import RoleState
+from container_desktop_relay.ssh import patches as sshfix
 from obs_helpers import Clock, finish, open_connection
 
 HEALTH_KEYS = ["status", "uptime", "active_connections", "total_connections", "error_count",

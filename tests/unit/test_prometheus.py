@@ -7,10 +7,10 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from container_desktop_relay.metrics import DURATION_BUCKETS, Metrics
-from container_desktop_relay.prometheus import make_registry, render
-from container_desktop_relay.pump import Pump
-from container_desktop_relay.state import RoleState
+from container_desktop_relay.core.pump import Pump
+from container_desktop_relay.observability.metrics import DURATION_BUCKETS, Metrics
+from container_desktop_relay.observability.prometheus import make_registry, render
+from container_desktop_relay.runtime.state import RoleState
 from obs_helpers import Clock, finish, open_connection
 
 CDR_FAMILIES = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from container_desktop_relay.pump import CLIENT, HOLD_LIMIT, TARGET, Pump
+from container_desktop_relay.core.pump import CLIENT, HOLD_LIMIT, TARGET, Pump
 from helpers import FakeEnd
 
 
@@ -199,7 +199,7 @@ def test_refusal_looks_the_same_whatever_was_sent() -> None:
 
 def test_refused_connections_do_not_count_as_connections() -> None:
     """Refused (never admitted) connections stay out of totals and the average duration."""
-    from container_desktop_relay.metrics import Metrics
+    from container_desktop_relay.observability.metrics import Metrics
 
     metrics = Metrics("client")
     ok = Pump("c-1", "/t.sock", metrics.connection_finished)

@@ -14,9 +14,9 @@ import pytest
 import pytest_asyncio
 
 from container_desktop_relay.config import load_config
-from container_desktop_relay.metrics import Metrics
-from container_desktop_relay.server import RelayServer
-from container_desktop_relay.state import RoleState
+from container_desktop_relay.observability.metrics import Metrics
+from container_desktop_relay.runtime.state import RoleState
+from container_desktop_relay.ssh.server import RelayServer
 from helpers import EchoTarget, Keys, free_port
 
 TIMEOUT = 10.0
@@ -60,7 +60,7 @@ async def test_remote_forwarding_requests_refused(server: RelayServer, keys: Key
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger("container_desktop_relay.server")
+    logger = logging.getLogger("container_desktop_relay.ssh.server")
     logger.addHandler(handler)  # whatever configuration earlier tests left on the loggers
     old_level = logger.level
     logger.setLevel(logging.WARNING)
@@ -206,7 +206,7 @@ async def test_link_lost_while_a_queued_target_is_wrapped_leaves_nothing_active(
     is closed and nothing stays counted active or pending, so a drain does not wait for it."""
     import socket
 
-    from container_desktop_relay import server as server_module
+    from container_desktop_relay.ssh import server as server_module
 
     path = tmp_path / "busy.sock"
     listener = socket.socket(socket.AF_UNIX)

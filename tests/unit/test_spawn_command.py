@@ -6,8 +6,8 @@ import pytest
 
 from container_desktop_relay.config import load_config
 from container_desktop_relay.errors import ConfigError
-from container_desktop_relay.spawn import server_command
-from container_desktop_relay.wslpath import parse_automount_root, to_wsl_path
+from container_desktop_relay.runtime.spawn import server_command
+from container_desktop_relay.runtime.wslpath import parse_automount_root, to_wsl_path
 
 
 @pytest.mark.parametrize(

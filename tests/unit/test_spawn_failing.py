@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from container_desktop_relay.backoff import Backoff
 from container_desktop_relay.cli import parse_config
-from container_desktop_relay.spawn import EXIT_HISTORY, ServerProcess, decode_output
+from container_desktop_relay.core.backoff import Backoff
+from container_desktop_relay.runtime.spawn import EXIT_HISTORY, ServerProcess, decode_output
 
 MESSAGE = "There is no distribution with the supplied name."
 

@@ -21,9 +21,10 @@ from asyncssh import connection as ssh_connection
 from asyncssh.constants import MSG_CHANNEL_WINDOW_ADJUST
 from asyncssh.packet import UInt32
 
-from container_desktop_relay import sshfix, sshtune
-from container_desktop_relay.sshfix import flowcontrol
-from container_desktop_relay.sshfix.guard import fingerprint, lookup
+from container_desktop_relay.ssh import patches as sshfix
+from container_desktop_relay.ssh import tune as sshtune
+from container_desktop_relay.ssh.patches import flowcontrol
+from container_desktop_relay.ssh.patches.guard import fingerprint, lookup
 
 
 @pytest.fixture
@@ -75,7 +76,7 @@ def test_changed_target_skips_only_its_patch_and_warns_once(
 
     monkeypatch.setattr(ssh_channel.SSHChannel, "_deliver_data", _deliver_data)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="container_desktop_relay.sshfix"):
+    with caplog.at_level(logging.WARNING, logger="container_desktop_relay.ssh.patches"):
         rep = sshtune.apply("all")
         sshtune.apply("all")  # same mode again: nothing new
     assert "window-credit" not in rep["active"]
@@ -114,7 +115,7 @@ def test_fingerprints_need_no_source(tmp_path: Path) -> None:
         "    sys.exit('source found')\n"
         "except (OSError, TypeError):\n"
         "    pass\n"
-        "from container_desktop_relay import sshtune\n"
+        "from container_desktop_relay.ssh import tune as sshtune\n"
         "rep = sshtune.apply('all')\n"
         f"assert rep['active'] == {expected!r}, rep\n"
     )

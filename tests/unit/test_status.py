@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from container_desktop_relay import sshfix
+from container_desktop_relay.commands.status import Answer, Report, query, render_table
 from container_desktop_relay.config import Config
-from container_desktop_relay.metrics import Metrics
-from container_desktop_relay.observe import Observability
-from container_desktop_relay.state import RoleState
-from container_desktop_relay.status import Answer, Report, query, render_table
+from container_desktop_relay.observability.metrics import Metrics
+from container_desktop_relay.observability.observe import Observability
+from container_desktop_relay.runtime.state import RoleState
+from container_desktop_relay.ssh import patches as sshfix
 from helpers import FACTOR, relay_cmd, relay_env, run_relay
 from obs_helpers import finish, open_connection
 

@@ -12,8 +12,8 @@ import pytest
 
 from container_desktop_relay.cli import parse_config
 from container_desktop_relay.errors import KeyFileError
-from container_desktop_relay.roles import run_client
-from container_desktop_relay.tidfile import (
+from container_desktop_relay.runtime.roles import run_client
+from container_desktop_relay.runtime.tidfile import (
     remove_stale_tid_file,
     remove_tid_file,
     tid_text,

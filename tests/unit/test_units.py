@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from container_desktop_relay.service import _quote, render_unit
+from container_desktop_relay.commands.service import _quote, render_unit
 from helpers import REPO
 
 

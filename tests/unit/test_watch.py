@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from container_desktop_relay.watch import (
+from container_desktop_relay.runtime.watch import (
     LocalPidProbe,
     ProbeError,
     TasklistProbe,
@@ -120,7 +120,7 @@ def test_a_failing_watch_is_logged_and_ends_the_relay(
     def broken(pid: int) -> LocalPidProbe:
         raise OSError(12, "The access code is invalid")
 
-    monkeypatch.setattr("container_desktop_relay.watch.select_probe", broken)
+    monkeypatch.setattr("container_desktop_relay.runtime.watch.select_probe", broken)
     caplog.set_level(logging.INFO, logger="container_desktop_relay")
     ended: list[str] = []
     asyncio.run(watch_process(4242, 0.01, ended.append))

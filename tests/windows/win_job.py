@@ -29,7 +29,7 @@ def holder(use_job: bool) -> None:
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     job_pids: list[int] = []
     if use_job:
-        from container_desktop_relay.winjob import assign_kill_on_close
+        from container_desktop_relay.runtime.winjob import assign_kill_on_close
 
         job = assign_kill_on_close(child.pid)
         job_pids = job.pids()
@@ -62,8 +62,8 @@ def supervise(use_job: bool, deadline: float) -> dict[str, object]:
 def suspended(marker: str) -> dict[str, object]:
     """Spawn a child that would write ``marker`` CREATE_SUSPENDED, as spawn.py spawns wsl.exe:
     it must not run until resumed, must be in the job before, and must run after."""
-    from container_desktop_relay.winjob import assign_kill_on_close
-    from container_desktop_relay.winproc import resume_process
+    from container_desktop_relay.runtime.winjob import assign_kill_on_close
+    from container_desktop_relay.runtime.winproc import resume_process
 
     child = subprocess.Popen(
         [sys.executable, "-c", f"open(r'{marker}', 'w').write('ran')"],

@@ -1,0 +1,1 @@
+"""Operator commands beside the two roles: doctor, status, service, docker-context, bench."""

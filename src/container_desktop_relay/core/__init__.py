@@ -1,0 +1,1 @@
+"""The forwarding core: the pump, the ends it drives, idle limits and retry delays."""

@@ -1,0 +1,1 @@
+"""Observability: live counters, the HTTP endpoints, Prometheus exposition."""

@@ -1,0 +1,1 @@
+"""Process lifecycle: the event loop and signals, role composition, spawning, parent watching."""

@@ -1,0 +1,1 @@
+"""SSH: both roles' SSH side, keys, host keys, authorized_keys and the asyncssh layer."""
