@@ -97,6 +97,7 @@ build_windows() (
     # Wine's services inherit the first wine call's stdio: start them on /dev/null. Windows
     # CPython needs its stdio to be pipes, not files (docs/windows.md).
     timeout 120 wine cmd /c exit </dev/null >/dev/null 2>&1
+    # Its output goes through a pipe into the log: Windows CPython cannot start on file stdio.
     local status attempt log=$cache/pyinstaller-windows.log
     # Wine itself, not the build, sometimes fails to start PyInstaller's isolated helper
     # process ("[WinError 1359] Internal error" from CreateProcess, seen once in ~20 CI runs):
@@ -105,8 +106,8 @@ build_windows() (
         status=0
         true | timeout -k 10 1800 wine "$CDR_WINE_PYTHON" -m PyInstaller --noconfirm \
             --distpath "$winrepo\\dist" --workpath "$winrepo\\.cache\\pyinstaller\\windows" \
-            --log-level WARN "$winrepo\\packaging\\container-desktop-relay.spec" >"$log" 2>&1 \
-            || status=$?
+            --log-level WARN "$winrepo\\packaging\\container-desktop-relay.spec" 2>&1 \
+            | cat >"$log" || status=${PIPESTATUS[1]}
         grep -v -e "^$" -e "Wine" "$log" >&2 || true
         if [ "$status" = 0 ] && [ -f "$dist/$name/$name.exe" ]; then
             break
