@@ -132,3 +132,29 @@ def test_keygen_refuses_a_stale_public_key_and_completes_after_the_fix(tmp: Path
     assert ak.read_bytes().startswith(b"# Jos\xe9's laptop\n") and ak.read_bytes().count(b"\n") == 2
     assert asyncssh.read_public_key(str(pub)).public_data == \
         asyncssh.read_private_key(str(tmp / "id_rsa")).public_data
+
+
+def test_keygen_shows_the_openssh_line_and_print_public_prints_only_it(tmp: Path) -> None:
+    """keygen's output ends with the key's OpenSSH line; --print-public (or -print-public)
+    prints just that line, the one ssh-keygen -y derives from the private key; without a key
+    it is one line, exit 2."""
+    import subprocess
+
+    from helpers import need_tool
+
+    identity = tmp / "id_rsa"
+    made = run_relay("keygen", "--identity-path", str(identity), "--authorized-keys-path",
+                     str(tmp / "ak"), "--log-level", "error")
+    assert made.returncode == 0, made.stderr
+    line = made.stdout.splitlines()[-1]
+    assert line.startswith("ssh-rsa AAAA") and line.endswith(" container-desktop-relay")
+    assert "--print-public" in made.stdout
+    for flag in ("--print-public", "-print-public"):
+        printed = run_relay("keygen", flag, "--identity-path", str(identity))
+        assert printed.returncode == 0 and printed.stdout == line + "\n", printed.stderr
+    derived = subprocess.run([need_tool("ssh-keygen"), "-y", "-f", str(identity)],
+                             check=True, capture_output=True, text=True).stdout
+    assert derived.split()[:2] == line.split()[:2]
+    missing = run_relay("keygen", "--print-public", "--identity-path", str(tmp / "none"))
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert "does not exist" in missing.stderr and not (tmp / "none").exists()
