@@ -12,7 +12,7 @@ from container_desktop_relay.config import Config, config_fields, load_config
 from container_desktop_relay.errors import RelayError
 from container_desktop_relay.log import setup_logging
 
-__all__ = ["COMMANDS", "build_parser", "main", "parse_config"]
+__all__ = ["COMMANDS", "build_parser", "main", "parse_command", "parse_config"]
 
 PROG = "container-desktop-relay"
 
@@ -85,7 +85,33 @@ def build_parser(command: str) -> _Parser:
     }
     parser = _new_parser(f"{PROG} {command}".strip(), descriptions.get(command, ""))
     add_config_flags(parser, ("server", "client"))
+    if command == "keygen":  # a flag of this command only: no config key, no variable
+        parser.add_argument("--print-public", "-print-public", dest="print_public",
+                            action="store_true",
+                            help="print the identity's public key as one OpenSSH "
+                                 "authorized_keys line (ssh-rsa AAAA... comment) and create "
+                                 "nothing; --identity-path may name a copied id_rsa.pub")
     return parser
+
+
+#: flags of one command that are not configuration keys
+_COMMAND_FLAGS = {"keygen": ("print_public",)}
+
+
+def parse_command(command: str, argv: Sequence[str], environ: dict[str, str] | None = None,
+                  ) -> tuple[Config, dict[str, Any]]:
+    """Parse ``argv`` for ``command``: the validated :class:`Config`, and the values of the
+    command's own flags that are no configuration keys (keygen's ``print_public``).
+
+    Raises:
+        ConfigError / ArgumentError: exit status 2, one line.
+    """
+    parser = build_parser(command)
+    namespace = parser.parse_args(list(argv))
+    values = vars(namespace)
+    config_path = values.pop("config_file", None)
+    own = {name: values.pop(name) for name in _COMMAND_FLAGS.get(command, ())}
+    return load_config(values, config_path=config_path, environ=environ), own
 
 
 def parse_config(command: str, argv: Sequence[str],
@@ -95,25 +121,33 @@ def parse_config(command: str, argv: Sequence[str],
     Raises:
         ConfigError / ArgumentError: exit status 2, one line.
     """
-    parser = build_parser(command)
-    namespace = parser.parse_args(list(argv))
-    values = vars(namespace)
-    config_path = values.pop("config_file", None)
-    return load_config(values, config_path=config_path, environ=environ)
+    return parse_command(command, argv, environ)[0]
 
 
 def _platform_role() -> str:
     return "client" if sys.platform == "win32" else "server"
 
 
-def _run_keygen(config: Config) -> int:
-    from container_desktop_relay.ssh.keys import ensure_key_pair
+def _run_keygen(config: Config, print_public: bool = False) -> int:
+    from container_desktop_relay.ssh.keys import (
+        authorized_key_line,
+        ensure_key_pair,
+        identity_public_key,
+    )
 
+    if print_public:
+        line = authorized_key_line(identity_public_key(config.path("identity_path")))
+        print(line.decode("ascii"), end="")
+        return 0
     result = ensure_key_pair(config.path("identity_path"), config.path("authorized_keys_path"))
     verb = "created" if result.created else "kept existing"
     print(f"{verb} private key {result.private_path} (public key {result.public_path}); "
           f"{'added to' if result.authorized_added else 'already in'} "
           f"{config.path('authorized_keys_path')}")
+    line = authorized_key_line(identity_public_key(result.private_path))
+    print(f"its OpenSSH line, for the authorized_keys of a server on another machine "
+          f"({result.public_path.name} is PEM, which sshd and the server do not read there; "
+          f"keygen --print-public prints the line again):\n{line.decode('ascii')}", end="")
     return 0
 
 
@@ -129,10 +163,10 @@ def _run_role(role: str, config: Config) -> int:
 
 def _config_command(role: str) -> Callable[[Sequence[str]], int]:
     def run(argv: Sequence[str]) -> int:
-        config = parse_config(role if role != "bare" else "", argv)
+        config, own = parse_command(role if role != "bare" else "", argv)
         setup_logging(config.log_level)
         if role == "keygen":
-            return _run_keygen(config)
+            return _run_keygen(config, **own)
         return _run_role(_platform_role() if role == "bare" else role, config)
 
     return run

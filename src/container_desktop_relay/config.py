@@ -66,7 +66,9 @@ class Config:
     # --- common ---
     host: str = _opt("127.0.0.1", "SSH server address: the server (and a server the client "
                      "spawns) binds it", "str", roles=BOTH)
-    port: int = _opt(20022, "SSH server TCP port", "int", minimum=1, maximum=65535)
+    port: int = _opt(20022, "SSH server TCP port; the client uses it when --ssh-connection "
+                     "names no port, and refuses a different port there", "int", minimum=1,
+                     maximum=65535)
     buffer_size: int = _opt(8192, "bytes a forwarded connection may queue per direction before "
                             "its reader is paused (the per-connection memory bound)", "int",
                             minimum=1024, maximum=64 * 1024 * 1024)
@@ -149,7 +151,7 @@ class Config:
                            "str", roles=CLIENT)
     listen: str = _opt("", "local endpoint, unix:///path/relay.sock or npipe:////./pipe/NAME "
                        "(overrides --named-pipe)", "str", roles=CLIENT)
-    ssh_connection: str = _opt("", "ssh://user@host:port/remote/socket/path (port 22 and "
+    ssh_connection: str = _opt("", "ssh://user@host:port/remote/socket/path (--port and "
                                "/var/run/docker.sock when omitted; with --forward, no path)",
                                "str", roles=CLIENT)
     forward: list[str] = _opt([], "LOCAL=REMOTE: carry local endpoint LOCAL (unix:///path or "
@@ -183,7 +185,7 @@ class Config:
         if role == "client" and self.ssh_connection:
             from container_desktop_relay.ssh.url import parse_ssh_url
 
-            return parse_ssh_url(self.ssh_connection).port
+            return parse_ssh_url(self.ssh_connection, default_port=self.port).port
         return self.port
 
     def effective_health_enabled(self, role: str) -> bool:
@@ -460,7 +462,8 @@ def _cross_check(config: Config) -> None:
     if config.ssh_connection:
         from container_desktop_relay.ssh.url import parse_ssh_url
 
-        parse_ssh_url(config.ssh_connection)
+        parse_ssh_url(config.ssh_connection, default_port=config.port)
+        _check_one_port(config)
     if config.listen:
         from container_desktop_relay.endpoints import parse_endpoint
 
@@ -469,6 +472,22 @@ def _cross_check(config: Config) -> None:
         from container_desktop_relay.ssh.forwards import client_forwards
 
         client_forwards(config)
+
+
+def _check_one_port(config: Config) -> None:
+    """The client has one SSH port: ``--ssh-connection``'s, else ``port`` (which a server it
+    spawns listens on). Both given and different is refused rather than one silently ignored."""
+    from container_desktop_relay.ssh.url import explicit_port
+
+    url_port = explicit_port(config.ssh_connection)
+    source = config.source_of("port")
+    if url_port is None or source is None or url_port == config.port:
+        return
+    raise ConfigError(
+        f"invalid port={config.port} from {source}: ssh_connection={config.ssh_connection} "
+        f"names port {url_port}, and the client has one SSH port: give it once (the URL's "
+        "port, or --port with a URL without one), or the same port in both"
+    )
 
 
 def iter_keys() -> Iterable[str]:

@@ -17,6 +17,7 @@ from helpers import (
     Sshd,
     make_ed25519,
     need_tool,
+    run_relay,
     stopping,
     unix_connect,
     wait_for,
@@ -181,3 +182,49 @@ def _check_latin1(relay: RelayServer, keys: Keys, echo: EchoTarget, tmp: Path, g
     assert log.count('"authorized_keys_line_refused"') == 1
     assert "option verify-required cannot be enforced by the relay" in log
     assert "Traceback" not in log
+
+
+def test_cat_id_rsa_pub_into_authorized_keys(both: tuple[RelayServer, Sshd], keys: Keys,
+                                             echo: EchoTarget, tmp: Path) -> None:
+    """A client's key made by keygen on "another machine": its PEM id_rsa.pub appended with
+    cat lets nobody in under sshd or the relay, and the relay says why once, naming file, lines
+    and the OpenSSH line; that line (keygen --print-public), or ssh-keygen's conversion of the
+    PEM file, then works under both."""
+    relay, sshd = both
+    keygen = need_tool("ssh-keygen")
+    client = Keys(tmp / "client")  # a second identity, as keygen makes it elsewhere
+    pub = client.identity.with_name("id_rsa.pub")
+    assert pub.read_text().startswith("-----BEGIN RSA PUBLIC KEY-----\n")
+    identity_line = keys.authorized_keys.read_text()
+    with keys.authorized_keys.open("a") as fh:
+        fh.write(pub.read_text())  # cat id_rsa.pub >> authorized_keys
+    got = [forward_outcome(sshd.port, client.identity, echo.path, tmp, "pem-s"),
+           forward_outcome(relay.port, client.identity, echo.path, tmp, "pem-r")]
+    assert got == [NO_LOGIN, NO_LOGIN]
+
+    printed = run_relay("keygen", "--print-public", "--identity-path", str(client.identity))
+    assert printed.returncode == 0 and printed.stderr == "", printed.stderr
+    line = printed.stdout
+    assert line.startswith("ssh-rsa AAAA") and line.endswith(" container-desktop-relay\n")
+    key_only = " ".join(line.split()[:2])
+    last = 1 + pub.read_text().count("\n")
+    log = relay.proc.log()
+    assert log.count('"authorized_keys_block_skipped"') == 1, log
+    assert (f"{keys.authorized_keys} lines 2-{last} hold a key block (-----BEGIN RSA PUBLIC "
+            "KEY-----), which sshd does not read as a key and neither does the relay: replace "
+            f"those lines with this one line: {key_only}") in log
+    assert '"ssh_key_rejected"' in log and "Traceback" not in log
+
+    fingerprint = subprocess.run([keygen, "-lf", str(client.identity)], check=True,
+                                 capture_output=True, text=True).stdout.split()[1]
+    converted = subprocess.run([keygen, "-i", "-m", "PEM", "-f", str(pub)], check=True,
+                               capture_output=True, text=True).stdout
+    for i, fixed in enumerate([line, converted]):
+        keys.authorized_keys.write_text(identity_line + fixed)
+        listed = subprocess.run([keygen, "-lf", str(keys.authorized_keys)], check=True,
+                                capture_output=True, text=True).stdout
+        assert fingerprint in listed
+        assert [forward_outcome(sshd.port, client.identity, echo.path, tmp, f"ok{i}-s"),
+                forward_outcome(relay.port, client.identity, echo.path, tmp, f"ok{i}-r")] \
+            == [OPEN, OPEN]
+    assert subprocess.run([keygen, "-lf", str(pub)], capture_output=True).returncode != 0

@@ -7,7 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Keys, run_relay
+from helpers import (
+    EchoTarget,
+    Keys,
+    Proc,
+    RelayServer,
+    relay_cmd,
+    relay_env,
+    run_relay,
+    stopping,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -132,3 +142,82 @@ def test_keygen_refuses_a_stale_public_key_and_completes_after_the_fix(tmp: Path
     assert ak.read_bytes().startswith(b"# Jos\xe9's laptop\n") and ak.read_bytes().count(b"\n") == 2
     assert asyncssh.read_public_key(str(pub)).public_data == \
         asyncssh.read_private_key(str(tmp / "id_rsa")).public_data
+
+
+@pytest.mark.parametrize(("remote", "words"), [
+    ("/tmp/../tmp/x.sock", "socket path '/tmp/../tmp/x.sock' is not normalized (no '.', '..' "
+                           "or '//' allowed): it must be normalized, like '/tmp/x.sock'"),
+    ("/C:\\Users\\me\\docker.sock", "socket path '/C:\\Users\\me\\docker.sock' is a Windows "
+                                    "path: it must be the Linux path on the server, like "
+                                    "'/mnt/c/Users/me/docker.sock'"),
+])
+def test_remote_path_the_server_refuses_stops_the_client_at_start(remote: str, words: str,
+                                                                  tmp: Path) -> None:
+    """A remote socket path the server refuses by rule is a start-up error (exit 2, one line
+    naming the path, what is wrong and what is allowed), not a retry loop: nothing needs to
+    listen on the port for the client to say so."""
+    url = f"ssh://root@127.0.0.1:20122{remote}"
+    result = run_relay("client", "--ssh-connection", url, "--listen", f"unix://{tmp}/c.sock",
+                       "--log-level", "error", timeout=30)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"invalid ssh_connection={url}: {words}" in lines[0], lines
+    assert "Traceback" not in result.stderr and not (tmp / "c.sock").exists()
+
+
+def test_two_ssh_ports_are_refused(tmp: Path) -> None:
+    """--port and a different port in --ssh-connection: exit 2 with one line naming both,
+    instead of one being silently ignored."""
+    result = run_relay("client", "--port", "20122", "--ssh-connection",
+                       "ssh://root@127.0.0.1:20022/tmp/x.sock", "--listen",
+                       f"unix://{tmp}/c.sock", "--log-level", "error", timeout=30)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert ("invalid port=20122 from --port: ssh_connection=ssh://root@127.0.0.1:20022/tmp/x.sock"
+            " names port 20022, and the client has one SSH port") in lines[0]
+
+
+def test_url_without_port_connects_to_the_relay_port(request: pytest.FixtureRequest,
+                                                      relay_server: RelayServer, keys: Keys,
+                                                      echo: EchoTarget, tmp: Path) -> None:
+    """ssh://user@host/path (no port) goes to --port, the relay's port, not to 22."""
+    from clienthelp import owned
+
+    tid, sock = tmp / "c.tid", tmp / "c.sock"
+    proc = owned(request, Proc(relay_cmd(
+        "client", "--listen", f"unix://{sock}", "--ssh-connection",
+        f"ssh://tester@127.0.0.1{echo.path}", "--port", str(relay_server.port),
+        "--identity-path", str(keys.identity), "--known-hosts-path", str(tmp / "known_hosts"),
+        "--tid-path", str(tid), "--max-retries", "2", "--log-level", "info"),
+        tmp / "client.log", env=relay_env()))
+    with stopping(proc):
+        wait_for(lambda: tid.exists() or not proc.alive(), 30, "client readiness")
+        assert proc.alive(), proc.log()
+        assert f'"remote": "ssh://tester@127.0.0.1:{relay_server.port}{echo.path}"' in proc.log()
+
+
+def test_keygen_shows_the_openssh_line_and_print_public_prints_only_it(tmp: Path) -> None:
+    """keygen's output ends with the key's OpenSSH line; --print-public (or -print-public)
+    prints just that line, the one ssh-keygen -y derives from the private key; without a key
+    it is one line, exit 2."""
+    import subprocess
+
+    from helpers import need_tool
+
+    identity = tmp / "id_rsa"
+    made = run_relay("keygen", "--identity-path", str(identity), "--authorized-keys-path",
+                     str(tmp / "ak"), "--log-level", "error")
+    assert made.returncode == 0, made.stderr
+    line = made.stdout.splitlines()[-1]
+    assert line.startswith("ssh-rsa AAAA") and line.endswith(" container-desktop-relay")
+    assert "--print-public" in made.stdout
+    for flag in ("--print-public", "-print-public"):
+        printed = run_relay("keygen", flag, "--identity-path", str(identity))
+        assert printed.returncode == 0 and printed.stdout == line + "\n", printed.stderr
+    derived = subprocess.run([need_tool("ssh-keygen"), "-y", "-f", str(identity)],
+                             check=True, capture_output=True, text=True).stdout
+    assert derived.split()[:2] == line.split()[:2]
+    missing = run_relay("keygen", "--print-public", "--identity-path", str(tmp / "none"))
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert "does not exist" in missing.stderr and not (tmp / "none").exists()

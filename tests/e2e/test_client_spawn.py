@@ -38,7 +38,9 @@ class SpawningClient:
         identity: Path | None = None,
         program_args: str = "",
         extra: tuple[str, ...] = (),
+        port_flag: bool = True,
     ) -> None:
+        """``port_flag=False``: the SSH port only in --ssh-connection, no --port."""
         self.home = tmp / "home"
         self.home.mkdir(exist_ok=True)
         bindir, program = install_wsl_standin(tmp)
@@ -75,8 +77,7 @@ class SpawningClient:
             "--generate-key-pair",
             "--host",
             "localhost",
-            "--port",
-            str(self.port),
+            *(("--port", str(self.port)) if port_flag else ()),
             # ... plus what a POSIX test needs
             "--listen",
             f"unix://{self.socket}",
@@ -137,6 +138,20 @@ def test_spawned_server_serves_and_dies_with_killed_client(
         client.proc.signal(signal.SIGKILL)
         client.proc.wait(10)  # reaped, as the app that started it would (else it is a zombie)
         wait_for(lambda: not pid_alive(server_pid), 15, "the server to exit after the client")
+
+
+def test_spawned_server_listens_on_the_url_port(
+    request: pytest.FixtureRequest, keys: Keys, echo: EchoTarget, tmp: Path
+) -> None:
+    """With the port only in --ssh-connection (no --port), the spawned server is started on
+    that port, the one the client connects to: it becomes ready and relays."""
+    client = owned(request, SpawningClient(tmp, echo, identity=keys.identity, port_flag=False))
+    with stopping(client):
+        client.wait_ready()
+        (server_pid,) = client.server_pids()
+        cmdline = Path(f"/proc/{server_pid}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[cmdline.index(b"--port") + 1] == str(client.port).encode()
+        assert exchange(client.socket, b"one port") == (8, sha(b"one port"))
 
 
 def test_spawned_server_stopped_on_graceful_exit(

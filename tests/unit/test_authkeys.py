@@ -153,3 +153,68 @@ def test_reader_parses_again_only_on_change_or_expiry(key: asyncssh.SSHKey,
     assert expired is not first and expired.entries[0].refused is not None
     path.write_bytes(_line(key))
     assert reader.read().entries[0].refused is None
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> asyncssh.SSHKey:
+    return asyncssh.generate_private_key("ssh-rsa", key_size=2048)
+
+
+def _pem(key: asyncssh.SSHKey) -> bytes:
+    """The public half as keygen writes id_rsa.pub: PEM "RSA PUBLIC KEY"."""
+    from container_desktop_relay.ssh.keys import public_pem
+
+    return public_pem(key)
+
+
+def test_pem_block_is_skipped_with_one_warning_naming_the_fix(rsa_key: asyncssh.SSHKey,
+                                                             key: asyncssh.SSHKey) -> None:
+    """``cat id_rsa.pub >> authorized_keys``: the block lets nobody in (as under sshd), one
+    warning names file, lines and the OpenSSH line to use; the lines around it still work."""
+    pem = _pem(rsa_key)
+    assert pem.startswith(b"-----BEGIN RSA PUBLIC KEY-----\n")
+    data = _line(key, comment="before") + pem + _line(key, "restrict", comment="after")
+    warned: list[tuple[str, dict[str, object]]] = []
+    ak = parse_authorized_keys(data, PATH, warn=lambda e, f: warned.append((e, f)))
+    last = 1 + pem.count(b"\n")
+    assert [e.lineno for e in ak.entries] == [1, last + 1]
+    assert [(b.first, b.last, b.begin) for b in ak.blocks] == [
+        (2, last, "-----BEGIN RSA PUBLIC KEY-----")]
+    openssh = " ".join(rsa_key.export_public_key("openssh").decode().split()[:2])
+    assert warned == [("authorized_keys_block_skipped", {
+        "path": str(PATH), "line": 2,
+        "reason": f"{PATH} lines 2-{last} hold a key block (-----BEGIN RSA PUBLIC KEY-----), "
+                  "which sshd does not read as a key and neither does the relay: replace "
+                  f"those lines with this one line: {openssh}"})]
+    assert ak.for_asyncssh().validate(rsa_key.convert_to_public(), "u", "127.0.0.1") is None
+    why = ak.why_refused(rsa_key.convert_to_public(), "127.0.0.1")
+    assert why.startswith(f"{PATH} lines 2-{last} hold a key block") and openssh in why
+
+
+@pytest.mark.parametrize("fmt", ["pkcs8-pem", "rfc4716"])
+def test_other_key_blocks_are_named_too(fmt: str, rsa_key: asyncssh.SSHKey) -> None:
+    """A "PUBLIC KEY" PEM block or an RFC 4716 block (headers and all) gets the same warning."""
+    block = rsa_key.export_public_key(fmt)
+    entries, warned = _parse(b"# keys\n" + block)
+    assert entries == [] and [(e, f["line"]) for e, f in warned] == [
+        ("authorized_keys_block_skipped", 2)]
+    assert "replace those lines with this one line: ssh-rsa AAAA" in str(warned[0][1]["reason"])
+
+
+def test_private_key_block_is_named_as_such(rsa_key: asyncssh.SSHKey) -> None:
+    """A pasted private key is one warning saying so (and nothing of it is read)."""
+    block = rsa_key.export_private_key("pkcs1-pem")
+    entries, warned = _parse(block)
+    assert entries == [] and len(warned) == 1
+    assert "a private key, which has no place in authorized_keys" in str(warned[0][1]["reason"])
+
+
+def test_a_broken_block_hides_no_key_line(key: asyncssh.SSHKey, rsa_key: asyncssh.SSHKey
+                                          ) -> None:
+    """A BEGIN line without its END, or with a key line before the END, is no block: each
+    line is read as sshd reads it, so the key line keeps working."""
+    body = _pem(rsa_key).splitlines(keepends=True)
+    for data in (body[0] + body[1] + _line(key) + body[-1], body[0] + body[1] + _line(key)):
+        entries, warned = _parse(data)
+        assert [e.lineno for e in entries] == [3]
+        assert {event for event, _ in warned} == {"authorized_keys_line_skipped"}

@@ -390,3 +390,37 @@ def test_public_key_written_through_a_temporary_file(tmp_path: Path, rsa_pem: by
     result = keys.ensure_key_pair(private, None)
     assert result.public_path.read_bytes() == keys.public_pem(
         asyncssh.import_private_key(rsa_pem))
+
+
+def test_identity_public_key_from_the_private_key_or_a_copied_pub(tmp_path: Path,
+                                                                  rsa_pem: bytes) -> None:
+    """keygen --print-public reads the private key; without it, the (PEM) .pub next to it or
+    a .pub named directly, so a copied id_rsa.pub converts to its OpenSSH line."""
+    key = asyncssh.import_private_key(rsa_pem)
+    private = tmp_path / "id_rsa"
+    private.write_bytes(rsa_pem)
+    private.chmod(0o600)
+    assert keys.identity_public_key(private).public_data == key.public_data
+    copied = tmp_path / "copy" / "id_rsa"
+    copied.parent.mkdir()
+    (copied.parent / "id_rsa.pub").write_bytes(keys.public_pem(key))
+    assert keys.identity_public_key(copied).public_data == key.public_data
+    assert keys.identity_public_key(copied.parent / "id_rsa.pub").public_data == key.public_data
+    line = keys.authorized_key_line(keys.identity_public_key(copied))
+    assert line == key.export_public_key("openssh").split()[0] + b" " + \
+        key.export_public_key("openssh").split()[1] + b" container-desktop-relay\n"
+
+
+def test_identity_public_key_refuses_what_it_cannot_read(tmp_path: Path, rsa_pem: bytes
+                                                         ) -> None:
+    """No key at all, an unsafe private key, or a .pub that holds none: one KeyFileError."""
+    with pytest.raises(KeyFileError, match="does not exist; create it"):
+        keys.identity_public_key(tmp_path / "none")
+    private = tmp_path / "id_rsa"
+    private.write_bytes(rsa_pem)
+    private.chmod(0o644)
+    with pytest.raises(KeyFileError, match="chmod 600"):
+        keys.identity_public_key(private)
+    (tmp_path / "gone.pub").write_text("not a key\n")
+    with pytest.raises(KeyFileError, match=r"gone\.pub is not a public key"):
+        keys.identity_public_key(tmp_path / "gone")

@@ -123,7 +123,8 @@ async def test_channels_other_than_streamlocal_refused_with_reasons(
             await conn.open_connection("127.0.0.1", 9)
         assert "TCP forwarding (direct-tcpip) is not allowed" in tcp.value.reason
         relative = await _open_error(conn, "run/podman.sock")
-        assert relative.reason == "socket path 'run/podman.sock' is not absolute"
+        assert relative.reason == ("socket path 'run/podman.sock' is not absolute: it must be "
+                                   "absolute, like '/run/podman.sock'")
         assert relative.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED
         dotted = await _open_error(conn, "/run/../etc/x.sock")
         assert "is not normalized" in dotted.reason

@@ -68,7 +68,7 @@ def server_command(config: Config, *, own_pid: int, wsl: str = WSL,
         wsl, "--distribution", config.distribution, "--exec", config.relay_program_path,
         "server",
         "--host", config.host,
-        "--port", str(config.port),
+        "--port", str(config.ssh_port("client")),  # the port the client connects to
         "--buffer-size", str(config.buffer_size),
         "--poll-interval", format_duration(config.poll_interval),
         "--identity-path", linux("identity_path"),

@@ -16,7 +16,11 @@ nothing), and decides per line:
   sshd decides it: ``permitopen`` lists TCP destinations only, so it never grants a Unix socket;
 * options about things the relay never does (commands, ptys, X11, agent, tunnels, remote
   forwarding) need no enforcement; any other option makes the line refuse logins, with one
-  warning naming the file, line and option: never a silent grant.
+  warning naming the file, line and option: never a silent grant;
+* a PEM or RFC 4716 block (``cat id_rsa.pub >> authorized_keys`` with keygen's PEM
+  ``id_rsa.pub``) is no key line for sshd, so it lets nobody in here either: it is skipped with
+  one warning naming the file, its lines and the OpenSSH line to put there instead
+  (:class:`KeyBlock`; docs/security.md says why it is not accepted).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import calendar
 import ipaddress
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,8 +38,9 @@ import asyncssh
 
 from container_desktop_relay.errors import KeyFileError
 
-__all__ = ["LINE_OPTION", "AuthorizedKeys", "AuthorizedKeysReader", "Entry", "OptionError",
-           "expiry_seconds", "parse_authorized_keys", "read_authorized_keys", "split_options"]
+__all__ = ["LINE_OPTION", "AuthorizedKeys", "AuthorizedKeysReader", "Entry", "KeyBlock",
+           "OptionError", "expiry_seconds", "openssh_line", "parse_authorized_keys",
+           "read_authorized_keys", "split_options"]
 
 #: Options whose effect the relay has by construction: it runs no session (so no command,
 #: environment, pty or rc file), forwards no X11, agent or tunnel, and listens for nobody.
@@ -52,6 +58,12 @@ _WITH_VALUE = frozenset({"command", "environment", "from", "permitopen", "permit
                          "principals", "tunnel", "expiry-time"})
 #: The option asyncssh is handed so a login can be traced back to its line.
 LINE_OPTION = "x-container-desktop-relay-line"
+#: The first line of a PEM (``-----BEGIN RSA PUBLIC KEY-----``) or RFC 4716
+#: (``---- BEGIN SSH2 PUBLIC KEY ----``) block; group 1 is its label.
+_BLOCK_BEGIN = re.compile(r"-{4,5} ?BEGIN ([A-Z0-9 ]+?) ?-{4,5}")
+#: A line inside such a block: base64 or an RFC 4716 header (``Comment: ...``; one that ends
+#: in a backslash continues on the next line).
+_BLOCK_BODY = re.compile(r"[A-Za-z0-9+/=]+|[A-Za-z0-9-]+: .*")
 
 
 class OptionError(ValueError):
@@ -81,12 +93,41 @@ class Entry:
         return values[-1] if values else None
 
 
+@dataclass(frozen=True, slots=True)
+class KeyBlock:
+    """A PEM or RFC 4716 key block pasted into the file, which sshd does not read: it lets
+    nobody in, and the warning about it gives the OpenSSH line to use instead."""
+
+    first: int
+    last: int
+    #: its BEGIN line, e.g. "-----BEGIN RSA PUBLIC KEY-----"
+    begin: str
+    #: the public key it holds (None: a private key, or nothing this program can read)
+    key: asyncssh.SSHKey | None
+
+    def reason(self, path: Path) -> str:
+        """Why the block lets nobody in, and what to put there instead (one line)."""
+        where = f"{path} lines {self.first}-{self.last}"
+        head = f"{where} hold a key block ({self.begin})"
+        if "PRIVATE" in self.begin:
+            return (f"{head}, a private key, which has no place in authorized_keys: delete "
+                    "those lines and append the key's OpenSSH line (ssh-keygen -y -f "
+                    "PRIVATE_KEY) instead")
+        if self.key is None:
+            return (f"{head} that holds no public key the relay can read (sshd reads none): "
+                    "replace those lines with the key's one-line OpenSSH form (ssh-rsa AAAA...)")
+        return (f"{head}, which sshd does not read as a key and neither does the relay: "
+                f"replace those lines with this one line: {openssh_line(self.key)}")
+
+
 @dataclass(slots=True)
 class AuthorizedKeys:
     """The lines of one authorized_keys file, as read just now."""
 
     path: Path
     entries: list[Entry] = field(default_factory=list)
+    #: key blocks pasted into the file (skipped, as sshd skips them)
+    blocks: list[KeyBlock] = field(default_factory=list)
     _allowed: dict[tuple[bytes, ...], asyncssh.SSHAuthorizedKeys] = field(
         default_factory=dict, repr=False, compare=False)
 
@@ -119,7 +160,8 @@ class AuthorizedKeys:
 
     def why_refused(self, key: asyncssh.SSHKey, client_addr: str) -> str:
         """Why ``key`` (which asyncssh did not accept) was refused, naming file and line."""
-        reasons = []
+        reasons = [block.reason(self.path) for block in self.blocks
+                   if block.key is not None and block.key.public_data == key.public_data]
         for entry in self.entries:
             if entry.key.public_data != key.public_data:
                 continue
@@ -206,6 +248,11 @@ def split_options(text: str) -> tuple[list[tuple[str, str | None]], str]:
 
 def _key_text(key: asyncssh.SSHKey) -> str:
     return b" ".join(key.export_public_key("openssh").split()[:2]).decode("ascii")
+
+
+def openssh_line(key: asyncssh.SSHKey) -> str:
+    """``key`` as an authorized_keys line without options or comment (``ssh-rsa AAAA...``)."""
+    return _key_text(key)
 
 
 def _import_key(text: str) -> asyncssh.SSHKey | None:
@@ -342,9 +389,18 @@ def parse_authorized_keys(data: bytes, path: Path, *, now: float | None = None,
     """
     now = time.time() if now is None else now
     result = AuthorizedKeys(path)
-    for lineno, raw in enumerate(data.split(b"\n"), 1):
-        line = raw.decode("utf-8", errors="replace").strip()
-        if not line or line.startswith("#"):
+    lines = [raw.decode("utf-8", errors="replace").strip() for raw in data.split(b"\n")]
+    block_end = 0
+    for lineno, line in enumerate(lines, 1):
+        if lineno <= block_end or not line or line.startswith("#"):
+            continue
+        block = _key_block(lines, lineno)
+        if block is not None:
+            block_end = block.last
+            result.blocks.append(block)
+            if warn is not None:
+                warn("authorized_keys_block_skipped", {"path": str(path), "line": block.first,
+                                                       "reason": block.reason(path)})
             continue
         where = f"{path} line {lineno}"
         try:
@@ -359,6 +415,32 @@ def parse_authorized_keys(data: bytes, path: Path, *, now: float | None = None,
                  {"path": str(path), "line": lineno, "reason": entry.refused})
         result.entries.append(entry)
     return result
+
+
+def _key_block(lines: Sequence[str], first: int) -> KeyBlock | None:
+    """The PEM or RFC 4716 block that starts at line ``first`` (1-based), if one does: a BEGIN
+    line, then only base64, header or blank lines, then the END line of the same label."""
+    begin = _BLOCK_BEGIN.fullmatch(lines[first - 1])
+    if begin is None:
+        return None
+    label = begin.group(1)
+    end = re.compile(rf"-{{4,5}} ?END {re.escape(label)} ?-{{4,5}}")
+    continued = False
+    for index in range(first, len(lines)):
+        line = lines[index]
+        if end.fullmatch(line):
+            text = "\n".join(lines[first - 1:index + 1]) + "\n"
+            key = None
+            if "PRIVATE" not in label:
+                try:
+                    key = asyncssh.import_public_key(text)
+                except (asyncssh.KeyImportError, ValueError):
+                    key = None
+            return KeyBlock(first, index + 1, lines[first - 1], key)
+        if not continued and line and not _BLOCK_BODY.fullmatch(line):
+            return None  # not a block: its lines are read one by one, as sshd reads them
+        continued = line.endswith("\\")
+    return None
 
 
 def _read(path: Path) -> bytes:

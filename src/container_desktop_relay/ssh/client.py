@@ -70,7 +70,7 @@ def resolve_target(config: Config) -> SSHTarget:
         ConfigError: a malformed ``--ssh-connection``.
     """
     if config.ssh_connection:
-        return parse_ssh_url(config.ssh_connection)
+        return parse_ssh_url(config.ssh_connection, default_port=config.port)
     return SSHTarget(getpass.getuser(), config.host, config.port, DEFAULT_REMOTE_SOCKET)
 
 

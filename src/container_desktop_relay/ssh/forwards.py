@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING
 
 from container_desktop_relay.endpoints import Endpoint, parse_endpoint
 from container_desktop_relay.errors import ConfigError
-from container_desktop_relay.ssh.url import DEFAULT_REMOTE_SOCKET, has_socket_path, parse_ssh_url
+from container_desktop_relay.ssh.url import (
+    DEFAULT_REMOTE_SOCKET,
+    has_socket_path,
+    parse_ssh_url,
+    socket_path_problem,
+)
 
 if TYPE_CHECKING:
     from container_desktop_relay.config import Config
@@ -42,16 +47,9 @@ class Forward:
 
 
 def remote_path_problem(path: str) -> str:
-    """Why ``path`` is no remote socket path ("" when it is absolute and normalized)."""
-    if not path.startswith("/"):
-        return "the remote socket path must be absolute"
-    if "\x00" in path:
-        return "the remote socket path contains a NUL byte"
-    if posixpath.normpath(path) != path or path.startswith("//"):
-        return (f"the remote socket path must be normalized, like "
-                f"{posixpath.normpath(path).replace('//', '/')!r}: no '.', '..', '//' or "
-                "trailing '/'")
-    return ""
+    """Why ``path`` is no remote socket path ("" when the server's rule allows it:
+    :func:`~container_desktop_relay.ssh.url.socket_path_problem`)."""
+    return socket_path_problem(path) or ""
 
 
 def parse_forward(text: str, source: str = "--forward") -> Forward:
@@ -94,7 +92,8 @@ def client_forwards(config: Config) -> list[Forward]:
             non-normalized remote path, or ``--forward`` mixed with the single form.
     """
     if not config.forward:
-        remote = (parse_ssh_url(config.ssh_connection).socket_path if config.ssh_connection
+        remote = (parse_ssh_url(config.ssh_connection, default_port=config.port).socket_path
+                  if config.ssh_connection
                   else DEFAULT_REMOTE_SOCKET)
         return [Forward(parse_endpoint(config.listen or config.named_pipe), remote)]
     source = config.source_of("forward") or "--forward"

@@ -27,6 +27,7 @@ __all__ = [
     "check_not_writable_by_others",
     "ensure_authorized",
     "ensure_key_pair",
+    "identity_public_key",
     "load_authorized_keys",
     "load_private_key",
     "public_pem",
@@ -156,6 +157,29 @@ def read_public_key(path: Path) -> asyncssh.SSHKey | None:
         return asyncssh.import_public_key(data)
     except (asyncssh.KeyImportError, ValueError):
         return None
+
+
+def identity_public_key(path: Path) -> asyncssh.SSHKey:
+    """The public half of the identity key at ``path`` (``keygen --print-public``).
+
+    It is read from the private key; where that is absent, from the ``.pub`` next to it (in any
+    format :func:`read_public_key` reads), or from ``path`` itself when it names a public key
+    file, so a ``id_rsa.pub`` copied to another machine can be turned into its OpenSSH line.
+
+    Raises:
+        KeyFileError: there is no such key, or the private key is unsafe or unreadable.
+    """
+    public = read_public_key(path) if path.is_file() else None
+    if public is not None:
+        return public
+    if path.exists() or not path.with_name(path.name + ".pub").exists():
+        return load_private_key(path).convert_to_public()
+    public_path = path.with_name(path.name + ".pub")
+    public = read_public_key(public_path)
+    if public is None:
+        raise KeyFileError(f"public key {public_path} is not a public key, and its private key "
+                           f"{path} does not exist")
+    return public
 
 
 def public_pem(key: asyncssh.SSHKey) -> bytes:

@@ -10,7 +10,6 @@ import functools
 import itertools
 import logging
 import os
-import posixpath
 import socket
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from container_desktop_relay.runtime.state import RoleState
 from container_desktop_relay.ssh import tune as sshtune
 from container_desktop_relay.ssh.authkeys import LINE_OPTION, AuthorizedKeys, AuthorizedKeysReader
 from container_desktop_relay.ssh.keys import check_not_writable_by_others, load_private_key
+from container_desktop_relay.ssh.url import socket_path_problem
 
 __all__ = ["RelayServer", "check_socket_path"]
 
@@ -42,8 +42,9 @@ _ssh_ids = itertools.count(1)
 def check_socket_path(path: str, allow: list[str] | tuple[str, ...]) -> str | None:
     """Why ``path`` may not be opened (None when it may).
 
-    The path must be absolute and normalized (no ``.``/``..`` components, no ``//``), and
-    match one of the ``allow`` globs when any are given.
+    The path must pass :func:`~container_desktop_relay.ssh.url.socket_path_problem` (the rule
+    the client also checks at start: absolute, normalized, a Linux path), and match one of the
+    ``allow`` globs when any are given.
     """
     return _check_socket_path(path, tuple(allow))
 
@@ -51,12 +52,8 @@ def check_socket_path(path: str, allow: list[str] | tuple[str, ...]) -> str | No
 @functools.lru_cache(maxsize=256)
 def _check_socket_path(path: str, allow: tuple[str, ...]) -> str | None:
     # Cached: clients ask for the same few paths on every connection.
-    if "\x00" in path:
-        return "socket path contains a NUL byte"
-    if not path.startswith("/"):
-        return f"socket path {path!r} is not absolute"
-    if posixpath.normpath(path) != path or path.startswith("//"):
-        return f"socket path {path!r} is not normalized (no '.', '..' or '//' allowed)"
+    if problem := socket_path_problem(path):
+        return problem
     if allow and not any(fnmatch.fnmatchcase(path, pattern) for pattern in allow):
         return f"socket path {path} is not allowed (allowed: {', '.join(allow)})"
     return None
