@@ -17,7 +17,7 @@ from container_desktop_relay.observability.metrics import Metrics
 from container_desktop_relay.observability.observe import Observability
 from container_desktop_relay.runtime.state import RoleState
 from container_desktop_relay.ssh import patches as sshfix
-from helpers import FACTOR, relay_cmd, relay_env, run_relay
+from helpers import FACTOR, fatal, relay_cmd, relay_env, run_relay
 from obs_helpers import finish, open_connection
 
 
@@ -208,7 +208,7 @@ def test_status_bad_usage_exits_2_with_one_line(args: tuple[str, ...]) -> None:
     result = run_relay("status", *args)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
-    assert result.stderr.startswith("container-desktop-relay: error: ")
+    assert fatal(result.stderr, 2)
     assert result.stdout == ""
 
 
