@@ -380,7 +380,7 @@ def _json_error(path: str, text: str, exc: json.JSONDecodeError) -> str:
         column = comma - (text.rfind("\n", 0, comma) + 1) + 1
         return (f"config file {path} is not valid JSON: trailing comma at line {line} column "
                 f"{column}; "
-                "remove it (JSON allows no comma before } or ])")
+                "remove it (JSON allows no comma before } or ])")  # plain: braces as printed
     if text.startswith(("//", "/*", "#"), exc.pos):
         return (f"config file {path} is not valid JSON: a comment at line {exc.lineno} column "
                 f"{exc.colno}; JSON has no comments, remove it")
