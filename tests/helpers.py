@@ -133,6 +133,22 @@ def run_relay(*args: str, timeout: float = 60, **kw: Any) -> subprocess.Complete
                           **kw)
 
 
+def fatal(stderr: str, exit_status: int) -> str:
+    """The message of the ``fatal`` event a failed run ends with. Every stderr line must be a
+    JSON object, the fatal one last (and only once), carrying ``exit_status``."""
+    records = []
+    for line in stderr.splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            raise AssertionError(f"stderr line is not JSON: {line!r}") from None
+    assert records and records[-1].get("event") == "fatal", stderr
+    last = records[-1]
+    assert last["level"] == "error" and last["exit_status"] == exit_status, last
+    assert [r for r in records if r.get("event") == "fatal"] == [last], stderr
+    return str(last["message"])
+
+
 class Proc:
     """A background process with its output in a log file; stopped for sure by :meth:`stop`."""
 

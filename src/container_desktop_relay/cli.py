@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 from container_desktop_relay._version import __version__
 from container_desktop_relay.config import Config, config_fields, load_config
 from container_desktop_relay.errors import RelayError
-from container_desktop_relay.log import setup_logging
+from container_desktop_relay.log import fatal_line, setup_logging
 
 __all__ = ["COMMANDS", "build_parser", "main", "parse_command", "parse_config"]
 
@@ -286,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         return _config_command("bare")(args)
     except RelayError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(fatal_line(str(exc), exc.exit_code), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

@@ -8,6 +8,7 @@ environment through them, and docs/configuration.md is generated from them.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -279,16 +280,42 @@ def _allowed(opt: Option) -> str:
     return "a string"
 
 
+#: Keys whose empty value would silently mean their default: what to write instead.
+_NOT_EMPTY = {
+    "ssh_connection": "ssh://user@host:port/remote/socket/path; leave it out to connect to "
+                      "--host and --port",
+    "listen": "unix:///path/relay.sock; leave it out to use --named-pipe (Windows)",
+}
+
+
+def _json_type_hint(raw: Any, opt: Option, *, from_text: bool) -> str:
+    """Why a config-file value has the wrong JSON type, when quoting is the mistake."""
+    if from_text or not isinstance(raw, str):
+        return ""
+    if opt.kind == "int":
+        return "a JSON string: write the number without quotes"
+    if opt.kind == "bool":
+        return "a JSON string: write true or false without quotes"
+    if opt.kind == "list":
+        return 'a JSON string: write a list, ["..."]'
+    return ""
+
+
 def _convert(name: str, raw: Any, src: Source, *, from_text: bool) -> Any:
     """Turn ``raw`` (a string from flags/env, or a JSON value) into the key's typed value."""
     _, opt = _FIELDS[name]
 
     def bad(why: str = "") -> ConfigError:
         shown = raw if isinstance(raw, str) else json.dumps(raw)
+        why = why or _json_type_hint(raw, opt, from_text=from_text)
         extra = f" ({why})" if why else ""
         return ConfigError(
             f"invalid {name}={shown!s} from {src.label}{extra}: must be {_allowed(opt)}"
         )
+
+    if raw == "" and name in _NOT_EMPTY:
+        raise ConfigError(f"invalid {name}= from {src.label} (empty): must be "
+                          f"{_NOT_EMPTY[name]}")
 
     value: Any
     if opt.kind == "bool":
@@ -346,6 +373,39 @@ def _check_range(name: str, value: Any, opt: Option, bad: Callable[[str], Config
             raise bad("too large")
 
 
+def _json_error(path: str, text: str, exc: json.JSONDecodeError) -> str:
+    """The one-line message for malformed JSON, naming the usual mistakes by name."""
+    before = text[:exc.pos].rstrip()
+    if before.endswith(",") and text[exc.pos:exc.pos + 1] in ("}", "]"):
+        comma = len(before) - 1
+        line = text.count("\n", 0, comma) + 1
+        column = comma - (text.rfind("\n", 0, comma) + 1) + 1
+        return (f"config file {path} is not valid JSON: trailing comma at line {line} column "
+                f"{column}; "
+                "remove it (JSON allows no comma before } or ])")  # plain: braces as printed
+    if text.startswith(("//", "/*", "#"), exc.pos):
+        return (f"config file {path} is not valid JSON: a comment at line {exc.lineno} column "
+                f"{exc.colno}; JSON has no comments, remove it")
+    if text.startswith("'", exc.pos):
+        return (f"config file {path} is not valid JSON: a single quote at line {exc.lineno} "
+                f"column {exc.colno}; JSON strings and keys take double quotes")
+    return (f"config file {path} is not valid JSON: {exc.msg} at line {exc.lineno} column "
+            f"{exc.colno}")
+
+
+def _suggest(key: str) -> str:
+    """``did you mean allow_socket?`` for a misspelt or camelCase key, else where keys are."""
+    snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in key).lstrip("_")
+    snake = snake.replace("-", "_")
+    if snake in _FIELDS:
+        return f"did you mean {snake}? (keys are snake_case)"
+    close = difflib.get_close_matches(snake, list(_FIELDS), n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]}?"
+    return ("no such setting; every key is listed in docs/configuration.md "
+            "(container-desktop-relay config-docs)")
+
+
 def read_config_file(path: str) -> dict[str, Any]:
     """Read and type-check a JSON config file.
 
@@ -359,20 +419,14 @@ def read_config_file(path: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"config file {path} is not valid JSON: {exc.msg} at line {exc.lineno} "
-            f"column {exc.colno}"
-        ) from None
+        raise ConfigError(_json_error(path, text, exc)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a JSON object of settings")
     src = Source(f"config file {path}")
     out: dict[str, Any] = {}
     for key, raw in data.items():
         if key not in _FIELDS:
-            raise ConfigError(
-                f"unknown key {key!r} in config file {path}: allowed keys are "
-                + ", ".join(sorted(_FIELDS))
-            )
+            raise ConfigError(f"unknown key {key!r} in config file {path}: {_suggest(key)}")
         if raw is None and _FIELDS[key][0].default is None:
             continue
         out[key] = _convert(key, raw, src, from_text=False)

@@ -5,6 +5,7 @@
      ├── KeyFileError         missing/unsafe/unparsable key, authorized_keys, known_hosts
      ├── EndpointError
      │    ├── ListenError     cannot listen (address in use, live socket owner)
+     │    │    └── UnusableEndpoint  never listenable as configured: also a ConfigError
      │    └── TargetError     cannot reach the target Unix socket
      └── TunnelError
           ├── HostKeyMismatch server key differs from the pinned one
@@ -28,6 +29,7 @@ __all__ = [
     "TargetError",
     "TunnelError",
     "TunnelUnavailable",
+    "UnusableEndpoint",
 ]
 
 
@@ -59,6 +61,13 @@ class EndpointError(RelayError):
 
 class ListenError(EndpointError):
     """Listening on a socket, pipe or port failed."""
+
+
+class UnusableEndpoint(ListenError, ConfigError):
+    """The configured endpoint can never be listened on here (its directory does not exist, a
+    named pipe off Windows): an input mistake, exit 2, unlike a port someone else holds."""
+
+    exit_code = 2
 
 
 class TargetError(EndpointError):

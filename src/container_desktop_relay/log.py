@@ -8,9 +8,11 @@ import sys
 import time
 from typing import Any, TextIO
 
-__all__ = ["TRACE", "JsonFormatter", "get_logger", "setup_logging"]
+__all__ = ["FATAL", "TRACE", "JsonFormatter", "fatal_line", "get_logger", "setup_logging"]
 
 TRACE = 5
+#: The event of the last line of a run that failed: its message and exit status.
+FATAL = "fatal"
 logging.addLevelName(TRACE, "TRACE")
 _LEVELS = {
     "trace": TRACE,
@@ -26,14 +28,18 @@ _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
                                                                           "taskName"}
 
 
+def _timestamp(created: float, msecs: float) -> str:
+    """``2026-12-07T14:24:06.123Z``: UTC with milliseconds."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(msecs):03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     """Formats a record as {"time", "level", "logger", "event", ...extra fields}."""
 
     def format(self, record: logging.LogRecord) -> str:
         """Return the record as one JSON line."""
         out: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": _timestamp(record.created, record.msecs),
             "level": _NAMES.get(record.levelno, record.levelname.lower()),
             "logger": record.name,
             "event": record.getMessage(),
@@ -44,6 +50,23 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.levelno >= logging.ERROR:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str, ensure_ascii=False)
+
+
+def fatal_line(message: str, exit_status: int, *, created: float | None = None) -> str:
+    """The JSON line a failed run ends with (also before logging is set up: bad flags)::
+
+        {"time": ..., "level": "error", "logger": "container_desktop_relay", "event": "fatal",
+         "message": "invalid port=0 from --port: ...", "exit_status": 2}
+    """
+    now = time.time() if created is None else created
+    return json.dumps({
+        "time": _timestamp(now, (now - int(now)) * 1000),
+        "level": "error",
+        "logger": "container_desktop_relay",
+        "event": FATAL,
+        "message": message,
+        "exit_status": exit_status,
+    }, ensure_ascii=False)
 
 
 def setup_logging(level: str, stream: TextIO | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from helpers import (
     Keys,
     Proc,
     RelayServer,
+    fatal,
     relay_cmd,
     relay_env,
     run_relay,
@@ -31,38 +33,81 @@ pytestmark = pytest.mark.e2e
         (["frobnicate"], "unknown command 'frobnicate'"),
         (["--buffer-size", "12"], "invalid buffer_size=12"),
         (["server", "--log-level", "verbose"], "invalid log_level=verbose"),
+        (["client", "--ssh-connection", ""], "invalid ssh_connection= from --ssh-connection "
+                                             "(empty): must be ssh://user@host:port/"),
+        (["client", "--listen=", "--ssh-connection", "ssh://u@127.0.0.1:1"],
+         "invalid listen= from --listen (empty)"),
+        (["install-service", "--unit-dir", "/nonexistent/units"],
+         "invalid --unit-dir /nonexistent/units: no such directory; create it first"),
+        (["docker-context", "ctx"], "cannot listen on npipe:////./pipe/container-desktop: "
+                                    "named pipes exist only on Windows; use --listen unix://"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args: list[str], needle: str) -> None:
-    """Bad flags exit 2 with one line naming the problem and no traceback."""
+    """Bad flags exit 2 with one JSON fatal line naming the problem and no traceback; usage
+    errors found before logging starts are JSON too."""
     result = run_relay(*args)
     assert result.returncode == 2
-    assert needle in result.stderr
+    assert needle in fatal(result.stderr, 2)
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr
+    assert not Path("/nonexistent").exists()  # install-service made no directory
 
 
-def test_bad_config_file_exit_2(tmp: Path) -> None:
-    """A malformed config file exits 2 with one line and starts nothing."""
+@pytest.mark.parametrize(("content", "needle"), [
+    ('{"port": 20022, "buffer_size": 8192,}', "is not valid JSON: trailing comma at line 1 "
+                                               "column 36; remove it"),
+    ('{"port": "20422"}', "invalid port=20422 from config file {cfg} (a JSON string: write the "
+                          "number without quotes)"),
+    ('{"allow_sockets": ["/x"]}', "unknown key 'allow_sockets' in config file {cfg}: did you "
+                                  "mean allow_socket?"),
+])
+def test_bad_config_file_exit_2(tmp: Path, content: str, needle: str) -> None:
+    """A malformed config file exits 2 with one line naming the fix and starts nothing."""
     cfg = tmp / "c.json"
-    cfg.write_text('{"port": 20022, "buffer_size": 8192,}')
+    cfg.write_text(content)
     result = run_relay("server", "--config", str(cfg))
-    assert result.returncode == 2 and "is not valid JSON" in result.stderr
+    assert result.returncode == 2
+    assert needle.replace("{cfg}", str(cfg)) in fatal(result.stderr, 2)
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_client_without_listen_off_windows_exit_2(keys: Keys, tmp: Path) -> None:
+    """A bare `client` on Linux would listen on the Windows pipe: exit 2, one line, the fix."""
+    result = run_relay("client", "--identity-path", str(keys.identity), "--known-hosts-path",
+                       str(tmp / "kh"), "--log-level", "error")
+    assert result.returncode == 2, result.stderr
+    assert fatal(result.stderr, 2) == (
+        "cannot listen on npipe:////./pipe/container-desktop: named pipes exist only on "
+        "Windows; use --listen unix:///path/relay.sock here")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_listen_into_missing_directory_exit_2(keys: Keys, tmp: Path) -> None:
+    """--listen into a directory that does not exist: exit 2, one line naming the directory."""
+    missing = tmp / "nowhere"
+    result = run_relay("client", "--listen", f"unix://{missing}/c.sock", "--ssh-connection",
+                       "ssh://u@127.0.0.1:1", "--identity-path", str(keys.identity),
+                       "--known-hosts-path", str(tmp / "kh"), "--log-level", "error")
+    assert result.returncode == 2, result.stderr
+    assert fatal(result.stderr, 2) == (
+        f"cannot listen on {missing}/c.sock: directory {missing} does not exist; create it or "
+        "choose a socket path in an existing directory")
+    assert not missing.exists()
 
 
 def test_missing_identity_exit_2(tmp: Path) -> None:
     """A missing key file is a clear one-line error, exit 2."""
     result = run_relay("server", "--identity-path", str(tmp / "none"), "--log-level", "error")
     assert result.returncode == 2
-    assert "does not exist; create it with --generate-key-pair" in result.stderr
+    assert "does not exist; create it with --generate-key-pair" in fatal(result.stderr, 2)
 
 
 def test_open_key_refused_exit_2(keys: Keys) -> None:
     """A private key readable by others is refused at start."""
     keys.identity.chmod(0o644)
     result = run_relay("server", "--identity-path", str(keys.identity), "--log-level", "error")
-    assert result.returncode == 2 and "chmod 600" in result.stderr
+    assert result.returncode == 2 and "chmod 600" in fatal(result.stderr, 2)
 
 
 def test_help_documents_every_flag() -> None:
@@ -107,9 +152,14 @@ def test_generate_key_pair_then_runs_on(tmp: Path) -> None:
                            "--authorized-keys-path", str(tmp / "k" / "ak"), "--port", str(port),
                            "--log-level", "info", "--health-check-enabled=false")
     assert (tmp / "k" / "id_rsa").exists() and (tmp / "k" / "ak").read_text().startswith("ssh-rsa")
-    assert result.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in result.stderr
-    events = [json.loads(line)["event"] for line in result.stderr.splitlines()
-              if line.startswith("{")]
+    assert result.returncode == 1
+    # the port's holder (this test process) and the flag that moves the relay elsewhere
+    assert fatal(result.stderr, 1).startswith(
+        f"cannot listen on 127.0.0.1:{port}: address already in use (held by pid "
+        f"{os.getpid()} (")
+    assert fatal(result.stderr, 1).endswith(
+        "; stop that process or choose another port with --port)")
+    events = [json.loads(line)["event"] for line in result.stderr.splitlines()]
     assert "key_pair_generated" in events
 
 
@@ -118,7 +168,7 @@ def test_world_writable_authorized_keys_refused_at_start(keys: Keys) -> None:
     keys.authorized_keys.chmod(0o666)
     result = run_relay("server", "--identity-path", str(keys.identity), "--authorized-keys-path",
                        str(keys.authorized_keys), "--log-level", "error")
-    assert result.returncode == 2 and "chmod go-w" in result.stderr
+    assert result.returncode == 2 and "chmod go-w" in fatal(result.stderr, 2)
 
 
 def test_keygen_refuses_a_stale_public_key_and_completes_after_the_fix(tmp: Path) -> None:
@@ -134,7 +184,7 @@ def test_keygen_refuses_a_stale_public_key_and_completes_after_the_fix(tmp: Path
     result = run_relay(*argv)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and f"mv {pub} {pub}.old" in lines[0], result.stderr
+    assert len(lines) == 1 and f"mv {pub} {pub}.old" in fatal(result.stderr, 2), result.stderr
     assert not (tmp / "id_rsa").exists() and ak.read_bytes() == b"# Jos\xe9's laptop\n"
     pub.rename(tmp / "id_rsa.pub.old")
     result = run_relay(*argv, "--log-level", "error")

@@ -15,6 +15,7 @@ from helpers import (
     Proc,
     RelayServer,
     exchange,
+    fatal,
     relay_cmd,
     relay_env,
     run_relay,
@@ -158,5 +159,5 @@ def test_bad_forward_is_one_line_exit_2(forwards: list[str], why: str) -> None:
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
-    assert lines[0].startswith("container-desktop-relay: error: invalid forward=")
-    assert why in lines[0]
+    message = fatal(result.stderr, 2)
+    assert message.startswith("invalid forward=") and why in message

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from clienthelp import ClientProc, owned
-from helpers import EchoTarget, Keys, RelayServer, exchange, relay_env, sha
+from helpers import EchoTarget, Keys, RelayServer, exchange, free_port, relay_env, run_relay, sha
 
 pytestmark = pytest.mark.e2e
 
@@ -47,3 +47,25 @@ def test_server_and_client_write_only_json_lines(
     server_records = _json_lines(server.proc.log(), "server")
     events = {r["event"] for r in client_records} | {r["event"] for r in server_records}
     assert {"server_listening", "connection_opened", "connection_closed"} <= events, events
+
+
+def test_a_failed_start_ends_with_one_json_fatal_line(keys: Keys, tmp: Path) -> None:
+    """A start that fails after logging (a client that finds no server) ends with the JSON
+    ``fatal`` event, no plain-text line among the JSON ones; so does a usage error found
+    before logging starts."""
+    result = run_relay("client", "--listen", f"unix://{tmp}/c.sock", "--ssh-connection",
+                       f"ssh://u@127.0.0.1:{free_port()}/x", "--identity-path",
+                       str(keys.identity), "--known-hosts-path", str(tmp / "kh"),
+                       "--max-retries", "2", "--log-level", "debug")
+    assert result.returncode == 1
+    records = _json_lines(result.stderr, "client")
+    assert "ssh_connect_retry" in {r["event"] for r in records}
+    assert records[-1]["event"] == "fatal" and records[-1]["level"] == "error", records[-1]
+    assert records[-1]["exit_status"] == 1
+    assert "(gave up after 2 attempts)" in str(records[-1]["message"])
+    usage = run_relay("server", "--bogus")
+    assert usage.returncode == 2
+    (record,) = _json_lines(usage.stderr, "usage error")
+    assert record["event"] == "fatal" and record["exit_status"] == 2
+    assert record["message"] == ("unrecognized arguments: --bogus (see container-desktop-relay "
+                                 "server --help)")

@@ -16,6 +16,7 @@ from helpers import (
     Keys,
     Proc,
     exchange,
+    fatal,
     free_port,
     need_tool,
     relay_env,
@@ -34,6 +35,7 @@ UNIT = "container-desktop-relay.service"
 
 def _install(tmp: Path, *extra: str) -> Path:
     """Write the unit with the install-service command (ExecStart: this interpreter)."""
+    (tmp / "units").mkdir(exist_ok=True)
     result = run_relay("install-service", "--unit-dir", str(tmp / "units"), *extra)
     assert result.returncode == 0, result.stderr
     unit = tmp / "units" / UNIT
@@ -90,13 +92,23 @@ def test_print_matches_installed(tmp: Path) -> None:
 
 
 def test_unwritable_unit_dir_is_one_line_error(tmp: Path) -> None:
-    """A unit directory that cannot be created gives one line, exit 1, no traceback."""
-    blocker = tmp / "file"
-    blocker.write_text("")
-    result = run_relay("install-service", "--unit-dir", str(blocker / "sub"))
+    """A unit that cannot be written (a directory holds its name) gives one line, exit 1, no
+    traceback."""
+    (tmp / "units" / UNIT).mkdir(parents=True)
+    result = run_relay("install-service", "--unit-dir", str(tmp / "units"))
     assert result.returncode == 1, result.stderr
-    assert "cannot write" in result.stderr and "Traceback" not in result.stderr
+    assert "cannot write" in fatal(result.stderr, 1) and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_unit_dir_is_exit_2_and_not_created(tmp: Path) -> None:
+    """--unit-dir naming no directory: exit 2, one line naming it; nothing is created."""
+    missing = tmp / "nonexistent" / "units"
+    result = run_relay("install-service", "--unit-dir", str(missing))
+    assert result.returncode == 2, result.stderr
+    assert fatal(result.stderr, 2).startswith(
+        f"invalid --unit-dir {missing}: no such directory; create it first")
+    assert not (tmp / "nonexistent").exists()
 
 
 PR_SET_MDWE = 65

@@ -90,8 +90,10 @@ async def test_regular_file_and_missing_directory_refused(tmp: Path) -> None:
     with pytest.raises(ListenError, match="not a socket"):
         await start_unix_listener(str(path), _Hello, buffer_size=8192)
     assert path.read_text() == "keep"
-    with pytest.raises(ListenError, match="does not exist"):
+    with pytest.raises(ListenError, match="does not exist") as err:
         await start_unix_listener(str(tmp / "no" / "r.sock"), _Hello, buffer_size=8192)
+    assert f"directory {tmp / 'no'} does not exist; create it" in str(err.value)
+    assert err.value.exit_code == 2 and not (tmp / "no").exists()  # bad input, nothing made
 
 
 @pytest.mark.asyncio

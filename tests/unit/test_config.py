@@ -187,6 +187,45 @@ def test_bad_config_files(tmp_path: Path, content: object, message: str) -> None
     assert message in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"port": "20422"}, "invalid port=20422 from config file {path} (a JSON string: write "
+                            "the number without quotes): must be an integer from 1 to 65535"),
+        ({"metrics_enabled": "true"}, "(a JSON string: write true or false without quotes)"),
+        ({"allow_socket": "/one"}, '(a JSON string: write a list, ["..."])'),
+        ('{"port": 20022, "buffer_size": 8192,}', "config file {path} is not valid JSON: "
+         "trailing comma at line 1 column 36; remove it (JSON allows no comma before } or ])"),
+        ('{\n  "allow_socket": [\n    "/a",\n  ]\n}', "trailing comma at line 3 column 9"),
+        ('{"port": 1 // ssh\n}', "a comment at line 1 column 12; JSON has no comments"),
+        ("{'port': 1}", "a single quote at line 1 column 2; JSON strings and keys take double"),
+        ({"allow_sockets": ["/x"]}, "unknown key 'allow_sockets' in config file {path}: did "
+                                    "you mean allow_socket?"),
+        ({"allowSocket": ["/x"]}, "did you mean allow_socket? (keys are snake_case)"),
+        ({"frobnicate": 1}, "unknown key 'frobnicate' in config file {path}: no such setting; "
+                            "every key is listed in docs/configuration.md"),
+        ({"ssh_connection": ""}, "invalid ssh_connection= from config file {path} (empty): "
+                                 "must be ssh://user@host:port/remote/socket/path; leave it out"),
+    ],
+)
+def test_config_file_mistakes_name_the_fix(tmp_path: Path, content: object, message: str) -> None:
+    """Quoted numbers, trailing commas, comments, typos in keys: each says what to write."""
+    path = write(tmp_path, content)
+    with pytest.raises(ConfigError) as err:
+        load_config({}, config_path=path, environ={})
+    assert message.replace("{path}", path) in str(err.value)
+    assert "\n" not in str(err.value) and "allowed keys are" not in str(err.value)
+
+
+@pytest.mark.parametrize("key", ["ssh_connection", "listen"])
+def test_empty_flag_is_an_error_not_the_default(key: str) -> None:
+    """--ssh-connection "" (or --listen "") is refused, not silently read as unset."""
+    with pytest.raises(ConfigError, match=rf"^invalid {key}= from --{key.replace('_', '-')} "
+                                          r"\(empty\): must be .*; leave it out") as err:
+        load_config({key: ""}, environ={})
+    assert err.value.exit_code == 2
+
+
 def test_missing_config_file(tmp_path: Path) -> None:
     """A config file that cannot be read is named."""
     with pytest.raises(ConfigError, match=r"cannot read config file .*nope\.json"):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
-from container_desktop_relay.commands.dockerctx import docker_host
+from container_desktop_relay.commands.dockerctx import docker_host, main
 from container_desktop_relay.config import load_config
+from container_desktop_relay.errors import ConfigError
 
 
 @pytest.mark.parametrize(("flags", "host"), [
@@ -18,3 +21,15 @@ from container_desktop_relay.config import load_config
 def test_docker_host(flags: dict[str, str], host: str) -> None:
     """--listen wins over --named-pipe; pipes use forward slashes as Docker expects."""
     assert docker_host(load_config(flags, environ={})) == host
+
+
+@pytest.mark.parametrize("flags", [[], ["--named-pipe", "npipe:////./pipe/cdr"],
+                                   ["--forward", "npipe:////./pipe/a=/run/a.sock"]])
+def test_named_pipe_refused_off_windows(monkeypatch: pytest.MonkeyPatch,
+                                        flags: list[str]) -> None:
+    """Off Windows a pipe context is refused as the client refuses the pipe: exit 2, the fix."""
+    monkeypatch.setattr(sys, "platform", "linux")
+    with pytest.raises(ConfigError, match=r"named pipes exist only on Windows; use --listen "
+                                          r"unix:///path/relay\.sock here") as err:
+        main(["ctx", *flags])
+    assert err.value.exit_code == 2

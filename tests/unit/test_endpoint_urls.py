@@ -62,5 +62,6 @@ def test_npipe_elsewhere_is_a_clear_listen_error(monkeypatch: pytest.MonkeyPatch
     async def run() -> None:
         await open_listener(ep, asyncio.Protocol, buffer_size=8192)
 
-    with pytest.raises(ListenError, match="named pipes exist only on Windows"):
+    with pytest.raises(ListenError, match="named pipes exist only on Windows") as err:
         asyncio.run(run())
+    assert isinstance(err.value, ConfigError) and err.value.exit_code == 2  # an input mistake

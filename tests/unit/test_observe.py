@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import re
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -29,6 +31,7 @@ from container_desktop_relay.observability.observe import (
     ready_view,
     rfc3339,
 )
+from container_desktop_relay.runtime.portowner import describe_holder
 from container_desktop_relay.runtime.state import RoleState
 from container_desktop_relay.ssh import patches as sshfix
 from obs_helpers import Clock, finish, open_connection
@@ -343,12 +346,17 @@ async def test_explicit_busy_port_is_config_error_and_unbinds_the_rest() -> None
             await obs.start()
         assert str(info.value) == (
             f"cannot listen for /metrics on 127.0.0.1:{port}: address already in use "
-            f"(metrics_port={port} from --metrics-port: choose a free port, 0 for any, or "
-            "leave it unset)")
+            f"(held by {_this_process()}) (metrics_port={port} from --metrics-port: choose a "
+            "free port, 0 for any, or leave it unset)")
         assert info.value.exit_code == 2
         assert obs._servers == []
     finally:
         busy.close()
+
+
+def _this_process() -> str:
+    """How a port-in-use message names this test process."""
+    return describe_holder(os.getpid(), Path("/proc/self/cmdline").read_bytes(), "")
 
 
 @pytest.mark.asyncio
@@ -368,6 +376,9 @@ async def test_busy_default_port_is_logged_and_skipped(caplog: pytest.LogCapture
         warned = [r for r in caplog.records if r.getMessage() == "observability_port_in_use"]
         assert len(warned) == 1 and warned[0].levelno == logging.WARNING
         assert warned[0].__dict__["port"] == port
+        assert warned[0].__dict__["error"].endswith(
+            f"(held by {_this_process()}; stop that process or choose another port with "
+            "--health-check-port)")
         async with aiohttp.ClientSession() as session:
             url = f"http://127.0.0.1:{ports['metrics']}/metrics"
             assert (await session.get(url)).status == 200

@@ -17,7 +17,7 @@ from container_desktop_relay.observability.metrics import Metrics
 from container_desktop_relay.observability.observe import Observability
 from container_desktop_relay.runtime.state import RoleState
 from container_desktop_relay.ssh import patches as sshfix
-from helpers import FACTOR, relay_cmd, relay_env, run_relay
+from helpers import FACTOR, fatal, relay_cmd, relay_env, run_relay
 from obs_helpers import finish, open_connection
 
 
@@ -191,6 +191,17 @@ def test_status_derived_port_not_served() -> None:
         "endpoints; its log says observability_port_in_use)")
 
 
+def test_status_of_a_client_without_endpoints_says_how_to_turn_them_on() -> None:
+    """A client serves nothing by default: the line says so and names both flags, exit 2."""
+    port = closed_port()
+    result = run_relay("status", "--role", "client", "--port", str(port - 59))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().startswith(
+        f"not served: no relay answers at http://127.0.0.1:{port}/health: connection refused "
+        "(a client serves /health, /ready and /metrics only when started with "
+        "--health-check-enabled and --metrics-enabled: they are off by default;")
+
+
 def test_status_nothing_answers_exits_2() -> None:
     """No relay on the port: exit 2 with one line on stderr."""
     port = closed_port()
@@ -208,7 +219,7 @@ def test_status_bad_usage_exits_2_with_one_line(args: tuple[str, ...]) -> None:
     result = run_relay("status", *args)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
-    assert result.stderr.startswith("container-desktop-relay: error: ")
+    assert fatal(result.stderr, 2)
     assert result.stdout == ""
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from container_desktop_relay.commands.service import _quote, render_unit
+from container_desktop_relay.commands.service import _quote, render_unit, run
+from container_desktop_relay.errors import ConfigError
 from helpers import REPO
 
 
@@ -34,3 +37,12 @@ def test_user_unit_keeps_home_reachable() -> None:
     system = render_unit(user=False)
     assert "ProtectHome=yes\n" in system and "StateDirectory=container-desktop-relay\n" in system
     assert "CapabilityBoundingSet=\n" in system
+
+
+def test_missing_unit_dir_is_refused_not_created(tmp_path: Path) -> None:
+    """--unit-dir naming no directory: exit 2 naming it; nothing is created."""
+    missing = tmp_path / "nonexistent"
+    with pytest.raises(ConfigError, match=rf"^invalid --unit-dir {missing}: no such "
+                                          "directory; create it first") as err:
+        run(["--unit-dir", str(missing)])
+    assert err.value.exit_code == 2 and not missing.exists()

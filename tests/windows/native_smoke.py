@@ -73,7 +73,9 @@ def main() -> None:
             second = subprocess.run(client(exe, tmp, name), capture_output=True, text=True,
                                     timeout=120)
             refusal = f"named pipe {pipe} already exists (owned by another process)"
-            assert second.returncode != 0 and refusal in second.stderr, second.stderr
+            fatal = [json.loads(ln) for ln in second.stderr.splitlines() if '"fatal"' in ln]
+            assert second.returncode != 0 and fatal, second.stderr
+            assert refusal in fatal[-1]["message"], second.stderr  # parsed: the line escapes \\
         finally:
             first.kill()
             first.wait()

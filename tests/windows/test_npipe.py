@@ -141,8 +141,10 @@ def test_pipe_name_in_use_is_refused(wine: Wine, pipe_client: PipeClient,
     args = client_args(session_keys, workdir, server.port, targets.path, pipe_client.url)
     done = wine.run(args, timeout=180)
     assert done.returncode != 0
+    fatal = [json.loads(ln) for ln in done.stderr.splitlines() if '"fatal"' in ln]
+    assert fatal, done.stderr + done.stdout  # parsed: the raw line escapes the pipe's \\
     assert (f"named pipe {pipe_client.pipe} already exists (owned by another process)"
-            in done.stderr + done.stdout)
+            in fatal[-1]["message"]), done.stderr
 
 
 def test_dacl_read_back_is_the_intended_sddl(wine: Wine, pipe_client: PipeClient) -> None:

@@ -90,15 +90,20 @@ def main(argv: Sequence[str]) -> int:
     """Print the command, or create/update the context with the docker CLI.
 
     Raises:
-        ConfigError: a bad context name or setting (exit 2).
+        ConfigError: a bad context name or setting, a named pipe off Windows (exit 2).
         RelayError: the docker CLI is missing or refused (exit 1).
     """
+    from container_desktop_relay.endpoints import require_available
+    from container_desktop_relay.ssh.forwards import client_forwards
+
     args = vars(build_parser().parse_args(list(argv)))
     names, create = args.pop("names"), args.pop("create")
     for name in names:
         if not _NAME.match(name):
             raise ConfigError(f"invalid context name {name!r}: must match {_NAME.pattern}")
     config = load_config(args, config_path=args.pop("config_file", None))
+    for fwd in client_forwards(config):  # as the client refuses them: a pipe off Windows
+        require_available(fwd.endpoint)
     hosts = docker_hosts(config)
     names = context_names(names, len(hosts))
     if not create:

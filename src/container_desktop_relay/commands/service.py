@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from container_desktop_relay.errors import RelayError
+from container_desktop_relay.errors import ConfigError, RelayError
 
 __all__ = ["UNIT_NAME", "default_command", "render_unit", "run", "unit_dir"]
 
@@ -166,6 +166,7 @@ def run(argv: Sequence[str]) -> int:
     """``install-service``: print or write the unit, then say how to enable it.
 
     Raises:
+        ConfigError: ``--unit-dir`` is not an existing directory (exit 2).
         RelayError: the unit cannot be written (exit 1).
     """
     args = _parser().parse_args(list(argv))
@@ -174,6 +175,9 @@ def run(argv: Sequence[str]) -> int:
         sys.stdout.write(text)
         return 0
     directory = Path(args.unit_dir) if args.unit_dir else unit_dir(user=args.user)
+    if args.unit_dir and not directory.is_dir():  # a typo must not become a new directory
+        raise ConfigError(f"invalid --unit-dir {directory}: no such directory; create it "
+                          f"first, or leave --unit-dir out for {unit_dir(user=args.user)}")
     target = directory / UNIT_NAME
     try:
         directory.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from container_desktop_relay.cli import PROG, _Parser, _platform_role
 from container_desktop_relay.config import load_config
 from container_desktop_relay.durations import parse_duration
 from container_desktop_relay.errors import ConfigError
+from container_desktop_relay.fixes import status_not_served
 
 __all__ = ["Answer", "Report", "build_status_parser", "main", "query", "render_table"]
 
@@ -267,13 +268,9 @@ def main(argv: Sequence[str]) -> int:
         print(f"not served: {report.health.url} answers for the relay on SSH port "
               f"{report.other_relay}, not {ssh_port}; this relay's default port was taken "
               "(its log says observability_port_in_use)", file=sys.stderr)
-    elif report.exit_code == EXIT_UNREACHABLE and derived:
-        print(f"not served: no relay answers at {report.health.url}: {report.health.error} "
-              f"(a relay on SSH port {ssh_port} whose default port was taken runs without "
-              "these endpoints; its log says observability_port_in_use)", file=sys.stderr)
     elif report.exit_code == EXIT_UNREACHABLE:
-        print(f"no relay answers at {report.health.url}: {report.health.error}",
-              file=sys.stderr)
+        print(status_not_served(report.health.url, str(report.health.error), role=role,
+                                ssh_port=ssh_port, derived=derived), file=sys.stderr)
     else:
         print(render_table(report), end="")
     return report.exit_code

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import unquote
 
-from container_desktop_relay.errors import ConfigError, ListenError
+from container_desktop_relay.errors import ConfigError, UnusableEndpoint
 
-__all__ = ["Endpoint", "Listener", "open_listener", "parse_endpoint"]
+__all__ = ["Endpoint", "Listener", "open_listener", "parse_endpoint", "require_available"]
 
 #: Linux's sun_path holds 108 bytes including the terminating NUL.
 MAX_UNIX_PATH = 107
@@ -88,6 +88,19 @@ def _pipe_name(url: str, rest: str) -> str:
     return _PIPE_PREFIX + leaf
 
 
+def require_available(endpoint: Endpoint) -> None:
+    """Refuse an endpoint whose kind this platform lacks (a named pipe off Windows).
+
+    Raises:
+        UnusableEndpoint: exit status 2, naming the ``--listen`` that works here.
+    """
+    if endpoint.scheme == "npipe" and sys.platform != "win32":
+        raise UnusableEndpoint(
+            f"cannot listen on {endpoint}: named pipes exist only on Windows; "
+            "use --listen unix:///path/relay.sock here"
+        )
+
+
 async def open_listener(
     endpoint: Endpoint,
     protocol_factory: Callable[[], asyncio.Protocol],
@@ -98,18 +111,14 @@ async def open_listener(
 
     Raises:
         ListenError: the address is owned by a live listener, cannot be bound, or the
-            scheme is not available on this platform.
+            scheme is not available on this platform (:class:`UnusableEndpoint`, exit 2).
     """
     if endpoint.scheme == "unix":
         from container_desktop_relay.endpoints.unix import start_unix_listener
 
         return await start_unix_listener(endpoint.address, protocol_factory,
                                           buffer_size=buffer_size)
-    if sys.platform != "win32":
-        raise ListenError(
-            f"cannot listen on {endpoint}: named pipes exist only on Windows; "
-            "use --listen unix:///path/relay.sock here"
-        )
+    require_available(endpoint)
     from container_desktop_relay.endpoints.npipe import start_npipe_listener
 
     return await start_npipe_listener(endpoint.address, protocol_factory,

@@ -10,7 +10,7 @@ import socket
 import stat
 from collections.abc import Callable
 
-from container_desktop_relay.errors import ListenError
+from container_desktop_relay.errors import ListenError, UnusableEndpoint
 from container_desktop_relay.log import get_logger
 
 __all__ = ["UnixListener", "probe_socket", "start_unix_listener"]
@@ -66,7 +66,8 @@ def _clear_path(path: str) -> None:
     """Remove a stale socket file at ``path``; refuse anything live or not a socket."""
     parent = os.path.dirname(path) or "."
     if not os.path.isdir(parent):
-        raise ListenError(f"cannot listen on {path}: directory {parent} does not exist")
+        raise UnusableEndpoint(f"cannot listen on {path}: directory {parent} does not exist; "
+                               "create it or choose a socket path in an existing directory")
     try:
         st = os.lstat(path)
     except FileNotFoundError:

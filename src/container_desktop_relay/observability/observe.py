@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from container_desktop_relay.config import Config
 from container_desktop_relay.durations import format_duration
 from container_desktop_relay.errors import ConfigError, ListenError
+from container_desktop_relay.fixes import port_in_use
 from container_desktop_relay.log import get_logger
 from container_desktop_relay.observability import prometheus
 from container_desktop_relay.observability.httpserve import (
@@ -31,6 +32,7 @@ from container_desktop_relay.observability.httpserve import (
     json_response,
 )
 from container_desktop_relay.observability.metrics import Metrics, Snapshot
+from container_desktop_relay.runtime.portowner import tcp_port_holder
 from container_desktop_relay.runtime.state import RoleState
 from container_desktop_relay.ssh import patches as sshfix
 
@@ -300,14 +302,20 @@ class Observability:
             message = f"cannot listen for {what} on {self.host}:{port}: {why}"
             if exc.errno != errno.EADDRINUSE:
                 raise ListenError(message) from None
+            holder = tcp_port_holder(port)
+            held = f" (held by {holder})" if holder else ""
             origin = self._origin(paths)
             if origin is not None:
                 key, source = origin
-                raise ConfigError(f"{message} ({key}={port} from {source}: choose a free "
+                raise ConfigError(f"{message}{held} ({key}={port} from {source}: choose a free "
                                   "port, 0 for any, or leave it unset)") from None
+            flags = " or ".join(f"--{key.replace('_', '-')}" for part, key in
+                                ((HEALTH, "health_check_port"), (METRICS, "metrics_port"))
+                                if part in paths)
             log.warning("observability_port_in_use", extra={
                 "host": self.host, "port": port, "endpoints": what,
-                "error": f"{message}; relaying goes on without them",
+                "error": f"{message}; relaying goes on without them "
+                         + port_in_use(flags, holder),
             })
             return 0
         self._servers.append(server)

@@ -47,6 +47,7 @@ from container_desktop_relay.errors import (
     RelayError,
     TunnelUnavailable,
 )
+from container_desktop_relay.fixes import gave_up, spawn_command
 from container_desktop_relay.log import get_logger
 from container_desktop_relay.observability.metrics import Metrics, account_finished
 from container_desktop_relay.runtime.spawn import ServerProcess
@@ -310,17 +311,12 @@ class RelayClient:
             except TunnelUnavailable as exc:
                 if attempt == attempts:
                     spawner = self.spawner
-                    why = ""
-                    if spawner is not None and spawner.exit_codes:
-                        times = spawner.exits
-                        why = (f"; the spawned server exited with status "
-                               f"{spawner.exit_codes[-1]}"
-                               + (f" ({times} times)" if times > 1 else "")
-                               + " (its output is logged as server_output)")
-                    raise TunnelUnavailable(
-                        f"{exc} (gave up after {attempts} attempt"
-                        f"{'s' if attempts != 1 else ''}){why}"
-                    ) from None
+                    raise TunnelUnavailable(gave_up(
+                        str(exc), attempts, host=self.target.host, port=self.target.port,
+                        spawn_command=spawn_command(self.config) if spawner else (),
+                        exit_codes=list(spawner.exit_codes) if spawner else (),
+                        exits=spawner.exits if spawner else 0,
+                    )) from None
                 delay = backoff.next()
                 log.warning("ssh_connect_retry",
                             extra={"attempt": attempt, "delay_s": round(delay, 3),

@@ -22,8 +22,10 @@ from container_desktop_relay.core.ends import ChannelEnd, TransportEnd
 from container_desktop_relay.core.idle import sweep_idle
 from container_desktop_relay.core.pump import CLIENT, TARGET, Pump
 from container_desktop_relay.errors import SERVER_DRAINING, ListenError
+from container_desktop_relay.fixes import port_in_use
 from container_desktop_relay.log import get_logger
 from container_desktop_relay.observability.metrics import Metrics, account_finished
+from container_desktop_relay.runtime.portowner import tcp_port_holder
 from container_desktop_relay.runtime.state import RoleState
 from container_desktop_relay.ssh import tune as sshtune
 from container_desktop_relay.ssh.authkeys import LINE_OPTION, AuthorizedKeys, AuthorizedKeysReader
@@ -159,6 +161,8 @@ class RelayServer:
             )
         except OSError as exc:
             why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            if exc.errno == errno.EADDRINUSE:
+                why += " " + port_in_use("--port", tcp_port_holder(config.port))
             raise ListenError(f"cannot listen on {config.host}:{config.port}: {why}") from None
         self.port = self._acceptor.get_port()
         self._sweeper = asyncio.create_task(
