@@ -211,7 +211,8 @@ def test_remote_path_the_server_refuses_stops_the_client_at_start(remote: str, w
                        "--log-level", "error", timeout=30)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and f"invalid ssh_connection={url}: {words}" in lines[0], lines
+    assert len(lines) == 1 and f"invalid ssh_connection={url}: {words}" in fatal(
+        result.stderr, 2), lines
     assert "Traceback" not in result.stderr and not (tmp / "c.sock").exists()
 
 
@@ -225,7 +226,7 @@ def test_two_ssh_ports_are_refused(tmp: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, lines
     assert ("invalid port=20122 from --port: ssh_connection=ssh://root@127.0.0.1:20022/tmp/x.sock"
-            " names port 20022, and the client has one SSH port") in lines[0]
+            " names port 20022, and the client has one SSH port") in fatal(result.stderr, 2)
 
 
 def test_url_without_port_connects_to_the_relay_port(request: pytest.FixtureRequest,
