@@ -23,6 +23,7 @@ __all__ = [
     "Config",
     "Option",
     "Source",
+    "allowed_values",
     "config_fields",
     "derived_port",
     "load_config",
@@ -252,6 +253,11 @@ class Source:
 
 _TRUE = {"1", "true", "t", "yes", "y", "on"}
 _FALSE = {"0", "false", "f", "no", "n", "off"}
+
+
+def allowed_values(opt: Option) -> str:
+    """What ``opt`` accepts, as its errors and the docs say it ("an integer from 1 to 65535")."""
+    return _allowed(opt)
 
 
 def _allowed(opt: Option) -> str:
