@@ -46,6 +46,8 @@ class Option:
     zero_disables: bool = False
     env: str | None = None  # extra, unprefixed environment variable (LOG_LEVEL)
     metavar: str | None = None
+    any_case: bool = False  # a choice may be given in any case ("INFO")
+    aliases: tuple[tuple[str, str], ...] = ()  # other names of a choice: ("warning", "warn")
 
 
 def _opt(default: Any, help: str, kind: str, **kw: Any) -> Any:
@@ -120,7 +122,8 @@ class Config:
                                     maximum=65535)
     degraded_threshold: int = _opt(1000, "/health turns 503 'degraded' above this many active "
                                    "connections", "int", minimum=1)
-    log_level: str = _opt("debug", "log level", "str", choices=LOG_LEVELS, env="LOG_LEVEL")
+    log_level: str = _opt("debug", "log level", "str", choices=LOG_LEVELS, env="LOG_LEVEL",
+                          any_case=True, aliases=(("warning", "warn"),))
     asyncssh_patches: str = _opt("all", "asyncssh patches to apply, for diagnosis: all, "
                                  "correctness (the flow-control fixes only) or none (asyncssh "
                                  "as released: slower, and memory is not bounded behind a "
@@ -262,7 +265,9 @@ def allowed_values(opt: Option) -> str:
 
 def _allowed(opt: Option) -> str:
     if opt.choices:
-        return "one of " + ", ".join(opt.choices)
+        notes = ["any case"] if opt.any_case else []
+        notes += [f"{alias} means {name}" for alias, name in opt.aliases]
+        return "one of " + ", ".join(opt.choices) + (f" ({'; '.join(notes)})" if notes else "")
     if opt.kind == "bool":
         return "true or false"
     if opt.kind == "int":
@@ -333,7 +338,8 @@ def _convert(name: str, raw: Any, src: Source, *, from_text: bool) -> Any:
     else:  # str, path
         if not isinstance(raw, str):
             raise bad()
-        value = raw
+        value = raw.strip().lower() if opt.any_case else raw
+        value = dict(opt.aliases).get(value, value)
     _check_range(name, value, opt, bad)
     return value
 
@@ -398,8 +404,7 @@ def env_values(environ: Mapping[str, str]) -> dict[str, Any]:
                     items = [p.strip() for p in raw.split(",") if p.strip()]
                     out[name] = _convert(name, items, Source(var), from_text=True)
                 else:
-                    value = raw.strip().lower() if name == "log_level" else raw
-                    out[name] = _convert(name, value, Source(var), from_text=True)
+                    out[name] = _convert(name, raw, Source(var), from_text=True)
     return out
 
 

@@ -69,6 +69,15 @@ def test_go_spelling_of_a_commands_own_flag(tmp: Path) -> None:
     assert report["ok"] is False and report["checks"]
 
 
+@pytest.mark.parametrize("level", ["INFO", "warning", "Warning", "ERROR"])
+def test_log_level_flag_takes_what_log_level_takes(tmp: Path, level: str) -> None:
+    """--log-level accepts LOG_LEVEL's values in any case, and warning as warn."""
+    result = run_relay("keygen", "--identity-path", str(tmp / "id_rsa"),
+                       "--authorized-keys-path", str(tmp / "ak"), f"-log-level={level}")
+    assert result.returncode == 0, result.stderr
+    assert "private key" in result.stdout
+
+
 def test_bad_config_file_exit_2(tmp: Path) -> None:
     """A malformed config file exits 2 with one line and starts nothing."""
     cfg = tmp / "c.json"

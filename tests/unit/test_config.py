@@ -105,6 +105,24 @@ def test_log_level_env_and_cdr_config_env(tmp_path: Path) -> None:
     assert c.log_level == "warn" and c.port == 4444
 
 
+@pytest.mark.parametrize("given", ["INFO", "Info", "info"])
+def test_log_level_any_case_everywhere(tmp_path: Path, given: str) -> None:
+    """--log-level takes what LOG_LEVEL takes, in any case; so do CDR_LOG_LEVEL and the file."""
+    assert parse_config("server", ["--log-level", given], environ={}).log_level == "info"
+    assert load_config({}, environ={"CDR_LOG_LEVEL": given}).log_level == "info"
+    path = write(tmp_path, {"log_level": given})
+    assert load_config({}, config_path=path, environ={}).log_level == "info"
+
+
+@pytest.mark.parametrize("given", ["warning", "WARNING", "warn"])
+def test_warning_means_warn_everywhere(tmp_path: Path, given: str) -> None:
+    """'warning' is another name of warn: as a flag, in LOG_LEVEL and in the config file."""
+    assert parse_config("client", [f"-log-level={given}"], environ={}).log_level == "warn"
+    assert load_config({}, environ={"LOG_LEVEL": given}).log_level == "warn"
+    path = write(tmp_path, {"log_level": given})
+    assert load_config({}, config_path=path, environ={}).log_level == "warn"
+
+
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
