@@ -142,7 +142,7 @@ class Config:
     watch_process_termination: bool = _opt(False, "exit when the parent process is gone",
                                            "bool")
     parent_process_pid: int = _opt(-1, "PID to watch (a Windows PID under WSL; -1 = the real "
-                                   "parent)", "int", minimum=-1, roles=SERVER)
+                                   "parent)", "int", minimum=-1)
     poll_interval: float = _opt(2.0, "parent-process poll interval (seconds or duration)",
                                 "duration", minimum=0.01)
     max_request_wait_time: float = _opt(5.0, "server: how long connecting to the target socket "

@@ -136,6 +136,16 @@ def test_each_command_shows_only_its_own_flags() -> None:
         assert "--listen" in helped(name) and "--allow-socket" not in helped(name)
 
 
+def test_both_roles_take_what_both_roles_read() -> None:
+    """The client watches its parent too (the Windows app passes its own PID): the flags
+    --watch-process-termination, --parent-process-pid and --poll-interval are both roles'."""
+    for role in ("server", "client"):
+        config = parse_config(role, ["--watch-process-termination", "--parent-process-pid",
+                                     "4242", "--poll-interval", "1s"], environ={})
+        assert (config.watch_process_termination, config.parent_process_pid,
+                config.poll_interval) == (True, 4242, 1.0)
+
+
 def test_help_shows_defaults_as_the_docs_spell_them() -> None:
     """Durations as Go durations (10s) and booleans as false, never Python's 10.0 / False."""
     text = " ".join(find("server").parser().format_help().split())
