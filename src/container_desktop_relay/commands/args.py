@@ -147,8 +147,9 @@ def role_phrase(roles: Iterable[str]) -> str:
 
 def _shown_default(field: dataclasses.Field[Any], opt: Option) -> str:
     """The default as the docs spell it: ``10s``, ``false``; empty when there is none."""
-    default = field.default_factory() if field.default_factory is not dataclasses.MISSING \
-        else field.default
+    default: Any = field.default
+    if field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
     if default in ("", None, []):
         return ""
     if opt.kind == "bool":
