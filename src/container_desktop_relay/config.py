@@ -24,6 +24,7 @@ __all__ = [
     "Config",
     "Option",
     "Source",
+    "allowed_values",
     "config_fields",
     "derived_port",
     "load_config",
@@ -46,6 +47,8 @@ class Option:
     zero_disables: bool = False
     env: str | None = None  # extra, unprefixed environment variable (LOG_LEVEL)
     metavar: str | None = None
+    any_case: bool = False  # a choice may be given in any case ("INFO")
+    aliases: tuple[tuple[str, str], ...] = ()  # other names of a choice: ("warning", "warn")
 
 
 def _opt(default: Any, help: str, kind: str, **kw: Any) -> Any:
@@ -122,7 +125,8 @@ class Config:
                                     maximum=65535)
     degraded_threshold: int = _opt(1000, "/health turns 503 'degraded' above this many active "
                                    "connections", "int", minimum=1)
-    log_level: str = _opt("debug", "log level", "str", choices=LOG_LEVELS, env="LOG_LEVEL")
+    log_level: str = _opt("debug", "log level", "str", choices=LOG_LEVELS, env="LOG_LEVEL",
+                          any_case=True, aliases=(("warning", "warn"),))
     asyncssh_patches: str = _opt("all", "asyncssh patches to apply, for diagnosis: all, "
                                  "correctness (the flow-control fixes only) or none (asyncssh "
                                  "as released: slower, and memory is not bounded behind a "
@@ -141,7 +145,7 @@ class Config:
     watch_process_termination: bool = _opt(False, "exit when the parent process is gone",
                                            "bool")
     parent_process_pid: int = _opt(-1, "PID to watch (a Windows PID under WSL; -1 = the real "
-                                   "parent)", "int", minimum=-1, roles=SERVER)
+                                   "parent)", "int", minimum=-1)
     poll_interval: float = _opt(2.0, "parent-process poll interval (seconds or duration)",
                                 "duration", minimum=0.01)
     max_request_wait_time: float = _opt(5.0, "server: how long connecting to the target socket "
@@ -257,9 +261,16 @@ _TRUE = {"1", "true", "t", "yes", "y", "on"}
 _FALSE = {"0", "false", "f", "no", "n", "off"}
 
 
+def allowed_values(opt: Option) -> str:
+    """What ``opt`` accepts, as its errors and the docs say it ("an integer from 1 to 65535")."""
+    return _allowed(opt)
+
+
 def _allowed(opt: Option) -> str:
     if opt.choices:
-        return "one of " + ", ".join(opt.choices)
+        notes = ["any case"] if opt.any_case else []
+        notes += [f"{alias} means {name}" for alias, name in opt.aliases]
+        return "one of " + ", ".join(opt.choices) + (f" ({'; '.join(notes)})" if notes else "")
     if opt.kind == "bool":
         return "true or false"
     if opt.kind == "int":
@@ -356,7 +367,8 @@ def _convert(name: str, raw: Any, src: Source, *, from_text: bool) -> Any:
     else:  # str, path
         if not isinstance(raw, str):
             raise bad()
-        value = raw
+        value = raw.strip().lower() if opt.any_case else raw
+        value = dict(opt.aliases).get(value, value)
     _check_range(name, value, opt, bad)
     return value
 
@@ -448,8 +460,7 @@ def env_values(environ: Mapping[str, str]) -> dict[str, Any]:
                     items = [p.strip() for p in raw.split(",") if p.strip()]
                     out[name] = _convert(name, items, Source(var), from_text=True)
                 else:
-                    value = raw.strip().lower() if name == "log_level" else raw
-                    out[name] = _convert(name, value, Source(var), from_text=True)
+                    out[name] = _convert(name, raw, Source(var), from_text=True)
     return out
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from container_desktop_relay.commands.registry import COMMANDS
 from helpers import (
     EchoTarget,
     Keys,
@@ -31,6 +32,7 @@ pytestmark = pytest.mark.e2e
         (["server", "--bogus"], "unrecognized arguments: --bogus"),
         (["server", "--port"], "expected one argument"),
         (["frobnicate"], "unknown command 'frobnicate'"),
+        (["stauts", "--json"], "unknown command 'stauts'; did you mean 'status'?"),
         (["--buffer-size", "12"], "invalid buffer_size=12"),
         (["server", "--log-level", "verbose"], "invalid log_level=verbose"),
         (["client", "--ssh-connection", ""], "invalid ssh_connection= from --ssh-connection "
@@ -41,6 +43,14 @@ pytestmark = pytest.mark.e2e
          "invalid --unit-dir /nonexistent/units: no such directory; create it first"),
         (["docker-context", "ctx"], "cannot listen on npipe:////./pipe/container-desktop: "
                                     "named pipes exist only on Windows; use --listen unix://"),
+        (["server", "-max-conn", "0"], "--max-conn 0; did you mean --max-connections?"),
+        (["server", "--max-conn", "0"], "--max-conn 0; did you mean --max-connections?"),
+        (["client", "--allow-socket", "/x"],
+         "--allow-socket is a server flag; the client does not use it"),
+        (["server", "--listen", "unix:///tmp/x.sock", "--ssh-connection", "ssh://u@h/x"],
+         "--listen is a client flag; the server does not use it"),
+        (["keygen", "-port", "20122"], "--port is a server and client flag; keygen does not"),
+        (["status", "--create"], "--create is a docker-context flag; status does not use it"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args: list[str], needle: str) -> None:
@@ -50,8 +60,45 @@ def test_bad_input_is_one_line_exit_2(args: list[str], needle: str) -> None:
     assert result.returncode == 2
     assert needle in fatal(result.stderr, 2)
     assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.count("container-desktop-relay") <= 2  # the prefix, a --help hint
     assert "Traceback" not in result.stderr
     assert not Path("/nonexistent").exists()  # install-service made no directory
+
+
+def test_unknown_command_names_the_program_once() -> None:
+    """An unknown command is one line with the program's name once and the closest command."""
+    result = run_relay("sever", "--port", "20022")
+    assert result.returncode == 2 and result.stdout == ""
+    assert fatal(result.stderr, 2) == ("unknown command 'sever'; did you mean 'server'? "
+                                       "(--help lists them)")
+    assert "container-desktop-relay" not in result.stderr  # the JSON line needs no prefix
+
+
+@pytest.mark.parametrize("command", [c.name for c in COMMANDS])
+def test_go_help_spelling_for_every_command(command: str) -> None:
+    """`COMMAND -help` prints the command's help and exits 0, as --help and -h do."""
+    for spelling in ("-help", "-h", "--help"):
+        result = run_relay(command, spelling)
+        assert result.returncode == 0 and result.stderr == "", (spelling, result.stderr)
+        assert result.stdout.startswith(f"usage: container-desktop-relay {command}")
+
+
+def test_go_spelling_of_a_commands_own_flag(tmp: Path) -> None:
+    """`doctor -json` (as the README promises for every flag) runs and prints JSON."""
+    result = run_relay("doctor", "-json", "-identity-path", str(tmp / "none"),
+                       "-listen", f"unix://{tmp}/relay.sock", "-timeout=1s")
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is False and report["checks"]
+
+
+@pytest.mark.parametrize("level", ["INFO", "warning", "Warning", "ERROR"])
+def test_log_level_flag_takes_what_log_level_takes(tmp: Path, level: str) -> None:
+    """--log-level accepts LOG_LEVEL's values in any case, and warning as warn."""
+    result = run_relay("keygen", "--identity-path", str(tmp / "id_rsa"),
+                       "--authorized-keys-path", str(tmp / "ak"), f"-log-level={level}")
+    assert result.returncode == 0, result.stderr
+    assert "private key" in result.stdout
 
 
 @pytest.mark.parametrize(("content", "needle"), [
@@ -111,14 +158,20 @@ def test_open_key_refused_exit_2(keys: Keys) -> None:
 
 
 def test_help_documents_every_flag() -> None:
-    """--help lists every configuration key with its env var."""
+    """server --help and client --help list every key of their role with its env var, and
+    none of the other role's; defaults are spelled as in the docs (10s, false)."""
     from container_desktop_relay.config import config_fields
 
-    result = run_relay("server", "--help")
-    assert result.returncode == 0
-    for f, _ in config_fields():
-        assert "--" + f.name.replace("_", "-") in result.stdout
-        assert "CDR_" + f.name.upper() in result.stdout
+    for role in ("server", "client"):
+        result = run_relay(role, "--help")
+        assert result.returncode == 0
+        for f, opt in config_fields():
+            flag = "--" + f.name.replace("_", "-") + " "
+            assert (flag in result.stdout) == (role in opt.roles), (role, flag)
+            assert ("CDR_" + f.name.upper() in result.stdout) == (role in opt.roles)
+        shown = " ".join(result.stdout.split())
+        assert "(default: 10s)" in shown and "(default: false)" in shown
+        assert "10.0" not in shown and "False" not in shown
     top = run_relay("--help")
     assert top.returncode == 0 and "server" in top.stdout and "keygen" in top.stdout
 

@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from container_desktop_relay.cli import COMMANDS
 from container_desktop_relay.commands.completion import SHELLS, script
+from container_desktop_relay.commands.registry import COMMANDS
 from container_desktop_relay.config import config_fields
 
 
@@ -16,8 +16,8 @@ from container_desktop_relay.config import config_fields
 def test_script_names_every_command_and_flag(shell: str) -> None:
     """Each script lists every command and every configuration flag (the --flag spelling)."""
     text = script(shell)
-    for name in COMMANDS:
-        assert name in text, name
+    for command in COMMANDS:
+        assert command.name in text, command.name
     for f, _ in config_fields():
         assert "--" + f.name.replace("_", "-") in text, f.name
     assert "--unit-dir" in text and "--user" in text

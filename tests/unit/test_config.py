@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from container_desktop_relay.cli import build_parser, parse_config
+from container_desktop_relay.commands.args import ArgumentError
+from container_desktop_relay.commands.registry import find, parse_config
 from container_desktop_relay.config import (
     Option,
     config_fields,
@@ -104,6 +105,24 @@ def test_log_level_env_and_cdr_config_env(tmp_path: Path) -> None:
     assert c.log_level == "warn" and c.port == 4444
 
 
+@pytest.mark.parametrize("given", ["INFO", "Info", "info"])
+def test_log_level_any_case_everywhere(tmp_path: Path, given: str) -> None:
+    """--log-level takes what LOG_LEVEL takes, in any case; so do CDR_LOG_LEVEL and the file."""
+    assert parse_config("server", ["--log-level", given], environ={}).log_level == "info"
+    assert load_config({}, environ={"CDR_LOG_LEVEL": given}).log_level == "info"
+    path = write(tmp_path, {"log_level": given})
+    assert load_config({}, config_path=path, environ={}).log_level == "info"
+
+
+@pytest.mark.parametrize("given", ["warning", "WARNING", "warn"])
+def test_warning_means_warn_everywhere(tmp_path: Path, given: str) -> None:
+    """'warning' is another name of warn: as a flag, in LOG_LEVEL and in the config file."""
+    assert parse_config("client", [f"-log-level={given}"], environ={}).log_level == "warn"
+    assert load_config({}, environ={"LOG_LEVEL": given}).log_level == "warn"
+    path = write(tmp_path, {"log_level": given})
+    assert load_config({}, config_path=path, environ={}).log_level == "warn"
+
+
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
@@ -120,9 +139,11 @@ def test_flag_spellings(argv: list[str], expected: int) -> None:
 
 def test_boolean_flags_go_style() -> None:
     """A bare boolean flag means true; =false and =true work as in Go."""
-    c = parse_config("server", ["-watch-process-termination", "--secure-host-key=false"],
+    c = parse_config("server", ["-watch-process-termination", "--health-check-enabled=false"],
                      environ={})
-    assert c.watch_process_termination is True and c.secure_host_key is False
+    assert c.watch_process_termination is True and c.health_check_enabled is False
+    c = parse_config("client", ["-secure-host-key=false"], environ={})
+    assert c.secure_host_key is False
     c = parse_config("client", ["--generate-key-pair=true"], environ={})
     assert c.generate_key_pair is True
 
@@ -268,12 +289,15 @@ def _sample(name: str, opt: Option, default: object) -> tuple[str, object]:
 
 @pytest.mark.parametrize("role", ["server", "client"])
 def test_every_key_has_a_flag_and_help(role: str) -> None:
-    """Every config key has --key and -key flags whose help is the key's help, and the flag
-    sets exactly that key."""
-    shown = " ".join(build_parser(role).format_help().split())
+    """Every config key of the role has --key and -key flags whose help is the key's help, and
+    the flag sets exactly that key."""
+    shown = " ".join(find(role).parser().format_help().split())
     defaults = load_config({}, environ={})
     for f, opt in config_fields():
         dashed = f.name.replace("_", "-")
+        if role not in opt.roles:
+            assert f"--{dashed} " not in shown, f"{role} --help shows {f.name}"
+            continue
         assert opt.help, f.name
         assert f"--{dashed} " in shown, f"no flag for {f.name}"
         # (whitespace ignored: argparse wraps long help, at hyphens too)
@@ -307,3 +331,28 @@ def test_range_edges_refused_with_the_reason(key: str, value: str, why: str) -> 
 def test_range_edges_accepted(key: str, value: str, expected: float) -> None:
     """The ends of each range are inside it; 0 disables the idle limits."""
     assert getattr(load_config({key: value}, environ={}), key) == expected
+
+
+@pytest.mark.parametrize("role", ["server", "client"])
+def test_other_roles_keys_are_refused_as_flags_only(tmp_path: Path, role: str) -> None:
+    """A flag of the other role is one line naming the role it belongs to; the same key in the
+    shared config file and in the environment stays allowed."""
+    defaults = load_config({}, environ={})
+    foreign = [(f, opt) for f, opt in config_fields() if role not in opt.roles]
+    assert foreign
+    for f, opt in foreign:
+        dashed = f.name.replace("_", "-")
+        text, value = _sample(f.name, opt, getattr(defaults, f.name))
+        for argv in ([f"--{dashed}", text], [f"-{dashed}={text}"]):
+            with pytest.raises(ArgumentError) as err:
+                parse_config(role, argv, environ={})
+            other = opt.roles[0]
+            assert str(err.value).startswith(
+                f"--{dashed} is a {other} flag; the {role} does not use it"), err.value
+            assert err.value.exit_code == 2
+        path = write(tmp_path, {f.name: f"{value}s" if opt.kind == "duration" else value})
+        from_file = parse_config(role, ["--config", path], environ={})
+        assert getattr(from_file, f.name) == value, f.name
+        from_env = parse_config(role, [], environ={f"CDR_{f.name.upper()}": text})
+        assert getattr(from_env, f.name) == value, f.name
+

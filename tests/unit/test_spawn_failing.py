@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from container_desktop_relay.cli import parse_config
+from container_desktop_relay.commands.registry import parse_config
 from container_desktop_relay.core.backoff import Backoff
 from container_desktop_relay.runtime.spawn import EXIT_HISTORY, ServerProcess, decode_output
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from container_desktop_relay.cli import parse_config
+from container_desktop_relay.commands.registry import parse_config
 from container_desktop_relay.errors import KeyFileError
 from container_desktop_relay.runtime.roles import run_client
 from container_desktop_relay.runtime.tidfile import (

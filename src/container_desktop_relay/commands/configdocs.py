@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import sys
 from typing import Any
 
-from container_desktop_relay.config import ENV_PREFIX, Option, _allowed, config_fields
+from container_desktop_relay.commands.registry import COMMANDS
+from container_desktop_relay.config import ENV_PREFIX, Option, allowed_values, config_fields
 from container_desktop_relay.durations import format_duration
 
-__all__ = ["render"]
+__all__ = ["render", "run"]
 
 _TYPES = {
     "str": "string",
@@ -31,7 +34,7 @@ Every setting can be given in four places. A later one overrides an earlier one:
 2. a JSON **config file** named by `--config FILE` (or `CDR_CONFIG`): one object whose keys are
    the JSON keys below, e.g. `{"port": 20022, "connect_timeout": "5s"}`;
 3. the **environment**: `CDR_<KEY>` (e.g. `CDR_PORT=20023`), plus `LOG_LEVEL`;
-4. **flags**: `--flag value`, `--flag=value` or Go's `-flag value`.
+4. **flags**: `--flag value`, `--flag=value` or Go's `-flag value` and `-flag=value`.
 
 Types: a *duration* is `"5s"`, `"1m30s"`, `"250ms"` or a plain number of seconds; a *boolean*
 flag is `--flag`, `--flag=true` or `--flag=false` (in the environment: `true`/`false`,
@@ -41,7 +44,10 @@ checked at start: a bad value, an unknown key or malformed JSON stops the relay 
 naming the key, the value, where it came from and what is allowed (exit status 2).
 
 The *role* column says which role reads the key: `server` (inside Linux/WSL), `client` (the
-desktop side) or `both`.
+desktop side) or `both`. A command takes only the flags of its own keys ([Commands](#commands)
+lists them): a flag of the other role is refused with one line naming the role it belongs to
+(exit status 2). The config file and the environment may hold keys of both roles, so that both
+can share one file.
 """
 
 _GROUPS = (
@@ -79,7 +85,7 @@ def _row(f: dataclasses.Field[Any], opt: Option) -> str:
     flag = "--" + f.name.replace("_", "-")
     env = [f"`{ENV_PREFIX}{f.name.upper()}`"] + ([f"`{opt.env}`"] if opt.env else [])
     kind = _TYPES[opt.kind] + ("; repeatable flag" if opt.kind == "list" else "")
-    allowed = _allowed(opt)
+    allowed = allowed_values(opt)
     meaning = opt.help + ("" if allowed in ("a string", "a list of strings")
                           else f"; allowed: {allowed}")
     cells = [f"`{f.name}`", f"`{flag}`", ", ".join(env), kind, _default(f, opt),
@@ -87,8 +93,39 @@ def _row(f: dataclasses.Field[Any], opt: Option) -> str:
     return "| " + " | ".join(_cell(c) for c in cells) + " |"
 
 
+def _takes(operands: list[str], flags: list[str]) -> str:
+    """What a command takes, for the commands table: the settings of a role as one phrase."""
+    keys = {"--" + f.name.replace("_", "-"): opt for f, opt in config_fields()}
+    own = [f for f in flags if f.startswith("--") and f != "--help"]
+    settings = {f for f in own if f in keys}
+    words = [f"`{name}`" for name in operands]
+    for role in ("server", "client"):
+        if settings and settings == {f for f, opt in keys.items() if role in opt.roles}:
+            words += [f"`{f}`" for f in own if f not in settings]
+            return ", ".join([*words, f"the settings of role `{role}` or `both`"])
+    return ", ".join(words + [f"`{f}`" for f in own]) or "(nothing)"
+
+
+_COMMANDS_HEADER = """
+## Commands
+
+What each command takes besides `--help` (and Go's `-flag` spelling of each flag). Without a
+command, the platform's role runs: `server` on Linux, `client` on Windows.
+
+| command | what it does | takes |
+|---|---|---|
+"""
+
+
+def _commands() -> str:
+    rows = [f"| `{c.name}` | {_cell(c.summary)} | "
+            f"{_takes(c.parser().operands(), c.parser().flags())} |" for c in COMMANDS]
+    return _COMMANDS_HEADER + "\n".join(rows) + "\n"
+
+
 def render() -> str:
-    """The whole Markdown reference: precedence, types, then one table row per key."""
+    """The whole Markdown reference: precedence, types, one table row per key, then the
+    commands and the flags each takes."""
     fields = config_fields()
     parts = [_HEADER]
     for role, title in _GROUPS:
@@ -98,4 +135,12 @@ def render() -> str:
         parts.append(f"\n## {title}\n\n"
                      "| JSON key | flag | environment | type | default | role | meaning |\n"
                      "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    parts.append(_commands())
     return "".join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``config-docs``: print the reference (it takes no flags)."""
+    del args
+    sys.stdout.write(render())
+    return 0

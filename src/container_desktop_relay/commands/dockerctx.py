@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from container_desktop_relay.config import Config, load_config
 from container_desktop_relay.errors import ConfigError, RelayError
 
-__all__ = ["build_parser", "context_names", "docker_host", "docker_hosts", "main"]
+__all__ = ["context_names", "docker_host", "docker_hosts", "main"]
 
 # The Docker CLI's own rule for context names.
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.+-]+$")
@@ -64,30 +64,13 @@ def context_names(names: Sequence[str], count: int) -> list[str]:
     return list(names)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """``docker-context``'s flags: the context name, --create, and every client setting."""
-    from container_desktop_relay.cli import PROG, _new_parser, add_config_flags
-
-    parser = _new_parser(
-        f"{PROG} docker-context",
-        "Print (or, with --create, run) the docker command that makes a context for the "
-        "client's endpoint (one per --forward); then 'docker context use NAME'.",
-    )
-    parser.add_argument("names", metavar="NAME", nargs="+",
-                        help="the Docker context name; with several --forward, one name per "
-                             "forward, or one name that becomes NAME-1, NAME-2, ...")
-    parser.add_argument("--create", action="store_true",
-                        help="run docker context create (or update, when NAME exists)")
-    add_config_flags(parser, ("client",))
-    return parser
-
-
 def _join(argv: list[str]) -> str:
     return subprocess.list2cmdline(argv) if sys.platform == "win32" else shlex.join(argv)
 
 
-def main(argv: Sequence[str]) -> int:
-    """Print the command, or create/update the context with the docker CLI.
+def main(namespace: argparse.Namespace) -> int:
+    """Print the command, or create/update the context with the docker CLI (flags: see
+    commands.registry).
 
     Raises:
         ConfigError: a bad context name or setting, a named pipe off Windows (exit 2).
@@ -96,7 +79,7 @@ def main(argv: Sequence[str]) -> int:
     from container_desktop_relay.endpoints import require_available
     from container_desktop_relay.ssh.forwards import client_forwards
 
-    args = vars(build_parser().parse_args(list(argv)))
+    args = dict(vars(namespace))
     names, create = args.pop("names"), args.pop("create")
     for name in names:
         if not _NAME.match(name):

@@ -29,7 +29,7 @@ from container_desktop_relay.runtime.state import SERVER_UNAVAILABLE
 from container_desktop_relay.ssh import tune as sshtune
 from container_desktop_relay.ssh.forwards import Forward
 
-__all__ = ["Check", "Doctor", "build_parser", "main", "ping_stream"]
+__all__ = ["Check", "Doctor", "main", "ping_stream"]
 
 PING = b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n"
 OK, FAIL, SKIP = "ok", "FAIL", "skip"
@@ -626,20 +626,6 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """``doctor``'s flags: every client setting, plus --json and --timeout."""
-    from container_desktop_relay.cli import PROG, _new_parser, add_config_flags
-
-    parser = _new_parser(f"{PROG} doctor",
-                         "Check the client's configuration, keys, server, channel and "
-                         "endpoints in order; print each step ok/FAIL with the fix.")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--timeout", metavar="DURATION", default="5s",
-                        help="bound on each network step (default: 5s)")
-    add_config_flags(parser, ("client",))
-    return parser
-
-
 def render(check: Check) -> str:
     """One check for people: a status line, the fix indented under a failure."""
     text = f"{check.status:<4}  {check.name}: {check.detail}\n"
@@ -660,13 +646,14 @@ def summary(checks: Sequence[Check]) -> str:
     return f"{failed} check(s) failed, {skipped} skipped"
 
 
-def main(argv: Sequence[str], environ: dict[str, str] | None = None) -> int:
-    """Run the doctor; exit status 0 when every check passes, 1 otherwise.
+def main(namespace: argparse.Namespace, environ: dict[str, str] | None = None) -> int:
+    """Run the doctor with its parsed flags (see commands.registry); exit status 0 when every
+    check passes, 1 otherwise.
 
     Raises:
-        ArgumentError/ConfigError: bad doctor flags (exit 2).
+        ConfigError: a bad --timeout (exit 2).
     """
-    args = vars(build_parser().parse_args(list(argv)))
+    args = dict(vars(namespace))
     as_json = args.pop("json")
     try:
         timeout = parse_duration(args.pop("timeout"))

@@ -145,31 +145,14 @@ def unit_dir(*, user: bool) -> Path:
     return Path("/etc/systemd/system")
 
 
-def _parser() -> argparse.ArgumentParser:
-    from container_desktop_relay.cli import PROG, _new_parser
-
-    parser = _new_parser(
-        f"{PROG} install-service",
-        "Write the systemd unit that runs the server role (system unit by default).",
-    )
-    parser.add_argument("--user", action="store_true",
-                        help="the user unit (systemctl --user) instead of the system unit")
-    parser.add_argument("--print", action="store_true", dest="print_only",
-                        help="print the unit instead of writing it")
-    parser.add_argument("--unit-dir", metavar="DIR",
-                        help="directory to write the unit to (default: /etc/systemd/system, "
-                             "or ~/.config/systemd/user with --user)")
-    return parser
-
-
-def run(argv: Sequence[str]) -> int:
-    """``install-service``: print or write the unit, then say how to enable it.
+def run(args: argparse.Namespace) -> int:
+    """``install-service``: print or write the unit, then say how to enable it (flags: see
+    commands.registry).
 
     Raises:
         ConfigError: ``--unit-dir`` is not an existing directory (exit 2).
         RelayError: the unit cannot be written (exit 1).
     """
-    args = _parser().parse_args(list(argv))
     text = render_unit(user=args.user, command=default_command())
     if args.print_only:
         sys.stdout.write(text)

@@ -13,20 +13,19 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
-from container_desktop_relay.cli import PROG, _Parser, _platform_role
+from container_desktop_relay.commands.args import platform_role
 from container_desktop_relay.config import load_config
 from container_desktop_relay.durations import parse_duration
 from container_desktop_relay.errors import ConfigError
 from container_desktop_relay.fixes import status_not_served
 
-__all__ = ["Answer", "Report", "build_status_parser", "main", "query", "render_table"]
+__all__ = ["Answer", "Report", "main", "query", "render_table"]
 
 EXIT_OK = 0
 EXIT_UNHEALTHY = 1
@@ -200,41 +199,12 @@ def _patches_row(patches: dict[str, Any]) -> str:
     return row + (f", {len(left)} not applied" if left else "")
 
 
-def build_status_parser() -> argparse.ArgumentParser:
-    """The ``status`` parser (bad flags: one line, exit 2)."""
-    parser = _Parser(prog=f"{PROG} status", allow_abbrev=False,
-                     description="Query a running relay's /health, /ready and /metrics. Exit 0 "
-                                 "when healthy and ready, 1 otherwise, 2 when nothing answers.")
-    parser.add_argument("--host", "-host", dest="health_check_host", metavar="ADDRESS",
-                        help="address the endpoints listen on (default: health_check_host, "
-                             "127.0.0.1)")
-    parser.add_argument("--port", "-port", metavar="N",
-                        help="the relay's SSH port (the server's own, the one a client connects "
-                             "to); the default endpoint ports derive from it (default: 20022)")
-    parser.add_argument("--health-check-port", "-health-check-port", metavar="N",
-                        help="port of /health and /ready (default: SSH port + 58 for a server, "
-                             "+ 59 for a client: 20080, 20081)")
-    parser.add_argument("--metrics-port", "-metrics-port", metavar="N",
-                        help="port of /metrics (default: SSH port + 68 for a server, + 69 for "
-                             "a client: 20090, 20091)")
-    parser.add_argument("--config", "-config", metavar="FILE", dest="config_file",
-                        help="the relay's JSON config file (ports and host are read from it)")
-    parser.add_argument("--role", "-role", choices=("server", "client"),
-                        help="whose default ports to use (default: this platform's role)")
-    parser.add_argument("--timeout", "-timeout", default="3s", metavar="DURATION",
-                        help="how long to wait for each answer (default: 3s)")
-    parser.add_argument("--json", "-json", action="store_true",
-                        help="print the answers as one JSON object")
-    return parser
-
-
-def main(argv: Sequence[str]) -> int:
-    """Run ``status``; returns the exit status.
+def main(args: argparse.Namespace) -> int:
+    """Run ``status`` with its parsed flags (see commands.registry); returns the exit status.
 
     Raises:
-        ArgumentError / ConfigError: bad flags or configuration (exit 2).
+        ConfigError: bad flags or configuration (exit 2).
     """
-    args = build_status_parser().parse_args(list(argv))
     try:
         timeout = parse_duration(args.timeout)
     except ValueError:
@@ -244,7 +214,7 @@ def main(argv: Sequence[str]) -> int:
     flags = {key: getattr(args, key) for key in ("health_check_host", "health_check_port",
                                                  "metrics_port", "port")}
     config = load_config(flags, config_path=args.config_file)
-    role = args.role or _platform_role()
+    role = args.role or platform_role()
     host = _WILDCARDS.get(config.health_check_host, config.health_check_host)
     health_port = config.effective_health_port(role)
     metrics_port: int | None = config.effective_metrics_port(role)

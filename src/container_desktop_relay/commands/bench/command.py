@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from container_desktop_relay.commands.args import ArgumentError
 from container_desktop_relay.commands.bench import chains, startup, workloads
 from container_desktop_relay.commands.bench.report import (
     ChainResult,
@@ -25,12 +26,13 @@ from container_desktop_relay.commands.bench.report import (
     table,
     verdicts,
 )
+from container_desktop_relay.commands.registry import BENCH_CHAINS
 
 T = TypeVar("T")
 
-__all__ = ["CHAINS", "Plan", "build_parser", "run_bench", "run_bench_command"]
+__all__ = ["CHAINS", "Plan", "run_bench", "run_bench_command"]
 
-CHAINS = ("direct", "openssh", "relay")
+CHAINS = BENCH_CHAINS
 MIB = 1024 * 1024
 
 
@@ -64,34 +66,6 @@ class Plan:
             rounds=rounds or base.rounds, concurrent_timeout=base.concurrent_timeout,
             startup_runs=(3 if quick else 5) if startup_runs is None else startup_runs,
         )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``bench`` flags (bad flags: one line, exit status 2)."""
-    from container_desktop_relay.cli import PROG, _Parser
-
-    parser = _Parser(
-        prog=f"{PROG} bench", allow_abbrev=False,
-        description="Run the same byte-verified workloads through the bare socket (direct), "
-                    "OpenSSH (sshd + ssh -L) and this relay (client -> server) to one local "
-                    "Unix-socket target; print a table and optionally write JSON.")
-    parser.add_argument("--quick", action="store_true",
-                        help="small sizes, one round: under a minute (CI, smoke checks)")
-    parser.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
-    parser.add_argument("--chains", default=",".join(CHAINS),
-                        help=f"comma-separated subset of {','.join(CHAINS)} (default: all)")
-    parser.add_argument("--rounds", type=int, metavar="N",
-                        help="rounds per chain, chains alternating; medians are reported "
-                             "(default: 3, --quick: 1)")
-    parser.add_argument("--conns", type=int, metavar="N",
-                        help="concurrent connections (default: 1000, --quick: 200)")
-    parser.add_argument("--bulk-mib", type=int, metavar="N",
-                        help="MiB per bulk direction (default: 512, --quick: 32)")
-    parser.add_argument("--startup-runs", type=int, metavar="N",
-                        help="starts of sshd and of the relay's server (from this Python and, "
-                             "when built, dist/'s Linux relay), timed from exec to the SSH "
-                             "banner; medians reported (default: 5, --quick: 3, 0: skip)")
-    return parser
 
 
 def _progress(msg: str) -> None:
@@ -253,14 +227,12 @@ async def _startup(workdir: Path, keys: dict[str, Path], runs: int,
     return doc
 
 
-def run_bench_command(argv: Sequence[str]) -> int:
-    """Entry point of ``bench``: 0 when every chain that ran verified all its bytes."""
-    args = build_parser().parse_args(list(argv))
+def run_bench_command(args: argparse.Namespace) -> int:
+    """Entry point of ``bench`` (flags: see commands.registry): 0 when every chain that ran
+    verified all its bytes."""
     names = [n.strip() for n in args.chains.split(",") if n.strip()]
     unknown = sorted(set(names) - set(CHAINS))
     if unknown or not names:
-        from container_desktop_relay.cli import ArgumentError
-
         raise ArgumentError(f"--chains: unknown chain(s) {', '.join(unknown) or '(none)'}; "
                             f"choose from {', '.join(CHAINS)}")
     plan = Plan.make(quick=args.quick, rounds=args.rounds, conns=args.conns,
