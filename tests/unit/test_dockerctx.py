@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from container_desktop_relay.commands.dockerctx import docker_host, main
+from container_desktop_relay.commands.registry import find
 from container_desktop_relay.config import load_config
 from container_desktop_relay.errors import ConfigError
 
@@ -31,5 +32,5 @@ def test_named_pipe_refused_off_windows(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(sys, "platform", "linux")
     with pytest.raises(ConfigError, match=r"named pipes exist only on Windows; use --listen "
                                           r"unix:///path/relay\.sock here") as err:
-        main(["ctx", *flags])
+        main(find("docker-context").parser().parse_args(["ctx", *flags]))
     assert err.value.exit_code == 2

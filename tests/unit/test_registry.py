@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 
 import pytest
 
@@ -131,7 +132,7 @@ def test_each_command_shows_only_its_own_flags() -> None:
     assert "--listen" in helped("client") and "--allow-socket" not in helped("client")
     keygen = find("keygen").parser().flags()
     assert sorted(keygen) == ["--authorized-keys-path", "--config", "--help",
-                              "--identity-path", "--log-level", "-h"]
+                              "--identity-path", "--log-level", "--print-public", "-h"]
     for name in ("doctor", "docker-context"):
         assert "--listen" in helped(name) and "--allow-socket" not in helped(name)
 
@@ -164,11 +165,11 @@ def test_help_shows_defaults_as_the_docs_spell_them() -> None:
 ])
 def test_unknown_command_suggests_the_closest(name: str, hint: str,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    """An unknown command: one line, the program named once, the closest command, exit 2."""
+    """An unknown command: one JSON fatal line, the closest command, exit 2."""
     assert main([name, "--port", "1"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.count("container-desktop-relay") == 1, err
-    assert err.startswith(f"container-desktop-relay: error: unknown command {name!r}; {hint}")
+    assert err.count("\n") == 1 and "container-desktop-relay" not in err, err
+    assert json.loads(err)["message"].startswith(f"unknown command {name!r}; {hint}")
 
 
 def test_bare_form_runs_the_platform_role(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from container_desktop_relay.commands.registry import find
 from container_desktop_relay.commands.service import _quote, render_unit, run
 from container_desktop_relay.errors import ConfigError
 from helpers import REPO
@@ -44,5 +45,5 @@ def test_missing_unit_dir_is_refused_not_created(tmp_path: Path) -> None:
     missing = tmp_path / "nonexistent"
     with pytest.raises(ConfigError, match=rf"^invalid --unit-dir {missing}: no such "
                                           "directory; create it first") as err:
-        run(["--unit-dir", str(missing)])
+        run(find("install-service").parser().parse_args(["--unit-dir", str(missing)]))
     assert err.value.exit_code == 2 and not missing.exists()

@@ -134,8 +134,10 @@ class Parser(argparse.ArgumentParser):
         reason = self.explain(flag) if self.explain else None
         if reason:
             return reason
-        close = difflib.get_close_matches(flag, [f for f in self.flags() if f.startswith("--")],
-                                          n=1, cutoff=0.6)
+        # compared without the dashes, which every flag shares (--bogus is not --host)
+        names = {f.lstrip("-"): f for f in self.flags() if f.startswith("--")}
+        close = [names[n] for n in difflib.get_close_matches(flag.lstrip("-"), names, n=1,
+                                                            cutoff=0.6)]
         return (f"unrecognized arguments: {' '.join(extras)}"
                 + (f"; did you mean {close[0]}?" if close else ""))
 
