@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from container_desktop_relay._version import __version__
 from container_desktop_relay.config import Config, config_fields, load_config
@@ -47,7 +47,7 @@ def add_config_flags(parser: argparse.ArgumentParser, roles: Sequence[str]) -> N
         dashed = f.name.replace("_", "-")
         group = groups["common" if len(opt.roles) > 1 else opt.roles[0]]
         env = f"CDR_{f.name.upper()}" + (f", {opt.env}" if opt.env else "")
-        default = f.default if f.default_factory is dataclasses_missing else f.default_factory()
+        default = f.default_factory() if callable(f.default_factory) else f.default
         shown = "" if default in ("", None, []) else f" (default: {default})"
         help_text = f"{opt.help}{shown} [env {env}]"
         names = [f"--{dashed}", f"-{dashed}"]
@@ -64,9 +64,6 @@ def add_config_flags(parser: argparse.ArgumentParser, roles: Sequence[str]) -> N
             group.add_argument(*names, dest=f.name, default=None, metavar=metavar,
                                help=help_text)
     del roles
-
-
-dataclasses_missing: Any = __import__("dataclasses").MISSING
 
 
 def _new_parser(prog: str, description: str) -> _Parser:

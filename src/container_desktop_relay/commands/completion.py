@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
 from collections.abc import Callable, Sequence
@@ -29,7 +30,7 @@ def _builders() -> dict[str, Callable[[], argparse.ArgumentParser | None]]:
     from container_desktop_relay.commands import service
 
     builders: dict[str, Callable[[], argparse.ArgumentParser | None]] = {
-        name: (lambda name=name: cli.build_parser(name))
+        name: functools.partial(cli.build_parser, name)
         for name in ("server", "client", "keygen")
     }
     builders["install-service"] = service._parser
@@ -37,9 +38,15 @@ def _builders() -> dict[str, Callable[[], argparse.ArgumentParser | None]]:
     builders["status"] = _status_parser
     for module, name in (("doctor", "doctor"), ("dockerctx", "docker-context"),
                          ("bench.command", "bench")):
-        builders[name] = lambda module=module: importlib.import_module(
-            f"container_desktop_relay.commands.{module}").build_parser()
+        builders[name] = functools.partial(_module_parser, module)
     return builders
+
+
+def _module_parser(module: str) -> argparse.ArgumentParser:
+    """``container_desktop_relay.commands.<module>.build_parser()``."""
+    built: argparse.ArgumentParser = importlib.import_module(
+        f"container_desktop_relay.commands.{module}").build_parser()
+    return built
 
 
 def _own_parser() -> argparse.ArgumentParser:

@@ -105,12 +105,12 @@ async def open_listener(
 
         return await start_unix_listener(endpoint.address, protocol_factory,
                                           buffer_size=buffer_size)
-    if sys.platform != "win32":
-        raise ListenError(
-            f"cannot listen on {endpoint}: named pipes exist only on Windows; "
-            "use --listen unix:///path/relay.sock here"
-        )
-    from container_desktop_relay.endpoints.npipe import start_npipe_listener
+    if sys.platform == "win32":
+        from container_desktop_relay.endpoints.npipe import start_npipe_listener
 
-    return await start_npipe_listener(endpoint.address, protocol_factory,
-                                      buffer_size=buffer_size)
+        return await start_npipe_listener(endpoint.address, protocol_factory,
+                                          buffer_size=buffer_size)
+    raise ListenError(
+        f"cannot listen on {endpoint}: named pipes exist only on Windows; "
+        "use --listen unix:///path/relay.sock here"
+    )
