@@ -34,8 +34,11 @@ $(STAMP): lock/dev.txt pyproject.toml
 
 venv: $(STAMP)
 
+# ruff, then mypy ([tool.mypy] in pyproject.toml) as the code runs on Linux and on Windows.
 lint: venv
 	$(BIN)/ruff check src tests
+	$(BIN)/mypy src
+	$(BIN)/mypy --platform win32 --cache-dir .cache/mypy/win32 src
 
 # Everything: unit, end-to-end (OpenSSH, Podman, docker), the Windows client under Wine
 # (tests/windows, set up by wine-setup) and the shipped artifacts (make dist; tests/dist).
@@ -72,6 +75,6 @@ soak: system venv
 	bash scripts/soak.sh
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist .pytest_cache .ruff_cache .cache/mypy
 
 -include mk/*.mk

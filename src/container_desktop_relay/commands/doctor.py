@@ -474,6 +474,8 @@ class Doctor:
             raise Failed(f"{path} does not exist (no client is running)", start) from None
         if not stat.S_ISSOCK(st.st_mode):
             raise Failed(f"{path} is not a socket", f"remove {path}, then {start}")
+        if sys.platform == "win32":
+            raise NotImplementedError("asyncio has no Unix sockets on Windows")
         try:
             reader, writer = await asyncio.open_unix_connection(path)
         except ConnectionRefusedError:

@@ -40,7 +40,7 @@ class ChannelEnd(asyncssh.SSHUNIXSession[bytes]):
         self._eof_written = False
 
     # asyncssh session callbacks
-    def connection_made(self, chan: asyncssh.SSHUNIXChannel[bytes]) -> None:  # type: ignore[override]
+    def connection_made(self, chan: asyncssh.SSHUNIXChannel[bytes]) -> None:
         self._chan = chan
         self.pump.attach(self.side, self)
 
@@ -189,7 +189,7 @@ class TransportEnd(asyncio.Protocol):
     def kernel_queue(transport: asyncio.BaseTransport) -> int:
         """Bytes in the socket's kernel send queue not yet read by the peer (0 if unknown)."""
         sock = transport.get_extra_info("socket")
-        if sock is None or _OUTQ is None:
+        if sys.platform == "win32" or sock is None or _OUTQ is None:
             return 0
         buf = array.array("i", [0])
         try:

@@ -35,6 +35,7 @@ Rules:
 
 from __future__ import annotations
 
+import builtins
 import enum
 import time
 from collections.abc import Callable
@@ -245,7 +246,7 @@ class Pump:
         self._sealed[side] = True
 
     # ------------------------------------------------------- adapter events
-    def data(self, side: Side, data: bytes) -> None:
+    def data(self, side: Side, data: builtins.bytes) -> None:
         """``side`` read ``data``."""
         self.last_activity = time.monotonic()
         other = 1 - side
@@ -273,13 +274,13 @@ class Pump:
             return
         other = 1 - side
         dest = self._ends[other]
-        live = dest is not None and not self._lost[other]
+        live = dest if dest is not None and not self._lost[other] else None
         if self._eof[other]:
-            if live:
-                dest.finish()  # EOF and close together (one send() on an SSH channel)
+            if live is not None:
+                live.finish()  # EOF and close together (one send() on an SSH channel)
             self._close_all("done")
-        elif live:
-            dest.write_eof()
+        elif live is not None:
+            live.write_eof()
 
     def pause_writing(self, side: Side) -> None:
         """``side``'s outgoing buffer is full: stop reading from the other side."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import unquote
 
-from container_desktop_relay.errors import ConfigError, UnusableEndpoint
+from container_desktop_relay.errors import ConfigError, ListenError, UnusableEndpoint
 
 __all__ = ["Endpoint", "Listener", "open_listener", "parse_endpoint", "require_available"]
 
@@ -118,8 +118,10 @@ async def open_listener(
 
         return await start_unix_listener(endpoint.address, protocol_factory,
                                           buffer_size=buffer_size)
-    require_available(endpoint)
-    from container_desktop_relay.endpoints.npipe import start_npipe_listener
+    if sys.platform == "win32":
+        from container_desktop_relay.endpoints.npipe import start_npipe_listener
 
-    return await start_npipe_listener(endpoint.address, protocol_factory,
-                                      buffer_size=buffer_size)
+        return await start_npipe_listener(endpoint.address, protocol_factory,
+                                          buffer_size=buffer_size)
+    require_available(endpoint)  # a named pipe off Windows: UnusableEndpoint (exit 2)
+    raise ListenError(f"cannot listen on {endpoint}: no listener for this scheme here")

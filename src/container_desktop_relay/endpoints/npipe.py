@@ -32,14 +32,15 @@ import sys
 from asyncio import proactor_events, windows_utils
 from collections.abc import Callable
 from ctypes import wintypes
-from typing import Any
-
-if sys.platform != "win32":  # pragma: no cover - endpoints.open_listener imports it on Windows only
-    raise ImportError("named pipes are Windows-only")
+from typing import TYPE_CHECKING, Any
 
 from container_desktop_relay.endpoints.winsec import SecurityAttributes, current_user_sid, read_dacl
 from container_desktop_relay.errors import ListenError
 from container_desktop_relay.log import get_logger
+
+# endpoints.open_listener imports it on Windows only (elsewhere `import _winapi` fails first);
+# as an assert, it also tells the type checker that the rest of the module is Windows code.
+assert sys.platform == "win32", "named pipes are Windows-only"
 
 __all__ = [
     "DEFAULT_BACKLOG",
@@ -91,7 +92,7 @@ def pipe_instances(handle: int) -> int:
     return count.value
 
 
-class PipeTransport(proactor_events._ProactorDuplexPipeTransport):  # type: ignore[misc]
+class PipeTransport(proactor_events._ProactorDuplexPipeTransport):
     """asyncio's duplex pipe transport, plus half-close as go-winio does it.
 
     ``write_eof()`` sends a zero-length message once everything queued before it is written
@@ -103,6 +104,17 @@ class PipeTransport(proactor_events._ProactorDuplexPipeTransport):  # type: igno
     _eof_requested = False
     _eof_pending = False
     _client_closed = False  # the client closed its handle (not a CloseWrite)
+
+    if TYPE_CHECKING:  # the private asyncio state used below, which typeshed does not declare
+        _loop: Any  # a ProactorEventLoop; its _proactor is private too
+        _sock: windows_utils.PipeHandle
+        _closing: bool
+        _conn_lost: int
+        _buffer: bytearray | None
+
+        def _fatal_error(self, exc: BaseException, message: str = ...) -> None: ...
+        def _force_close(self, exc: BaseException | None) -> None: ...
+        def _call_connection_lost(self, exc: BaseException | None) -> None: ...
 
     def can_write_eof(self) -> bool:
         """Pipes created by this listener are message-type: they can half-close."""
@@ -118,7 +130,7 @@ class PipeTransport(proactor_events._ProactorDuplexPipeTransport):  # type: igno
             self._send_zero_length_message()
 
     def _loop_writing(self, f: Any = None, data: Any = None) -> None:
-        super()._loop_writing(f, data)
+        super()._loop_writing(f, data)  # type: ignore[misc]  # private: not in typeshed
         if self._eof_pending and self._write_fut is None and not self._buffer:
             self._send_zero_length_message()
 
@@ -141,7 +153,7 @@ class PipeTransport(proactor_events._ProactorDuplexPipeTransport):  # type: igno
         # still on its way to the target. A client that is gone can take no answer, so the
         # first answer byte ends the connection (see write()).
         self._client_closed = _client_gone(self._sock)
-        super()._eof_received()
+        super()._eof_received()  # type: ignore[misc]  # private: not in typeshed
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Queue ``data``; refused after :meth:`write_eof`, as on sockets. Once the client has
@@ -322,7 +334,10 @@ class NamedPipeListener:
             return
         # asyncio's default read buffer is a fixed 64 KiB per connection; --buffer-size bounds
         # what a connection holds, here as in the pump.
-        PipeTransport(self._loop, pipe, protocol, extra={"addr": self.address},
+        # typeshed types this private class's pipe as a socket and its protocol as a
+        # StreamReaderProtocol; asyncio's own start_serving_pipe passes these same two
+        PipeTransport(self._loop, pipe, protocol,  # type: ignore[arg-type]
+                      extra={"addr": self.address},
                       buffer_size=min(self._buffer_size, MAX_READ_BUFFER))
 
 

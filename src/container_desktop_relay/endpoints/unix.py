@@ -8,6 +8,7 @@ import errno
 import os
 import socket
 import stat
+import sys
 from collections.abc import Callable
 
 from container_desktop_relay.errors import ListenError, UnusableEndpoint
@@ -43,6 +44,8 @@ def probe_socket(path: str, timeout: float = PROBE_TIMEOUT) -> str:
         "live" (a listener answered or its backlog is full), "stale" (nothing listens there),
         or a short reason the owner could not be determined.
     """
+    if sys.platform == "win32":
+        raise NotImplementedError("Python has no AF_UNIX on Windows")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
@@ -102,6 +105,8 @@ def _clear_path(path: str) -> None:
 
 def _bind_private(path: str) -> socket.socket:
     """A listening socket bound at ``path`` with mode 0600 from the moment it exists."""
+    if sys.platform == "win32":
+        raise NotImplementedError("Python has no AF_UNIX on Windows")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         old = os.umask(0o177)

@@ -7,8 +7,8 @@ import contextlib
 import gc
 import signal
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
 
 from container_desktop_relay.config import Config
 from container_desktop_relay.log import get_logger
@@ -192,7 +192,7 @@ async def serve(
         restore()
 
 
-def run_loop(main: Callable[[], Awaitable[int]]) -> int:
+def run_loop(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Run ``main`` on the best event loop here (uvloop on POSIX when installed)."""
     if sys.platform != "win32":
         try:
@@ -200,5 +200,5 @@ def run_loop(main: Callable[[], Awaitable[int]]) -> int:
         except ImportError:
             pass
         else:
-            return uvloop.run(main())  # type: ignore[no-any-return]
-    return asyncio.run(main())  # type: ignore[arg-type]
+            return uvloop.run(main())
+    return asyncio.run(main())

@@ -199,10 +199,7 @@ class ServerProcess:
         Raises:
             TunnelUnavailable: it cannot be resumed (it is killed).
         """
-        from container_desktop_relay.runtime import (
-            winjob,  # type: ignore[attr-defined]
-            winproc,  # type: ignore[attr-defined]
-        )
+        from container_desktop_relay.runtime import winjob, winproc
 
         if self._job is not None:  # the previous child's job; that child is gone
             with contextlib.suppress(Exception):

@@ -85,7 +85,7 @@ class HandleWait:
     """
 
     def __init__(self, pid: int) -> None:
-        from container_desktop_relay.runtime import winproc  # type: ignore[attr-defined]
+        from container_desktop_relay.runtime import winproc
 
         self._winproc = winproc
         self.pid = pid if pid > 0 else watched_parent(
@@ -137,7 +137,7 @@ class LocalPidProbe:
         loop = asyncio.get_running_loop()
         gone = loop.create_future()
         try:
-            loop.add_reader(fd, lambda: gone.done() or gone.set_result(None))
+            loop.add_reader(fd, lambda: None if gone.done() else gone.set_result(None))
         except (NotImplementedError, OSError):
             os.close(fd)
             return False

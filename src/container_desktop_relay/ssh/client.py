@@ -217,9 +217,9 @@ class RelayClient:
             task.cancel()
         for pump in list(self.metrics.active):
             pump.close("shutdown", abort=True)
-        for task in (self._supervisor, self._sweeper):
-            if task is not None:
-                task.cancel()
+        for link_task in (self._supervisor, self._sweeper):
+            if link_task is not None:
+                link_task.cancel()
         if self.conn is not None:
             self.conn.close()
         if self.spawner is not None:

@@ -36,7 +36,6 @@ __all__ = [
 
 log = get_logger(__name__)
 RSA_BITS = 4096
-_POSIX = sys.platform != "win32"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +57,7 @@ def atomic_write(path: Path, data: bytes, mode: int) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            if _POSIX:
+            if sys.platform != "win32":
                 os.fchmod(fh.fileno(), mode)
             fh.write(data)
             fh.flush()
@@ -82,7 +81,7 @@ def append_line(path: Path, line: bytes, mode: int = 0o600) -> int:
     flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
     fd = os.open(path, flags, mode)
     try:
-        if _POSIX:
+        if sys.platform != "win32":
             import fcntl
 
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -104,7 +103,8 @@ def append_line(path: Path, line: bytes, mode: int = 0o600) -> int:
 def _check_private_permissions(path: Path) -> bool:
     """Refuse a group/other-accessible key; True when the file is provably this user's own
     (POSIX owner and mode checked), False where modes mean nothing (Windows, DrvFs)."""
-    if not _POSIX or on_windows_drive(path):  # DrvFs modes are synthesized; Windows ACLs rule
+    # DrvFs modes are synthesized; Windows ACLs rule
+    if sys.platform == "win32" or on_windows_drive(path):
         return False
     info = path.stat()
     mode = stat.S_IMODE(info.st_mode)
@@ -202,7 +202,8 @@ def check_not_writable_by_others(path: Path, what: str) -> None:
     Raises:
         KeyFileError: the file is group/world-writable or owned by another (non-root) user.
     """
-    if not _POSIX or on_windows_drive(path):  # DrvFs modes are synthesized; Windows ACLs rule
+    # DrvFs modes are synthesized; Windows ACLs rule
+    if sys.platform == "win32" or on_windows_drive(path):
         return
     try:
         st = path.stat()
@@ -355,5 +356,5 @@ def _create_exclusive(path: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    if _POSIX:
+    if sys.platform != "win32":
         os.chmod(path, 0o600)

@@ -11,9 +11,10 @@ import itertools
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import asyncssh
 
@@ -82,6 +83,8 @@ def connect_now(path: str) -> socket.socket | None:
     A Unix-socket connect completes (or fails) in the call itself, so the common case needs
     no timer and no event-loop round trip; only a full listen backlog makes it wait.
     """
+    if sys.platform == "win32":
+        raise NotImplementedError("the server role runs on Linux")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
@@ -341,7 +344,8 @@ class _ServerConnection(asyncssh.SSHServer):
     def auth_completed(self) -> None:
         self.authenticated = True
         assert self._conn is not None
-        line = self._conn.get_key_option(LINE_OPTION)  # set only on lines of the file
+        # set only on lines of the file; asyncssh gives a non-standard option's values as a list
+        line = cast("list[str] | None", self._conn.get_key_option(LINE_OPTION))
         entry = self.auth_keys.entry(int(line[-1])) if line else None
         by = f"{self.auth_keys.path} line {entry.lineno}" if entry else "identity"
         self.forwarding_refused = entry.forwarding_refused if entry else None

@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "Chain",
@@ -99,6 +100,8 @@ def cpu_s(pid: int, *, children: bool = False) -> float:
             fields = fh.read().rpartition(")")[2].split()
     except OSError:
         return 0.0
+    if sys.platform == "win32":
+        raise NotImplementedError("bench runs on Linux")
     total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     if children:
         total += sum(cpu_s(kid, children=True) for kid in _children(pid))
@@ -127,6 +130,8 @@ async def wait_for(check: Callable[[], bool], what: str, proc: asyncio.subproces
 
 
 def _accepts_unix(path: str) -> bool:
+    if sys.platform == "win32":
+        raise NotImplementedError("bench runs on Linux")
     with socket.socket(socket.AF_UNIX) as sock:
         try:
             sock.connect(path)
@@ -158,13 +163,13 @@ async def stop(proc: asyncio.subprocess.Process | None, timeout: float = 5.0) ->
         await proc.wait()
 
 
-async def _spawn(args: list[str], log: Path, **kw: object) -> asyncio.subprocess.Process:
+async def _spawn(args: list[str], log: Path, **kw: Any) -> asyncio.subprocess.Process:
     """Start ``args`` with stderr going to ``log`` (an unread pipe would block a chatty child)."""
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         return await asyncio.create_subprocess_exec(
             *args, stdin=kw.pop("stdin", subprocess.DEVNULL),
-            stdout=kw.pop("stdout", subprocess.DEVNULL), stderr=fd, **kw)  # type: ignore[arg-type]
+            stdout=kw.pop("stdout", subprocess.DEVNULL), stderr=fd, **kw)
     finally:
         os.close(fd)
 
@@ -251,6 +256,8 @@ def sshd_config(workdir: Path, port: int, keys: dict[str, Path]) -> Path:
 
 async def start_sshd(sshd: str, cfg: Path, port: int) -> asyncio.subprocess.Process:
     """Run ``sshd -D -e -f cfg`` and wait until it accepts on ``port``."""
+    if sys.platform == "win32":
+        raise NotImplementedError("bench runs on Linux")
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     log = cfg.parent / "sshd.log"

@@ -205,6 +205,8 @@ async def _startup(workdir: Path, keys: dict[str, Path], runs: int,
     programs: dict[str, Callable[[int], list[str]]] = {}
     sshd = chains.find_sshd()
     if sshd is not None:
+        if sys.platform == "win32":
+            raise NotImplementedError("bench runs on Linux")
         if os.geteuid() == 0:
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privsep directory
         programs["sshd"] = lambda port: [sshd, "-D", "-e", "-f", str(

@@ -114,6 +114,8 @@ def machine() -> dict[str, Any]:
             versions[module] = __import__(module).__version__
         except ImportError:
             versions[module] = "not installed"
+    if sys.platform == "win32":
+        raise NotImplementedError("bench runs on Linux")
     return {
         "cpu": cpu or platform.processor(),
         "cpus": os.cpu_count(),

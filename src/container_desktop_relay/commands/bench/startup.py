@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -118,6 +119,8 @@ async def _answer_pings(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
 async def time_to_ping(argv: list[str], env: dict[str, str], sock: Path, log: Path) -> float:
     """Seconds from exec of a client to the first ``/_ping`` answered through ``sock``, its
     local endpoint; the client (and the server it spawned) is then stopped."""
+    if sys.platform == "win32":
+        raise NotImplementedError("bench runs on Linux")
     proc, started = await _spawn_logged(argv, log, env)
     deadline = started + STARTUP_TIMEOUT
     try:
@@ -152,6 +155,8 @@ async def measure_client_chain(workdir: Path, runs: int, keys: dict[str, Path],
     wsl.write_text(WSL_STANDIN)
     wsl.chmod(0o755)
     engine = base / "engine.sock"
+    if sys.platform == "win32":
+        raise NotImplementedError("bench runs on Linux")
     pinger = await asyncio.start_unix_server(_answer_pings, str(engine))
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
            "CDR_HEALTH_CHECK_ENABLED": "false", "CDR_METRICS_ENABLED": "false"}

@@ -13,6 +13,7 @@ import hashlib
 import math
 import socket
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -100,6 +101,8 @@ def percentile(samples: list[float], pct: float) -> float:
 
 
 async def _connect(path: str) -> socket.socket:
+    if sys.platform == "win32":
+        raise NotImplementedError("bench runs on Linux")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.setblocking(False)
     try:
@@ -327,6 +330,8 @@ def raise_nofile() -> None:
     """Raise the soft open-file limit to the hard one (1000 connections need ~3000 fds)."""
     import resource
 
+    if sys.platform == "win32":
+        raise NotImplementedError("bench runs on Linux")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -182,7 +182,7 @@ def open_unix_channel(conn: asyncssh.SSHClientConnection, path: str,
     if not fast:
         _open_in_task(conn, path, session_factory, on_open, window, max_pktsize)
         return None
-    chan = conn.create_unix_channel(window=window, max_pktsize=max_pktsize)
+    chan: Any = conn.create_unix_channel(window=window, max_pktsize=max_pktsize)
     chan.set_extra_info(local_peername="", remote_peername=path)
     chan._open_waiter = _OpenWaiter(chan, session_factory, on_open)
     conn.send_packet(MSG_CHANNEL_OPEN, String(b"direct-streamlocal@openssh.com"),
@@ -237,7 +237,7 @@ class Corked:
     __slots__ = ("_conn", "_parts")
 
     def __init__(self, chan: Any) -> None:
-        self._conn = chan._conn if CORKED.active else None
+        self._conn: Any = chan._conn if CORKED.active else None
         self._parts: list[bytes] | None = None
 
     def __enter__(self) -> None:
