@@ -65,3 +65,14 @@ def test_npipe_elsewhere_is_a_clear_listen_error(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(ListenError, match="named pipes exist only on Windows") as err:
         asyncio.run(run())
     assert isinstance(err.value, ConfigError) and err.value.exit_code == 2  # an input mistake
+
+
+def test_unix_socket_on_windows_is_a_clear_listen_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Windows build listens on named pipes only: --listen unix://... there is one line and
+    exit 2 naming the pipe form, not a traceback from a POSIX-only call."""
+    monkeypatch.setattr(sys, "platform", "win32")
+    endpoint = parse_endpoint("unix:///tmp/relay.sock")
+    with pytest.raises(ListenError, match=r"named pipes only; use --listen npipe:") as err:
+        asyncio.run(open_listener(endpoint, asyncio.Protocol, buffer_size=65536))
+    assert err.value.exit_code == 2

@@ -99,6 +99,11 @@ def require_available(endpoint: Endpoint) -> None:
             f"cannot listen on {endpoint}: named pipes exist only on Windows; "
             "use --listen unix:///path/relay.sock here"
         )
+    if endpoint.scheme == "unix" and sys.platform == "win32":
+        raise UnusableEndpoint(
+            f"cannot listen on {endpoint}: the Windows build listens on named pipes only; "
+            "use --listen npipe:////./pipe/NAME"
+        )
 
 
 async def open_listener(
@@ -113,6 +118,7 @@ async def open_listener(
         ListenError: the address is owned by a live listener, cannot be bound, or the
             scheme is not available on this platform (:class:`UnusableEndpoint`, exit 2).
     """
+    require_available(endpoint)
     if endpoint.scheme == "unix":
         from container_desktop_relay.endpoints.unix import start_unix_listener
 
@@ -123,5 +129,4 @@ async def open_listener(
 
         return await start_npipe_listener(endpoint.address, protocol_factory,
                                           buffer_size=buffer_size)
-    require_available(endpoint)  # a named pipe off Windows: UnusableEndpoint (exit 2)
     raise ListenError(f"cannot listen on {endpoint}: no listener for this scheme here")
