@@ -7,6 +7,7 @@
      │    ├── ListenError     cannot listen (address in use, live socket owner)
      │    │    └── UnusableEndpoint  never listenable as configured: also a ConfigError
      │    └── TargetError     cannot reach the target Unix socket
+     ├── NotServed            `status`: no relay's endpoints answer where it asked (exit 2)
      └── TunnelError
           ├── HostKeyMismatch server key differs from the pinned one
           ├── HostKeyUnknown  --secure-host-key and no pinned key
@@ -25,6 +26,7 @@ __all__ = [
     "HostKeyUnknown",
     "KeyFileError",
     "ListenError",
+    "NotServed",
     "RelayError",
     "TargetError",
     "TunnelError",
@@ -72,6 +74,12 @@ class UnusableEndpoint(ListenError, ConfigError):
 
 class TargetError(EndpointError):
     """The forwarded-to Unix socket cannot be reached."""
+
+
+class NotServed(RelayError):
+    """``status`` found no endpoints of this relay to ask (nothing answers, or another's)."""
+
+    exit_code = 2
 
 
 class TunnelError(RelayError):

@@ -37,7 +37,9 @@ def test_bench_quick_reports_every_chain_verified(tmp: Path) -> None:
     done, out = _run_bench(tmp)
     assert done.returncode == 0, done.stderr[-3000:]
     doc = json.loads(out.read_text())
-    assert "bench: relay: upload" in done.stderr  # progress goes to stderr
+    progress = [json.loads(line) for line in done.stderr.splitlines()]  # JSON lines only
+    assert any(r["event"] == "bench_progress" and r["step"].startswith("relay: upload")
+               for r in progress), done.stderr[-3000:]
     assert "relay" in done.stdout and "direct" in done.stdout  # the table goes to stdout
     for name in ("direct", "openssh", "relay"):
         fig = doc[name]

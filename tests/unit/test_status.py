@@ -171,7 +171,7 @@ async def test_status_tells_another_relays_endpoints_apart(
         env=relay_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60 * FACTOR)
     assert proc.returncode == 2 and out == b""
-    assert err.decode().strip() == (
+    assert fatal(err.decode(), 2) == (
         f"not served: http://127.0.0.1:{port}/health answers for the relay on SSH port 20022, "
         "not 20023; this relay's default port was taken (its log says "
         "observability_port_in_use)")
@@ -185,7 +185,7 @@ def test_status_derived_port_not_served() -> None:
         result = run_relay("status", "--role", "server", "--port", str(port - 58),
                            "--metrics-port", str(port))
     assert result.returncode == 2
-    assert result.stderr.strip() == (
+    assert fatal(result.stderr, 2) == (
         f"not served: no relay answers at http://127.0.0.1:{port}/health: connection refused "
         f"(a relay on SSH port {port - 58} whose default port was taken runs without these "
         "endpoints; its log says observability_port_in_use)")
@@ -196,18 +196,18 @@ def test_status_of_a_client_without_endpoints_says_how_to_turn_them_on() -> None
     port = closed_port()
     result = run_relay("status", "--role", "client", "--port", str(port - 59))
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.strip().startswith(
+    assert fatal(result.stderr, 2).startswith(
         f"not served: no relay answers at http://127.0.0.1:{port}/health: connection refused "
         "(a client serves /health, /ready and /metrics only when started with "
         "--health-check-enabled and --metrics-enabled: they are off by default;")
 
 
 def test_status_nothing_answers_exits_2() -> None:
-    """No relay on the port: exit 2 with one line on stderr."""
+    """No relay on the port: exit 2 with one JSON fatal line on stderr."""
     port = closed_port()
     result = run_relay("status", "--health-check-port", str(port), "--metrics-port", str(port))
     assert result.returncode == 2
-    assert result.stderr.strip() == (f"no relay answers at http://127.0.0.1:{port}/health: "
+    assert fatal(result.stderr, 2) == (f"no relay answers at http://127.0.0.1:{port}/health: "
                                      "connection refused")
 
 

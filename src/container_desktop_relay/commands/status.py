@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,7 @@ from yarl import URL
 from container_desktop_relay.commands.args import platform_role
 from container_desktop_relay.config import load_config
 from container_desktop_relay.durations import parse_duration
-from container_desktop_relay.errors import ConfigError
+from container_desktop_relay.errors import ConfigError, NotServed
 from container_desktop_relay.fixes import status_not_served
 
 __all__ = ["Answer", "Report", "main", "query", "render_table"]
@@ -234,13 +233,13 @@ def main(args: argparse.Namespace) -> int:
         report.other_relay = answered_for
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
-    elif report.other_relay is not None:
-        print(f"not served: {report.health.url} answers for the relay on SSH port "
-              f"{report.other_relay}, not {ssh_port}; this relay's default port was taken "
-              "(its log says observability_port_in_use)", file=sys.stderr)
+    elif report.other_relay is not None:  # the fatal JSON line on stderr, exit 2
+        raise NotServed(f"not served: {report.health.url} answers for the relay on SSH port "
+                        f"{report.other_relay}, not {ssh_port}; this relay's default port was "
+                        "taken (its log says observability_port_in_use)")
     elif report.exit_code == EXIT_UNREACHABLE:
-        print(status_not_served(report.health.url, str(report.health.error), role=role,
-                                ssh_port=ssh_port, derived=derived), file=sys.stderr)
+        raise NotServed(status_not_served(report.health.url, str(report.health.error),
+                                          role=role, ssh_port=ssh_port, derived=derived))
     else:
         print(render_table(report), end="")
     return report.exit_code

@@ -27,10 +27,13 @@ from container_desktop_relay.commands.bench.report import (
     verdicts,
 )
 from container_desktop_relay.commands.registry import BENCH_CHAINS
+from container_desktop_relay.log import get_logger, setup_logging
 
 T = TypeVar("T")
 
 __all__ = ["CHAINS", "Plan", "run_bench", "run_bench_command"]
+
+log = get_logger(__name__)
 
 CHAINS = BENCH_CHAINS
 MIB = 1024 * 1024
@@ -69,7 +72,8 @@ class Plan:
 
 
 def _progress(msg: str) -> None:
-    print(f"bench: {msg}", file=sys.stderr, flush=True)
+    """One JSON line on stderr per step (``bench_progress``, ``step``); the table is stdout."""
+    log.info("bench_progress", extra={"step": msg})
 
 
 async def _with_cpu(chain: chains.Chain, work: Awaitable[T]) -> tuple[T, float]:
@@ -237,6 +241,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
     if unknown or not names:
         raise ArgumentError(f"--chains: unknown chain(s) {', '.join(unknown) or '(none)'}; "
                             f"choose from {', '.join(CHAINS)}")
+    setup_logging("info")
     plan = Plan.make(quick=args.quick, rounds=args.rounds, conns=args.conns,
                      bulk_mib=args.bulk_mib, startup_runs=args.startup_runs)
     from container_desktop_relay.runtime.app import run_loop
