@@ -229,7 +229,7 @@ async def test_link_lost_while_a_queued_target_is_wrapped_leaves_nothing_active(
     loop = asyncio.get_running_loop()
     try:
         deadline = loop.time() + TIMEOUT
-        while server.pending != 1:  # the channel waits for the full backlog
+        while server.registry.pending != 1:  # the channel waits for the full backlog
             assert loop.time() < deadline, "the channel never queued for the target"
             await asyncio.sleep(0.01)
         accepted, _ = listener.accept()  # room in the backlog: the server's connect succeeds
@@ -242,8 +242,8 @@ async def test_link_lost_while_a_queued_target_is_wrapped_leaves_nothing_active(
         release.set()
         with pytest.raises((asyncssh.Error, OSError)):
             await asyncio.wait_for(opening, TIMEOUT)
-        while server.metrics.active or server.pending:
-            assert loop.time() < deadline, (server.metrics.active, server.pending)
+        while server.registry.active or server.registry.pending:
+            assert loop.time() < deadline, (server.registry.active, server.registry.pending)
             await asyncio.sleep(0.01)
         assert await server.drain(1.0) == 0
     finally:
