@@ -24,13 +24,13 @@ from container_desktop_relay.cli import PROG, _Parser, _platform_role
 from container_desktop_relay.config import load_config
 from container_desktop_relay.durations import parse_duration
 from container_desktop_relay.errors import ConfigError
+from container_desktop_relay.observability.ports import endpoint_ports, query_host
 
 __all__ = ["Answer", "Report", "build_status_parser", "main", "query", "render_table"]
 
 EXIT_OK = 0
 EXIT_UNHEALTHY = 1
 EXIT_UNREACHABLE = 2
-_WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
 @dataclass(slots=True)
@@ -244,9 +244,10 @@ def main(argv: Sequence[str]) -> int:
                                                  "metrics_port", "port")}
     config = load_config(flags, config_path=args.config_file)
     role = args.role or _platform_role()
-    host = _WILDCARDS.get(config.health_check_host, config.health_check_host)
-    health_port = config.effective_health_port(role)
-    metrics_port: int | None = config.effective_metrics_port(role)
+    ports = endpoint_ports(config, role)
+    host = query_host(config.health_check_host)
+    health_port = ports.health_port
+    metrics_port: int | None = ports.metrics_port
     if health_port == 0:
         raise ConfigError("health_check_port is 0 (any free port): pass the bound port with "
                           "--health-check-port (the relay logs it as observability_listening)")
@@ -256,9 +257,9 @@ def main(argv: Sequence[str]) -> int:
         metrics_port = health_port
     report = asyncio.run(query(host, health_port, metrics_port, timeout))
     # Which relay answered matters when the port was derived from an SSH port (or one given).
-    ssh_port = config.ssh_port(role)
+    ssh_port = ports.ssh_port
     answered_for = _field(report.ready, "ssh_port")
-    derived = config.health_check_port is None or config.source_of("port") is not None
+    derived = not ports.health_explicit or config.source_of("port") is not None
     if derived and isinstance(answered_for, int) and answered_for != ssh_port:
         report.other_relay = answered_for
     if args.json:

@@ -31,6 +31,7 @@ from container_desktop_relay.observability.httpserve import (
     json_response,
 )
 from container_desktop_relay.observability.metrics import Metrics, Snapshot
+from container_desktop_relay.observability.ports import HEALTH, METRICS, endpoint_ports
 from container_desktop_relay.runtime.state import RoleState
 from container_desktop_relay.ssh import patches as sshfix
 
@@ -49,8 +50,6 @@ __all__ = [
 
 log = get_logger(__name__)
 
-HEALTH = "health"
-METRICS = "metrics"
 JSON = "application/json"
 OPENMETRICS = "application/openmetrics-text"
 TEXT = "text/plain"
@@ -234,24 +233,17 @@ class Observability:
         #: default ports that were taken, so not served: {"health": port, ...}
         self.unserved: dict[str, int] = {}
         self._servers: list[HttpServer] = []
+        #: which port serves which endpoint (shared with status and doctor)
+        self.endpoints = endpoint_ports(config, state.role)
 
     def plan(self) -> list[tuple[int, frozenset[str]]]:
         """(port, paths) of each server to start, merging equal health and metrics ports."""
-        role, config = self.state.role, self.config
-        wanted: list[tuple[int, str]] = []
-        if config.effective_health_enabled(role):
-            wanted.append((config.effective_health_port(role), HEALTH))
-        if config.effective_metrics_enabled(role):
-            wanted.append((config.effective_metrics_port(role), METRICS))
-        merged: dict[int, set[str]] = {}
-        for port, what in wanted:
-            merged.setdefault(port, set()).add(what)
-        return [(port, frozenset(paths)) for port, paths in merged.items()]
+        return self.endpoints.servers()
 
     def _origin(self, paths: frozenset[str]) -> tuple[str, str] | None:
         """(key, where it was set) of the first explicitly set port among ``paths``."""
         for what, key in ((HEALTH, "health_check_port"), (METRICS, "metrics_port")):
-            if what in paths and getattr(self.config, key) is not None:
+            if what in paths and self.endpoints.explicit(what):
                 return key, self.config.source_of(key) or "the configuration"
         return None
 
@@ -289,7 +281,7 @@ class Observability:
         """Serve ``paths`` on ``port``; the bound port, or 0 when a default port is taken."""
         handler = make_handler(self.metrics, self.state,
                                threshold=self.config.degraded_threshold, paths=paths,
-                               ssh_port=self.config.ssh_port(self.state.role))
+                               ssh_port=self.endpoints.ssh_port)
         server = HttpServer(handler)
         what = " and ".join(sorted("/health, /ready" if p == HEALTH else "/metrics"
                                    for p in paths))
