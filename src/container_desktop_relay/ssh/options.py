@@ -80,6 +80,6 @@ def connect_options(config: Config, target: SSHTarget, identity: asyncssh.SSHKey
 
 
 def host_key_options(server_host_key_algs: list[str]) -> dict[str, Any]:
-    """``asyncssh.get_server_host_key`` keywords: the client's algorithms, no ~/.ssh/config."""
-    return {"server_host_key_algs": server_host_key_algs, "config": None,
-            **algorithm_options()}
+    """``asyncssh.get_server_host_key`` keywords: the host-key algorithms the client offers, no
+    ~/.ssh/config (it takes no cipher list: it stops after the key exchange)."""
+    return {"server_host_key_algs": server_host_key_algs, "config": None}

@@ -210,6 +210,11 @@ class RelayServer:
         account_finished(self.metrics, pump, log)
 
 
+def _login_timed_out(exc: Exception | None) -> bool:
+    """Whether asyncssh closed the connection because its login timeout ran out."""
+    return isinstance(exc, asyncssh.ConnectionLost) and "timeout" in str(exc).lower()
+
+
 class _ServerConnection(asyncssh.SSHServer):
     """One SSH client connection to the server role."""
 
@@ -219,6 +224,8 @@ class _ServerConnection(asyncssh.SSHServer):
         self.peer = "?"
         self.user = ""
         self.authenticated = False
+        #: whether the client asked to log in at all (a host-key probe never does)
+        self.login_attempted = False
         self.failed_keys = 0
         self.lost = False
         self.peer_addr = ""
@@ -230,6 +237,15 @@ class _ServerConnection(asyncssh.SSHServer):
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
+
+    def _host_key_probe(self, exc: Exception | None) -> bool:
+        """Whether this connection only fetched the host key (doctor's host-key check,
+        ssh-keyscan): the key exchange got as far as the server's host key, then the client
+        left without asking to log in. That is no failed login; garbage, a key exchange that
+        failed and a login that timed out are."""
+        if self.login_attempted or self._conn is None or _login_timed_out(exc):
+            return False
+        return self._conn.get_extra_info("recv_cipher") is not None
 
     def _extra(self, **fields: Any) -> dict[str, Any]:
         return {"ssh_id": self.ssh_id, "remote": self.peer, **fields}
@@ -249,6 +265,10 @@ class _ServerConnection(asyncssh.SSHServer):
         self.relay.connections.discard(self)
         if not self.authenticated:
             reason = str(exc) if exc else "closed before authenticating"
+            if self._host_key_probe(exc):
+                log.debug("ssh_connection_closed", extra=self._extra(
+                    reason=f"closed before any login attempt: {reason}"))
+                return
             log.warning("ssh_login_failed", extra=self._extra(user=self.user, reason=reason))
             self.relay.metrics.error("connection", f"login from {self.peer} failed: {reason}")
         else:
@@ -258,6 +278,7 @@ class _ServerConnection(asyncssh.SSHServer):
     # --- authentication: public keys only
     def begin_auth(self, username: str) -> bool:
         self.user = username
+        self.login_attempted = True
         allowed = self.relay.config.allowed_users
         assert self._conn is not None
         if allowed and username not in allowed:
