@@ -142,7 +142,8 @@ def _field(answer: Answer | None, key: str) -> Any:
 
 
 def render_table(report: Report) -> str:
-    """The human-readable report: state, role, uptime, link, connections, bytes, errors."""
+    """The human-readable report: state, role, uptime, link, target sockets that failed
+    recently, connections, bytes, errors."""
     rows: list[tuple[str, str]] = []
     health, ready, metrics = report.health, report.ready, report.metrics
     if health.answered:
@@ -167,6 +168,10 @@ def render_table(report: Report) -> str:
     if ready.answered:
         link = _field(ready, "link_up")
         rows.append(("link", "n/a (server role)" if link is None else ("up" if link else "down")))
+        unreachable = _field(ready, "unreachable_sockets")
+        if isinstance(unreachable, dict):
+            for path, why in unreachable.items():
+                rows.append(("unreachable", str(why) if path in str(why) else f"{path}: {why}"))
     metrics_ok = metrics is not None and metrics.code == 200 and metrics.answered
     source = metrics if metrics_ok else health
     active, total = _field(source, "active_connections"), _field(source, "total_connections")

@@ -86,7 +86,8 @@ def ready_view(state: RoleState, ssh_port: int | None = None) -> tuple[int, dict
     """The /ready status code and body: 200 only when the role can serve a connection now.
 
     ``ssh_port`` (the server's own SSH port, or the one the client connects to) lets ``status``
-    tell this relay's endpoints from another relay's on the same port.
+    tell this relay's endpoints from another relay's on the same port; ``unreachable_sockets``
+    names each target socket that failed recently (a missing one: "does not exist").
     """
     body = {
         "status": "ready" if state.ready else "not ready",
@@ -96,6 +97,7 @@ def ready_view(state: RoleState, ssh_port: int | None = None) -> tuple[int, dict
         "link_up": state.link_up,
         "asyncssh_patches": sshfix.report(),
         "ssh_port": ssh_port,
+        "unreachable_sockets": state.unreachable_sockets(),
     }
     return (200 if state.ready else 503), body
 

@@ -321,17 +321,20 @@ class SSHLink:
                 errors = await asyncio.gather(*(self.probe(conn, fwd.remote) for fwd in pending))
                 failed = [(fwd, error) for fwd, error in zip(pending, errors, strict=True)
                           if error is not None]
+                for fwd, error in zip(pending, errors, strict=True):
+                    if error is None:
+                        self.state.socket_reached(fwd.remote)
                 if not failed:
                     self.state.set_ready("linked")
                     log.info("client_ready", extra={
                         "remote": str(self.target), "endpoint": str(self.forwards[0].endpoint),
                         "forwards": [str(fwd) for fwd in self.forwards]})
                     return
-                for fwd, error in failed:
-                    log.warning("probe_failed", extra={"remote": str(self.target),
-                                                       "forward": fwd.name,
-                                                       "socket_path": fwd.remote,
-                                                       "error": error})
+                for fwd, error in failed:  # logged once, then quietly while it stays so
+                    news = self.state.socket_failed(fwd.remote, error)
+                    log.log(logging.WARNING if news else logging.DEBUG, "probe_failed", extra={
+                        "remote": str(self.target), "forward": fwd.name,
+                        "socket_path": fwd.remote, "error": error})
                 self.state.set_not_ready("remote socket unreachable: " + "; ".join(
                     self._probe_reason(fwd, error) for fwd, error in failed))
                 pending = [fwd for fwd, _ in failed]

@@ -394,6 +394,7 @@ class _ServerConnection(asyncssh.SSHServer):
         if sock is None:  # the listener's backlog is full: wait for it, counted as pending
             relay.registry.begin_open()
             return chan, self._open_when_accepted(dest_path, started)
+        relay.state.socket_reached(dest_path)
         # Connected: the channel is confirmed now; wrapping the socket in a transport takes
         # one event-loop pass, and the pump holds (and pauses) anything sent meanwhile.
         pump = Pump(relay.registry.new_id(), dest_path, relay.finished)
@@ -404,9 +405,12 @@ class _ServerConnection(asyncssh.SSHServer):
         return chan, ChannelEnd(pump, CLIENT)
 
     def _target_failed(self, path: str, exc: BaseException) -> NoReturn:
-        reason = _target_error(path, exc, self.relay.config.max_request_wait_time)
-        self.relay.metrics.error("socket", reason)
-        log.warning("channel_open_failed", extra=self._extra(socket_path=path, reason=reason))
+        relay = self.relay
+        reason = _target_error(path, exc, relay.config.max_request_wait_time)
+        relay.metrics.error("socket", reason)
+        # A missing socket is retried every ~2 s by a client's probe: warn once, then quietly.
+        level = logging.WARNING if relay.state.socket_failed(path, reason) else logging.DEBUG
+        log.log(level, "channel_open_failed", extra=self._extra(socket_path=path, reason=reason))
         raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason) from None
 
     def _register(self, pump: Pump, path: str, started: float) -> None:
@@ -445,6 +449,7 @@ class _ServerConnection(asyncssh.SSHServer):
             self._target_failed(path, exc)
         finally:
             relay.registry.end_open()
+        relay.state.socket_reached(path)
         if self.lost:
             sock.close()
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "SSH connection closed")
