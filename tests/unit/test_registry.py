@@ -123,6 +123,10 @@ def test_observers_hear_each_connection_once() -> None:
         ("finished", refused, False),
     ]
     assert not reg.active
+    seen.calls.clear()
+    reg.add(refused)  # type: ignore[arg-type]  # a finished pump leaves nothing behind
+    reg.finished(refused)  # type: ignore[arg-type]
+    assert seen.calls == [("started", refused, "", True), ("finished", refused, True)]
 
 
 @pytest.mark.asyncio
@@ -185,7 +189,7 @@ def test_close_all_aborts_every_connection_and_stops_admitting() -> None:
         reg.add(pump)  # type: ignore[arg-type]
     reg.close_all()
     assert [p.closed for p in pumps] == [[("shutdown", True)], [("shutdown", True)]]
-    assert not reg.has_room()
+    assert reg.admitting is False and not reg.has_room()
     other = registry(5)
     pump = FakePump()
     other.add(pump)  # type: ignore[arg-type]
