@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 
 # server.py functions that decide who gets in and what may be opened: the "server policy".
 SERVER_POLICY = {
-    "check_socket_path", "_check_socket_path", "slot_available", "authorized_keys",
+    "check_socket_path", "_check_socket_path", "authorized_keys",
     "begin_auth", "validate_public_key", "password_auth_supported", "kbdint_auth_supported",
     "session_requested", "connection_requested", "server_requested", "unix_server_requested",
     "unix_connection_requested",

@@ -8,6 +8,7 @@ import urllib.request
 from typing import Any
 
 from container_desktop_relay.core.pump import CLIENT, TARGET, Pump
+from container_desktop_relay.core.registry import ConnectionRegistry
 from container_desktop_relay.observability.metrics import Metrics
 from helpers import FACTOR, Proc, wait_for
 
@@ -51,11 +52,16 @@ class Clock:
 
 
 def open_connection(metrics: Metrics, up: int = 0, down: int = 0) -> Pump:
-    """Start a forwarded connection on ``metrics`` that moved ``up``/``down`` bytes so far."""
-    pump = Pump(f"c-{metrics.total_connections + 1}", "/t.sock", metrics.connection_finished)
+    """Start a forwarded connection on ``metrics``' registry (a fresh one when it observes
+    none yet, as a role would give it) that moved ``up``/``down`` bytes so far."""
+    registry = metrics.registry
+    if registry is None:
+        registry = ConnectionRegistry(100, count_closing=False)
+        metrics.observe(registry)
+    pump = Pump(registry.new_id(), "/t.sock", registry.finished)
     pump.attach(CLIENT, Sink())
     pump.attach(TARGET, Sink())
-    metrics.connection_started(pump)
+    registry.add(pump)
     if up:
         pump.data(CLIENT, b"u" * up)
     if down:
@@ -64,7 +70,7 @@ def open_connection(metrics: Metrics, up: int = 0, down: int = 0) -> Pump:
 
 
 def finish(pump: Pump) -> None:
-    """End ``pump`` (both sides lost), which reports it to its Metrics."""
+    """End ``pump`` (both sides lost), which reports it to its registry and so its Metrics."""
     pump.lost(CLIENT)
     pump.lost(TARGET)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -10,6 +11,7 @@ import stat
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import pytest
@@ -34,6 +36,7 @@ from helpers import (
     unix_connect,
     wait_for,
 )
+from obs_helpers import get_json
 
 pytestmark = pytest.mark.e2e
 
@@ -569,3 +572,54 @@ def test_draining_server_turns_client_unready_and_connections_wait_for_the_next_
             assert not waiting.is_alive()
     assert result == [b"late"]
     assert "connection_refused" not in client.log()
+
+
+def _events(log: str, event: str) -> list[dict[str, Any]]:
+    """The ``event`` log records of a relay's log, in order."""
+    return [json.loads(line) for line in log.splitlines() if f'"{event}"' in line]
+
+
+def test_missing_socket_is_logged_once_then_retried_quietly(
+    request: pytest.FixtureRequest, keys: Keys, tmp: Path
+) -> None:
+    """A remote socket that does not exist: client and server each warn once, then retry it
+    with backoff at debug only; /ready (both roles) and status name the path; once the socket
+    appears the client turns ready."""
+    missing = tmp / "later.sock"
+    refusal = f"target socket {missing} does not exist"
+    server_obs, client_obs = free_port(), free_port()
+    server = owned(request, RelayServer(keys, tmp, "--health-check-enabled",
+                                        "--health-check-port", str(server_obs),
+                                        "--metrics-enabled=false"))
+    client = owned(request, ClientProc(keys, tmp, server.port, str(missing),
+                                       "--health-check-enabled", "--health-check-port",
+                                       str(client_obs), wait=False))
+    with stopping(server, client):
+        def retried_quietly() -> bool:
+            probes = _events(client.log(), "probe_failed")
+            opens = _events(server.proc.log(), "channel_open_failed")
+            return len(probes) >= 4 and len(opens) >= 4
+        wait_for(retried_quietly, 30, "four probes of the missing socket")
+        for log, event in ((client.log(), "probe_failed"),
+                           (server.proc.log(), "channel_open_failed")):
+            levels = [e["level"] for e in _events(log, event)]
+            assert levels[0] == "warn" and set(levels[1:]) == {"debug"}, (event, levels)
+        assert _events(client.log(), "probe_failed")[0]["socket_path"] == str(missing)
+        client_ready = get_json(client_obs, "/ready")
+        assert client_ready[0] == 503 and refusal in client_ready[1]["reason"]
+        for port in (client_obs, server_obs):
+            assert get_json(port, "/ready")[1]["unreachable_sockets"] == {
+                str(missing): refusal}
+        for role, port in (("client", client_obs), ("server", server_obs)):
+            status = run_relay("status", "--role", role, "--health-check-port", str(port),
+                               "--metrics-port", str(port))
+            rows = [line.split(None, 1) for line in status.stdout.splitlines()]
+            assert ["unreachable", refusal] in rows, status.stdout
+        target = EchoTarget(missing)
+        try:
+            client.wait_ready()
+            assert _roundtrip(client.socket, b"now") == b"now"
+            assert get_json(client_obs, "/ready")[1]["unreachable_sockets"] == {}
+            assert get_json(server_obs, "/ready")[1]["unreachable_sockets"] == {}
+        finally:
+            target.close()

@@ -314,3 +314,38 @@ def test_bad_config_and_dead_observability(keys: Keys, tmp: Path) -> None:
 
     bad = run_relay("doctor", "--bogus")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_doctor_leaves_no_failed_login_on_the_server(request: pytest.FixtureRequest,
+                                                     keys: Keys, tmp: Path) -> None:
+    """doctor's host-key check connects and leaves without logging in: the server logs that
+    at debug, not as ssh_login_failed, and counts no connection error (the missing remote
+    socket here is the one error, a socket error)."""
+    from clienthelp import owned
+    from obs_helpers import get_json
+
+    obs = free_port()
+    missing = tmp / "gone.sock"
+    server = owned(request, RelayServer(keys, tmp, "--health-check-enabled",
+                                        "--health-check-port", str(obs),
+                                        "--metrics-enabled", "--metrics-port", str(obs)))
+    try:
+        for _ in range(2):
+            _, checks = doctor(keys, tmp, server.port, str(missing))
+            assert checks["server answers SSH"]["status"] == "ok"
+            assert checks["authentication"]["status"] == "ok"
+        def ended() -> int:
+            log = server.proc.log()
+            return log.count('"ssh_connection_closed"') + log.count('"ssh_login_failed"')
+        wait_for(lambda: ended() >= 4, 10, "both doctor runs' connections to end on the server")
+        log = server.proc.log()
+        assert '"ssh_login_failed"' not in log, log
+        probes = [json.loads(line) for line in log.splitlines()
+                  if '"closed before any login attempt' in line]
+        assert len(probes) == 2 and {p["level"] for p in probes} == {"debug"}
+        _, metrics = get_json(obs, "/metrics")
+        assert metrics["connection_errors"] == 0 and metrics["socket_errors"] == 2, metrics
+        _, health = get_json(obs, "/health")
+        assert health["last_error"] == f"target socket {missing} does not exist", health
+    finally:
+        server.stop()

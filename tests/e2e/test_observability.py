@@ -144,7 +144,8 @@ def test_ready_turns_503_first_during_shutdown(keys: Keys, echo: EchoTarget, tmp
         port = bound_ports(server.proc)["health_port"]
         assert ready_json(port) == (200, {"status": "ready", "state": "ready",
                                           "reason": "listening", "role": "server",
-                                          "link_up": None, "ssh_port": server.port})
+                                          "link_up": None, "ssh_port": server.port,
+                                          "unreachable_sockets": {}})
         held = unix_connect(tmp / "l.sock", 30)
         with held:
             held.sendall(b"ping")
@@ -161,7 +162,8 @@ def test_ready_turns_503_first_during_shutdown(keys: Keys, echo: EchoTarget, tmp
                                            "state": "draining",
                                                    "reason": "shutting down",
                                                    "role": "server", "link_up": None,
-                                                   "ssh_port": server.port}
+                                                   "ssh_port": server.port,
+                                                   "unreachable_sockets": {}}
             assert get_json(port, "/health")[0] == 200  # still served while draining
             status = run_relay("status", f"--health-check-port={port}",
                                f"--metrics-port={port}")

@@ -52,7 +52,7 @@ def test_client_counts_exact_and_reports_link(request: pytest.FixtureRequest, ke
     client, port = observed_client(request, keys, tmp, server, echo)
     assert wait_for(lambda: ready_body(port), 30, "client /ready 200") == {
         "status": "ready", "state": "ready", "reason": "linked", "role": "client",
-        "link_up": True, "ssh_port": server.port}
+        "link_up": True, "ssh_port": server.port, "unreachable_sockets": {}}
     code, health = get_json(port, "/health")
     assert (code, health["status"]) == (200, "healthy")
 

@@ -105,7 +105,7 @@ async def test_ready_after_probe_and_metrics_count(pair: Pair) -> None:
     assert pair.client.state.link_up is True
     for i in range(5):
         assert await _roundtrip(pair.socket, b"x%d" % i) == b"x%d" % i
-    await _wait(lambda: not pair.client.metrics.active, "connections to finish")
+    await _wait(lambda: not pair.client.registry.active, "connections to finish")
     snap = pair.client.metrics.snapshot()
     assert snap.total_connections == 5 and snap.total_errors == 0
     assert snap.total_bytes_read == snap.total_bytes_written == 10
@@ -140,7 +140,7 @@ async def test_channel_open_failure_closes_local_and_is_counted(keys: Keys, tmp:
         assert await _closed_without_answer(p.socket, b"data")
         await _wait(lambda: p.client.metrics.connection_errors >= 1, "error count")
         assert "does not exist" in p.client.metrics.last_error
-        await _wait(lambda: not p.client.metrics.active, "pump finished")
+        await _wait(lambda: not p.client.registry.active, "pump finished")
     finally:
         await p.client.aclose()
         p.server.stop_accepting()
@@ -232,12 +232,13 @@ async def test_target_with_full_backlog_is_waited_for(keys: Keys, tmp: Path) -> 
     target = None
     echo = _EchoAll()
     try:
-        await _wait(lambda: p.server.pending >= 1, "the probe's open waiting for the target")
+        await _wait(lambda: p.server.registry.pending >= 1,
+                    "the probe's open waiting for the target")
         assert p.client.state.ready is False
         target = await asyncio.start_unix_server(echo, sock=listener)
         await _wait(lambda: p.client.state.ready, "client ready once the target accepts")
         assert await _roundtrip(p.socket, b"waited") == b"waited"
-        assert p.server.pending == 0
+        assert p.server.registry.pending == 0
     finally:
         await p.client.aclose()
         p.server.stop_accepting()
@@ -282,9 +283,10 @@ async def test_channel_open_in_flight_when_the_link_drops_is_retried(keys: Keys,
     target = None
     echo = _EchoAll()
     try:
-        await _wait(lambda: p.server.pending >= 1, "the probe's open waiting for the target")
+        await _wait(lambda: p.server.registry.pending >= 1,
+                    "the probe's open waiting for the target")
         answer = asyncio.ensure_future(_roundtrip(p.socket, b"in flight"))
-        await _wait(lambda: p.server.pending >= 2, "the connection's open waiting too")
+        await _wait(lambda: p.server.registry.pending >= 2, "the connection's open waiting too")
         p.server.stop_accepting()
         p.server.close_all()  # the SSH connection drops under both opens
         await _wait(lambda: p.client.state.link_up is False, "link down")

@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from container_desktop_relay.observability.observe import (
     rfc3339,
 )
 from container_desktop_relay.runtime.portowner import describe_holder
-from container_desktop_relay.runtime.state import RoleState
+from container_desktop_relay.runtime.state import SOCKET_MEMORY, RoleState
 from container_desktop_relay.ssh import patches as sshfix
 from obs_helpers import Clock, finish, open_connection
 
@@ -93,7 +94,8 @@ def test_ready_follows_state_and_draining_wins() -> None:
     assert ready_view(state) == (503, {"status": "not ready", "state": "not_ready",
                                        "reason": "starting", "role": "server",
                                        "link_up": None, "ssh_port": None,
-                                       "asyncssh_patches": patches})
+                                       "asyncssh_patches": patches,
+                                       "unreachable_sockets": {}})
     state.set_ready("listening")
     assert ready_view(state)[0] == 200
     state.start_draining()
@@ -101,8 +103,43 @@ def test_ready_follows_state_and_draining_wins() -> None:
     assert ready_view(state) == (503, {"status": "not ready", "state": "draining",
                                        "reason": "shutting down", "role": "server",
                                        "link_up": None, "ssh_port": None,
-                                       "asyncssh_patches": patches})
+                                       "asyncssh_patches": patches,
+                                       "unreachable_sockets": {}})
 
+
+
+def test_ready_names_unreachable_sockets_until_reached_or_forgotten() -> None:
+    """/ready lists each target socket that failed recently with its reason; one reached
+    since, or not tried again for SOCKET_MEMORY seconds, is no longer listed."""
+    state = RoleState("server")
+    state.set_ready("listening")
+    missing = "target socket /run/x.sock does not exist"
+    now = time.monotonic()
+    assert state.socket_failed("/run/x.sock", missing, now=now)
+    assert state.socket_failed("/run/y.sock", "timed out")
+    code, body = ready_view(state)
+    assert code == 200
+    assert body["unreachable_sockets"] == {"/run/x.sock": missing, "/run/y.sock": "timed out"}
+    state.socket_reached("/run/y.sock")
+    assert state.unreachable_sockets(now=now + SOCKET_MEMORY) == {"/run/x.sock": missing}
+    assert state.unreachable_sockets(now=now + SOCKET_MEMORY + 0.1) == {}
+
+
+def test_a_socket_failure_is_news_once() -> None:
+    """The first failure of a socket is news, repeats with the same reason within
+    SOCKET_MEMORY are not; another reason, a gap past it, or a failure after the socket was
+    reached is news again."""
+    state = RoleState("client")
+    missing = "target socket /run/x.sock does not exist"
+    assert state.socket_failed("/run/x.sock", missing, now=0.0)
+    assert not state.socket_failed("/run/x.sock", missing, now=2.0)
+    assert not state.socket_failed("/run/x.sock", missing, now=2.0 + SOCKET_MEMORY)
+    assert state.socket_failed("/run/x.sock", missing, now=2.1 + 2 * SOCKET_MEMORY)
+    assert state.socket_failed("/run/x.sock", "timed out", now=3.0 + 2 * SOCKET_MEMORY)
+    assert state.socket_failed("/run/other.sock", "timed out", now=3.0 + 2 * SOCKET_MEMORY)
+    state.socket_reached("/run/x.sock")
+    state.socket_reached("/run/never.sock")
+    assert state.socket_failed("/run/x.sock", "timed out", now=4.0 + 2 * SOCKET_MEMORY)
 
 
 def test_ready_names_an_unavailable_spawned_server() -> None:

@@ -145,7 +145,7 @@ def test_forward_connections_are_counted_per_forward() -> None:
     metrics, state = Metrics("client"), RoleState("client")
     assert "cdr_forward_connections" not in scrape(metrics, state)
     for forward in ("unix:///a.sock", "unix:///b.sock", "unix:///a.sock"):
-        metrics.connection_started(Pump("c", "/t.sock"), forward)
+        metrics.connection_started(Pump("c", "/t.sock"), forward, True)
     families = scrape(metrics, state)
     assert families["cdr_forward_connections"]["type"] == "counter"
     assert value(families, "cdr_forward_connections_total", forward="unix:///a.sock") == 2

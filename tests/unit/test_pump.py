@@ -199,16 +199,18 @@ def test_refusal_looks_the_same_whatever_was_sent() -> None:
 
 def test_refused_connections_do_not_count_as_connections() -> None:
     """Refused (never admitted) connections stay out of totals and the average duration."""
+    from container_desktop_relay.core.registry import ConnectionRegistry
     from container_desktop_relay.observability.metrics import Metrics
 
-    metrics = Metrics("client")
-    ok = Pump("c-1", "/t.sock", metrics.connection_finished)
-    refused = Pump("c-2", "/t.sock", metrics.connection_finished)
+    metrics, registry = Metrics("client"), ConnectionRegistry(10, count_closing=True)
+    metrics.observe(registry)
+    ok = Pump("c-1", "/t.sock", registry.finished)
+    refused = Pump("c-2", "/t.sock", registry.finished)
     for pump in (ok, refused):
         pump.attach(CLIENT, FakeEnd())
-        metrics.connection_started(pump, admitted=False)
+        registry.add(pump, opened=False)
     ok.attach(TARGET, FakeEnd())
-    metrics.connection_admitted(ok)
+    registry.opened(ok)
     ok.data(CLIENT, b"req")
     refused.data(CLIENT, b"refused request")
     refused.refuse("pool exhausted")

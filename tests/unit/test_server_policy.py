@@ -230,7 +230,7 @@ async def test_link_lost_while_a_queued_target_is_wrapped_leaves_nothing_active(
     loop = asyncio.get_running_loop()
     try:
         deadline = loop.time() + TIMEOUT
-        while server.pending != 1:  # the channel waits for the full backlog
+        while server.registry.pending != 1:  # the channel waits for the full backlog
             assert loop.time() < deadline, "the channel never queued for the target"
             await asyncio.sleep(0.01)
         accepted, _ = listener.accept()  # room in the backlog: the server's connect succeeds
@@ -243,8 +243,8 @@ async def test_link_lost_while_a_queued_target_is_wrapped_leaves_nothing_active(
         release.set()
         with pytest.raises((asyncssh.Error, OSError)):
             await asyncio.wait_for(opening, TIMEOUT)
-        while server.metrics.active or server.pending:
-            assert loop.time() < deadline, (server.metrics.active, server.pending)
+        while server.registry.active or server.registry.pending:
+            assert loop.time() < deadline, (server.registry.active, server.registry.pending)
             await asyncio.sleep(0.01)
         assert await server.drain(1.0) == 0
     finally:
@@ -255,3 +255,56 @@ async def test_link_lost_while_a_queued_target_is_wrapped_leaves_nothing_active(
             sock.close()
         with contextlib.suppress(NameError):
             accepted.close()
+
+
+@pytest.mark.asyncio
+async def test_host_key_probe_is_no_failed_login(server: RelayServer, keys: Keys) -> None:
+    """A client that only fetches the host key (doctor's check, ssh-keyscan) and leaves is
+    logged at debug and not counted; garbage and a refused key still are failed logins."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("container_desktop_relay.ssh.server")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    loop = asyncio.get_running_loop()
+
+    async def all_gone() -> None:
+        deadline = loop.time() + TIMEOUT
+        while server.connections:
+            assert loop.time() < deadline, "the server never saw the connection end"
+            await asyncio.sleep(0.01)
+
+    def events(name: str) -> list[logging.LogRecord]:
+        return [r for r in records if r.getMessage() == name]
+
+    try:
+        key = await asyncssh.get_server_host_key("127.0.0.1", server.port)
+        assert key is not None
+        await all_gone()
+        assert not events("ssh_login_failed")
+        closed = events("ssh_connection_closed")
+        assert len(closed) == 1 and closed[0].levelno == logging.DEBUG
+        assert getattr(closed[0], "reason", "").startswith("closed before any login attempt")
+        assert server.metrics.connection_errors == 0
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        with contextlib.suppress(OSError):
+            await asyncio.wait_for(reader.read(), TIMEOUT)
+        writer.close()
+        await all_gone()
+        assert len(events("ssh_login_failed")) == 1
+        assert server.metrics.connection_errors == 1
+
+        with pytest.raises(asyncssh.PermissionDenied):
+            async with _connect(server, asyncssh.generate_private_key("ssh-ed25519")):
+                pass
+        await all_gone()
+        failed = events("ssh_login_failed")
+        assert len(failed) == 2 and failed[1].levelno == logging.WARNING
+        assert server.metrics.connection_errors == 2
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)

@@ -79,6 +79,21 @@ def test_table_rows() -> None:
     ]
 
 
+def test_table_names_unreachable_sockets() -> None:
+    """Each socket /ready lists as unreachable gets a row naming it (the path once)."""
+    body = {**(READY.body or {}), "status": "not ready",
+            "reason": "remote socket unreachable: target socket /run/x.sock does not exist",
+            "unreachable_sockets": {"/run/x.sock": "target socket /run/x.sock does not exist",
+                                    "/run/y.sock": "timed out"}}
+    lines = render_table(Report(HEALTHY, answer(503, body), METRICS)).splitlines()
+    assert lines[0] == ("state         healthy, not ready (remote socket unreachable: target "
+                        "socket /run/x.sock does not exist)")
+    assert [ln for ln in lines if ln.startswith("unreachable")] == [
+        "unreachable   target socket /run/x.sock does not exist",
+        "unreachable   /run/y.sock: timed out",
+    ]
+
+
 def test_table_when_parts_are_missing() -> None:
     """A not-ready client with its link down and /metrics unreachable says so row by row."""
     ready = answer(503, {"status": "not ready", "reason": "ssh link down", "role": "client",
@@ -113,7 +128,8 @@ async def test_query_follows_the_live_state(live: tuple[Observability, int]) -> 
     report = await query("127.0.0.1", port, port, 5)
     assert report.exit_code == 1 and report.ready.body == {
         "status": "not ready", "state": "not_ready", "reason": "starting", "role": "server",
-        "link_up": None, "ssh_port": 20022, "asyncssh_patches": sshfix.report()}
+        "link_up": None, "ssh_port": 20022, "asyncssh_patches": sshfix.report(),
+        "unreachable_sockets": {}}
     obs.state.set_ready("listening")
     finish(open_connection(obs.metrics, 123, 456))
     report = await query("127.0.0.1", port, port, 5)

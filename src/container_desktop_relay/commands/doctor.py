@@ -3,17 +3,16 @@
 Checks run in the order a connection travels: configuration, key files, known_hosts, the SSH
 server, authentication, the channel and the Docker API behind it, then the local endpoint end
 to end and the observability endpoints. A check whose prerequisite failed is skipped. Nothing
-is written: known_hosts, keys and sockets are only read.
+is written: known_hosts, keys and sockets are only read. The SSH steps connect with the
+client's own options (:mod:`~container_desktop_relay.ssh.options`); the local-side steps are
+in :mod:`~container_desktop_relay.commands.doctor_steps`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
-import stat
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,17 +20,23 @@ from typing import Any
 
 import asyncssh
 
+from container_desktop_relay.commands.doctor_steps import (
+    PING,
+    Failed,
+    check_endpoint,
+    check_observability,
+    ping_stream,
+    reason_of,
+)
 from container_desktop_relay.config import Config, load_config
 from container_desktop_relay.durations import parse_duration
 from container_desktop_relay.endpoints import Endpoint
 from container_desktop_relay.errors import ConfigError, RelayError
-from container_desktop_relay.runtime.state import SERVER_UNAVAILABLE
 from container_desktop_relay.ssh import tune as sshtune
 from container_desktop_relay.ssh.forwards import Forward
 
-__all__ = ["Check", "Doctor", "main", "ping_stream"]
+__all__ = ["PING", "Check", "Doctor", "Failed", "main", "ping_stream"]
 
-PING = b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n"
 OK, FAIL, SKIP = "ok", "FAIL", "skip"
 
 
@@ -43,61 +48,6 @@ class Check:
     status: str
     detail: str
     fix: str = ""
-
-
-class Failed(Exception):
-    """A check failed: ``detail`` is what was found, ``fix`` what to do about it."""
-
-    def __init__(self, detail: str, fix: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.fix = fix
-
-
-async def ping_stream(reader: Any, writer: Any, timeout: float) -> str:
-    """Send ``GET /_ping`` on an open stream; return "" when the answer is 200 ``OK``.
-
-    Reads one HTTP response (headers, then Content-Length bytes or up to EOF), so a peer that
-    keeps the connection open is fine; one that does not answer HTTP is told apart at once.
-
-    Returns:
-        A short description of the wrong answer otherwise.
-    """
-    writer.write(PING)
-    data = b""
-    async with asyncio.timeout(timeout):
-        while b"\r\n\r\n" not in data and len(data) < 65536:
-            chunk = await reader.read(65536)
-            if not chunk:
-                break
-            data += chunk
-            if len(data) >= 5 and not data.startswith(b"HTTP/"):
-                return f"answered {data[:40].decode('latin-1')!r}, not HTTP,"
-        head, _, body = data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        length = next((int(v) for k, _, v in (ln.partition(":") for ln in lines[1:])
-                       if k.strip().lower() == "content-length" and v.strip().isdigit()), None)
-        while head and (length is None or len(body) < length) and len(body) < 65536:
-            chunk = await reader.read(65536)
-            if not chunk:
-                break
-            body += chunk
-    if not data:
-        return "closed the connection without an answer"
-    status = lines[0]
-    if status.split(" ")[1:2] == ["200"] and body.strip() == b"OK":
-        return ""
-    return f"answered {status!r} {body[:40]!r} instead of 200 OK"
-
-
-def _mode_problem(path: str) -> str:
-    st = os.stat(path)
-    if hasattr(os, "getuid") and st.st_uid != os.getuid():
-        return f"is owned by uid {st.st_uid}, not by you (uid {os.getuid()})"
-    mode = stat.S_IMODE(st.st_mode)
-    if os.name == "posix" and mode & 0o077:
-        return f"has mode {mode:04o}; it must be 0600"
-    return ""
 
 
 @dataclass
@@ -325,20 +275,20 @@ class Doctor:
     async def check_server(self) -> str:
         from container_desktop_relay.ssh.client import resolve_target
         from container_desktop_relay.ssh.hostkeys import fingerprint, host_key_algs, host_label
+        from container_desktop_relay.ssh.options import host_key_options
 
         target = resolve_target(self.cfg)
         where = f"{target.host}:{target.port}"
         pinned = self._pinned()
         try:
             key = await asyncssh.get_server_host_key(
-                target.host, target.port, server_host_key_algs=host_key_algs(pinned),
-                config=None)
+                target.host, target.port, **host_key_options(host_key_algs(pinned)))
         except ConnectionRefusedError:
             raise Failed(f"nothing listens on {where} (connection refused)",
                          self._start_server_fix()) from None
         except (OSError, asyncssh.Error, TimeoutError) as exc:
             raise Failed(f"{where} did not complete an SSH handshake: "
-                         f"{_reason(exc)}", self._start_server_fix()) from None
+                         f"{reason_of(exc)}", self._start_server_fix()) from None
         if key is None:
             raise Failed(f"{where} offered no host key", self._start_server_fix())
         self._host_key = key
@@ -371,17 +321,17 @@ class Doctor:
 
     async def check_auth(self) -> str:
         from container_desktop_relay.ssh.client import resolve_target
+        from container_desktop_relay.ssh.hostkeys import host_key_algs
+        from container_desktop_relay.ssh.options import connect_options
 
         target = resolve_target(self.cfg)
         assert self._host_key is not None and self._identity is not None
         identity = self.cfg.path("identity_path")
-        try:
+        try:  # the client's own options, with the host key just checked as the only one
             self._conn = await asyncssh.connect(
-                target.host, target.port, username=target.user,
-                client_keys=[self._identity], known_hosts=([self._host_key], [], []),
-                agent_path=None, config=None, preferred_auth="publickey",
-                x509_trusted_certs=None, login_timeout=self.timeout,
-            )
+                target.host, target.port, login_timeout=self.timeout, **connect_options(
+                    self.cfg, target, self._identity, known_hosts=([self._host_key], [], []),
+                    server_host_key_algs=host_key_algs([self._host_key])))
         except asyncssh.PermissionDenied:
             raise Failed(
                 f"the server refused the key {identity} for user {target.user}",
@@ -391,7 +341,7 @@ class Doctor:
                 f"{identity} to the server's authorized_keys",
             ) from None
         except (OSError, asyncssh.Error) as exc:
-            raise Failed(f"SSH login failed: {_reason(exc)}", self._start_server_fix()) from None
+            raise Failed(f"SSH login failed: {reason_of(exc)}", self._start_server_fix()) from None
         return f"logged in as {target.user} with {identity}"
 
     async def check_channel(self) -> str:
@@ -447,7 +397,8 @@ class Doctor:
         """Every local endpoint is the client's and answers GET /_ping end to end."""
         details = []
         for fwd in self._forwards():
-            details.append(await self._check_endpoint(fwd.endpoint))
+            details.append(await check_endpoint(fwd.endpoint, self._start_fix(fwd.endpoint),
+                                                self.timeout))
         return "; ".join(details)
 
     def _start_fix(self, endpoint: Endpoint) -> str:
@@ -460,172 +411,9 @@ class Doctor:
         return ("start the client: container-desktop-relay client --listen "
                 f"{endpoint.url} --ssh-connection {resolve_target(self.cfg)}")
 
-    async def _check_endpoint(self, endpoint: Endpoint) -> str:
-        start = self._start_fix(endpoint)
-        if endpoint.scheme == "npipe":
-            if sys.platform != "win32":
-                raise Failed(f"{endpoint.url} is a Windows named pipe; this is not Windows",
-                             "check a Unix socket instead: --listen unix:///path/relay.sock")
-            return await self._ping_pipe(endpoint.address, start)
-        path = endpoint.address
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            raise Failed(f"{path} does not exist (no client is running)", start) from None
-        if not stat.S_ISSOCK(st.st_mode):
-            raise Failed(f"{path} is not a socket", f"remove {path}, then {start}")
-        if sys.platform == "win32":
-            raise NotImplementedError("asyncio has no Unix sockets on Windows")
-        try:
-            reader, writer = await asyncio.open_unix_connection(path)
-        except ConnectionRefusedError:
-            raise Failed(f"{path} is a stale socket file: nothing listens on it",
-                         f"{start} (it replaces the stale file)") from None
-        except OSError as exc:
-            raise Failed(f"cannot connect to {path}: {_reason(exc)}", start) from None
-        try:
-            wrong = await ping_stream(reader, writer, self.timeout)
-        finally:
-            writer.close()
-        problem = _mode_problem(path)
-        if problem:
-            raise Failed(f"{path} {problem}",
-                         f"chmod 600 {path} (a current client creates it 0600), or restart "
-                         "the client as the owner")
-        if wrong:
-            raise Failed(f"{path} {wrong} to GET /_ping end to end",
-                         "see the client's log (connection_closed events) and the checks "
-                         "above")
-        return f"{path} is yours, mode 0600, and answers GET /_ping end to end"
-
-    async def _ping_pipe(self, address: str, start: str) -> str:
-        """Open the named pipe as a client (proactor loop) and ping through it."""
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        protocol = asyncio.StreamReaderProtocol(reader)
-        create = getattr(loop, "create_pipe_connection", None)
-        if create is None:
-            raise Failed("this event loop cannot open named pipes",
-                         "run doctor with the default (proactor) event loop on Windows")
-        try:
-            transport, _ = await create(lambda: protocol, address)
-        except FileNotFoundError:
-            raise Failed(f"{address} does not exist (no client is running)", start) from None
-        except OSError as exc:
-            if getattr(exc, "winerror", None) == 231:  # ERROR_PIPE_BUSY
-                raise Failed(f"{address}: All pipe instances are busy",
-                             "the client is not accepting: see its log, restart it") from None
-            raise Failed(f"cannot open {address}: {_reason(exc)}", start) from None
-        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-        try:
-            wrong = await ping_stream(reader, writer, self.timeout)
-        finally:
-            writer.close()
-        if wrong:
-            raise Failed(f"{address} {wrong} to GET /_ping end to end",
-                         "see the client's log (connection_closed events) and the checks "
-                         "above")
-        return f"{address} answers GET /_ping end to end"
-
     async def check_observability(self) -> str:
-        """The client's endpoints answer; a default port taken by something else only means
-        they are not served (the client relays on), so that is no failure."""
-        cfg = self.cfg
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(
-            cfg.health_check_host, cfg.health_check_host)
-        wanted: list[tuple[int, str, bool]] = []  # (port, path, set explicitly)
-        if cfg.effective_health_enabled("client"):
-            port = cfg.effective_health_port("client")
-            explicit = cfg.health_check_port is not None
-            wanted += [(port, "/ready", explicit), (port, "/health", explicit)]
-        if cfg.effective_metrics_enabled("client"):
-            wanted.append((cfg.effective_metrics_port("client"), "/metrics",
-                           cfg.metrics_port is not None))
-        if not wanted:
-            return "not enabled for the client (--health-check-enabled, --metrics-enabled)"
-        unknown = sorted({path for port, path, _ in wanted if port == 0})
-        checked = [(host, port, path, explicit) for port, path, explicit in wanted if port != 0]
-        answered, unserved = await self._get_all(checked, cfg.ssh_port("client"))
-        parts = []
-        if answered:
-            parts.append(", ".join(answered) + " answer 200")
-        if unserved:
-            parts.append(", ".join(unserved) + " not served (default port taken: the client "
-                         "logs observability_port_in_use and relays on)")
-        if unknown:
-            parts.append(f"{', '.join(unknown)} not checked: port 0 means any free port, pass "
-                         "the bound one (log event observability_listening) as "
-                         "--health-check-port / --metrics-port")
-        return "; ".join(parts) if parts else "nothing to check"
-
-    async def _get_all(self, urls: list[tuple[str, int, str, bool]],
-                       ssh_port: int) -> tuple[list[str], list[str]]:
-        """GET each (host, port, path): (URLs that answered 200, default-port ones that are not
-        served). /ready comes first: it names the relay, so its port's other paths follow it.
-
-        Raises:
-            Failed: an explicitly set port does not answer (or answers for another relay), or
-                an endpoint answers with an error status.
-        """
-        import aiohttp
-
-        answered: list[str] = []
-        unserved: list[str] = []
-        timeout = aiohttp.ClientTimeout(total=self.timeout)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            elsewhere: set[int] = set()  # default ports held by someone else
-            for host, port, path, explicit in urls:
-                url = f"http://{host}:{port}{path}"
-                if port in elsewhere:
-                    unserved.append(url)
-                    continue
-                body: Any = None
-                try:
-                    async with session.get(url) as response:
-                        status = response.status
-                        with contextlib.suppress(ValueError, aiohttp.ClientError):
-                            body = await response.json(content_type=None)
-                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                    if not explicit:
-                        elsewhere.add(port)
-                        unserved.append(url)
-                        continue
-                    raise Failed(f"{url} does not answer: {_reason(exc)}",
-                                 "check --health-check-port/--metrics-port match the running "
-                                 "client, and that it was started with them enabled") from None
-                other = body.get("ssh_port") if isinstance(body, dict) else None
-                if isinstance(other, int) and other != ssh_port:
-                    if not explicit:
-                        elsewhere.add(port)
-                        unserved.append(url)
-                        continue
-                    raise Failed(f"{url} answers for the relay on SSH port {other}, not "
-                                 f"{ssh_port}",
-                                 "give this client its own --health-check-port / "
-                                 "--metrics-port, or leave them unset")
-                reason = body.get("reason") if isinstance(body, dict) else None
-                if status != 200 and isinstance(body, dict) and body.get("state") == (
-                        SERVER_UNAVAILABLE):
-                    raise Failed(f"{url} answered {status}: {reason}",
-                                 "the server the client spawns through wsl.exe exits at once: "
-                                 "its messages are logged as server_output; check that "
-                                 "--distribution names an installed distribution (wsl -l -v) "
-                                 "and that --relay-program-path runs there")
-                if status != 200:
-                    raise Failed(f"{url} answered {status}"
-                                 + (f" ({reason})" if reason else ""),
-                                 "/ready is 503 while the SSH link is down and /health 503 "
-                                 "when degraded: see the client's log and the checks above")
-                answered.append(url)
-        return answered, unserved
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
+        """The client's endpoints answer (a default port taken by another is no failure)."""
+        return await check_observability(self.cfg, self.timeout)
 
 
 def render(check: Check) -> str:

@@ -23,13 +23,13 @@ from container_desktop_relay.config import load_config
 from container_desktop_relay.durations import parse_duration
 from container_desktop_relay.errors import ConfigError, NotServed
 from container_desktop_relay.fixes import status_not_served
+from container_desktop_relay.observability.ports import endpoint_ports, query_host
 
 __all__ = ["Answer", "Report", "main", "query", "render_table"]
 
 EXIT_OK = 0
 EXIT_UNHEALTHY = 1
 EXIT_UNREACHABLE = 2
-_WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
 @dataclass(slots=True)
@@ -141,7 +141,8 @@ def _field(answer: Answer | None, key: str) -> Any:
 
 
 def render_table(report: Report) -> str:
-    """The human-readable report: state, role, uptime, link, connections, bytes, errors."""
+    """The human-readable report: state, role, uptime, link, target sockets that failed
+    recently, connections, bytes, errors."""
     rows: list[tuple[str, str]] = []
     health, ready, metrics = report.health, report.ready, report.metrics
     if health.answered:
@@ -166,6 +167,10 @@ def render_table(report: Report) -> str:
     if ready.answered:
         link = _field(ready, "link_up")
         rows.append(("link", "n/a (server role)" if link is None else ("up" if link else "down")))
+        unreachable = _field(ready, "unreachable_sockets")
+        if isinstance(unreachable, dict):
+            for path, why in unreachable.items():
+                rows.append(("unreachable", str(why) if path in str(why) else f"{path}: {why}"))
     metrics_ok = metrics is not None and metrics.code == 200 and metrics.answered
     source = metrics if metrics_ok else health
     active, total = _field(source, "active_connections"), _field(source, "total_connections")
@@ -214,9 +219,10 @@ def main(args: argparse.Namespace) -> int:
                                                  "metrics_port", "port")}
     config = load_config(flags, config_path=args.config_file)
     role = args.role or platform_role()
-    host = _WILDCARDS.get(config.health_check_host, config.health_check_host)
-    health_port = config.effective_health_port(role)
-    metrics_port: int | None = config.effective_metrics_port(role)
+    ports = endpoint_ports(config, role)
+    host = query_host(config.health_check_host)
+    health_port = ports.health_port
+    metrics_port: int | None = ports.metrics_port
     if health_port == 0:
         raise ConfigError("health_check_port is 0 (any free port): pass the bound port with "
                           "--health-check-port (the relay logs it as observability_listening)")
@@ -226,9 +232,9 @@ def main(args: argparse.Namespace) -> int:
         metrics_port = health_port
     report = asyncio.run(query(host, health_port, metrics_port, timeout))
     # Which relay answered matters when the port was derived from an SSH port (or one given).
-    ssh_port = config.ssh_port(role)
+    ssh_port = ports.ssh_port
     answered_for = _field(report.ready, "ssh_port")
-    derived = config.health_check_port is None or config.source_of("port") is not None
+    derived = not ports.health_explicit or config.source_of("port") is not None
     if derived and isinstance(answered_for, int) and answered_for != ssh_port:
         report.other_relay = answered_for
     if args.json:

@@ -16,6 +16,9 @@ Counting rules (documented in docs/observability.md):
 
 Everything runs on one event loop, so plain integers are exact under any concurrency; byte
 counts of live connections are summed at read time, so a scrape sees bytes as they move.
+The live connections themselves belong to the role's
+:class:`~container_desktop_relay.core.registry.ConnectionRegistry`: metrics observe it
+(:meth:`Metrics.observe`) and read its live set, they do not own it.
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from container_desktop_relay.core.pump import Pump
+    from container_desktop_relay.core.registry import ConnectionRegistry
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -94,15 +98,16 @@ class Snapshot:
 
 
 class Metrics:
-    """Counters of one role, fed by the pump registry and the SSH/endpoint layers."""
+    """Counters of one role, fed by its connection registry (as an observer) and the
+    SSH/endpoint layers."""
 
     def __init__(self, role: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.role = role
         self._clock = clock
         self.started = clock()
-        self.active: set[Pump] = set()
-        #: accepted connections whose target side is not open yet (not counted as connections)
-        self.waiting: set[Pump] = set()
+        #: the registry observed (see :meth:`observe`); None until a role attaches one
+        self.registry: ConnectionRegistry | None = None
+        self._live: Collection[Pump] = ()
         self.total_connections = 0
         self.closed_bytes_read = 0
         self.closed_bytes_written = 0
@@ -123,34 +128,32 @@ class Metrics:
         self.listeners: list[Callable[[], None]] = []
 
     # ---------------------------------------------------------------- feed
-    def connection_started(self, pump: Pump, forward: str = "", *,
-                           admitted: bool = True) -> None:
-        """A forwarded connection was accepted, by the client's forward ``forward`` when given
-        (``admitted``: and its target side opened; otherwise :meth:`connection_admitted`
+    def observe(self, registry: ConnectionRegistry) -> None:
+        """Count the connections of ``registry`` and read its live ones at snapshot time."""
+        self.registry = registry
+        self._live = registry.active
+        registry.observers.append(self)
+
+    def connection_started(self, pump: Pump, forward: str, opened: bool) -> None:
+        """A forwarded connection was accepted, by the client's forward ``forward`` when not
+        empty (``opened``: and its target side opened; otherwise :meth:`connection_opened`
         follows once it is)."""
-        self.active.add(pump)
         if forward:
             self.forward_connections[forward] = self.forward_connections.get(forward, 0) + 1
-        if admitted:
-            self.total_connections += 1
-        else:
-            self.waiting.add(pump)
-
-    def connection_admitted(self, pump: Pump) -> None:
-        """A connection started with ``admitted=False`` reached its target side."""
-        if pump in self.waiting:
-            self.waiting.discard(pump)
+        if opened:
             self.total_connections += 1
 
-    def connection_finished(self, pump: Pump) -> None:
+    def connection_opened(self, pump: Pump) -> None:
+        """A connection started with ``opened=False`` reached its target side."""
+        self.total_connections += 1
+
+    def connection_finished(self, pump: Pump, opened: bool) -> None:
         """A forwarded connection ended (both sides closed).
 
         One that never reached its target (refused, or its client left while the channel
         opened) is not a connection: it counts in neither totals nor average duration.
         """
-        self.active.discard(pump)
-        if pump in self.waiting:
-            self.waiting.discard(pump)
+        if not opened:
             return
         self.closed_connections += 1
         up, down = pump.bytes
@@ -186,15 +189,16 @@ class Metrics:
 
     def snapshot(self) -> Snapshot:
         """Counters now, including bytes of live connections."""
-        live_read = sum(p.bytes[0] for p in self.active)
-        live_written = sum(p.bytes[1] for p in self.active)
+        live = self._live
+        live_read = sum(p.bytes[0] for p in live)
+        live_written = sum(p.bytes[1] for p in live)
         avg = (self.closed_duration_total / self.closed_connections
                if self.closed_connections else 0.0)
         return Snapshot(
             role=self.role,
             uptime=self.uptime,
             total_connections=self.total_connections,
-            active_connections=len(self.active),
+            active_connections=len(live),
             total_bytes_read=self.closed_bytes_read + live_read,
             total_bytes_written=self.closed_bytes_written + live_written,
             total_errors=self.connection_errors + self.socket_errors + self.other_errors,
@@ -208,14 +212,14 @@ class Metrics:
 
 def account_finished(metrics: Metrics, pump: Pump, logger: logging.Logger,
                      forward: str = "") -> None:
-    """Count a finished forwarded connection (and its failure), and log its one close event
-    (with the client's ``forward`` when given).
+    """Count the failure of a finished forwarded connection (the registry already reported
+    the connection itself), and log its one close event (with the client's ``forward`` when
+    given).
 
     A connection that did not end cleanly (a side failed, a timeout or the close linger cut it
     off, it was aborted at shutdown, its stream was cut off) is an error: ``socket_errors``
     when a local socket or pipe failed, ``connection_errors`` otherwise.
     """
-    metrics.connection_finished(pump)
     up, down = pump.bytes
     if pump.failed:
         kind = "socket" if isinstance(pump.error, OSError) else "connection"

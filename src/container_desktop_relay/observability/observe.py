@@ -32,6 +32,7 @@ from container_desktop_relay.observability.httpserve import (
     json_response,
 )
 from container_desktop_relay.observability.metrics import Metrics, Snapshot
+from container_desktop_relay.observability.ports import HEALTH, METRICS, endpoint_ports
 from container_desktop_relay.runtime.portowner import tcp_port_holder
 from container_desktop_relay.runtime.state import RoleState
 from container_desktop_relay.ssh import patches as sshfix
@@ -51,8 +52,6 @@ __all__ = [
 
 log = get_logger(__name__)
 
-HEALTH = "health"
-METRICS = "metrics"
 JSON = "application/json"
 OPENMETRICS = "application/openmetrics-text"
 TEXT = "text/plain"
@@ -89,7 +88,8 @@ def ready_view(state: RoleState, ssh_port: int | None = None) -> tuple[int, dict
     """The /ready status code and body: 200 only when the role can serve a connection now.
 
     ``ssh_port`` (the server's own SSH port, or the one the client connects to) lets ``status``
-    tell this relay's endpoints from another relay's on the same port.
+    tell this relay's endpoints from another relay's on the same port; ``unreachable_sockets``
+    names each target socket that failed recently (a missing one: "does not exist").
     """
     body = {
         "status": "ready" if state.ready else "not ready",
@@ -99,6 +99,7 @@ def ready_view(state: RoleState, ssh_port: int | None = None) -> tuple[int, dict
         "link_up": state.link_up,
         "asyncssh_patches": sshfix.report(),
         "ssh_port": ssh_port,
+        "unreachable_sockets": state.unreachable_sockets(),
     }
     return (200 if state.ready else 503), body
 
@@ -236,24 +237,17 @@ class Observability:
         #: default ports that were taken, so not served: {"health": port, ...}
         self.unserved: dict[str, int] = {}
         self._servers: list[HttpServer] = []
+        #: which port serves which endpoint (shared with status and doctor)
+        self.endpoints = endpoint_ports(config, state.role)
 
     def plan(self) -> list[tuple[int, frozenset[str]]]:
         """(port, paths) of each server to start, merging equal health and metrics ports."""
-        role, config = self.state.role, self.config
-        wanted: list[tuple[int, str]] = []
-        if config.effective_health_enabled(role):
-            wanted.append((config.effective_health_port(role), HEALTH))
-        if config.effective_metrics_enabled(role):
-            wanted.append((config.effective_metrics_port(role), METRICS))
-        merged: dict[int, set[str]] = {}
-        for port, what in wanted:
-            merged.setdefault(port, set()).add(what)
-        return [(port, frozenset(paths)) for port, paths in merged.items()]
+        return self.endpoints.servers()
 
     def _origin(self, paths: frozenset[str]) -> tuple[str, str] | None:
         """(key, where it was set) of the first explicitly set port among ``paths``."""
         for what, key in ((HEALTH, "health_check_port"), (METRICS, "metrics_port")):
-            if what in paths and getattr(self.config, key) is not None:
+            if what in paths and self.endpoints.explicit(what):
                 return key, self.config.source_of(key) or "the configuration"
         return None
 
@@ -291,7 +285,7 @@ class Observability:
         """Serve ``paths`` on ``port``; the bound port, or 0 when a default port is taken."""
         handler = make_handler(self.metrics, self.state,
                                threshold=self.config.degraded_threshold, paths=paths,
-                               ssh_port=self.config.ssh_port(self.state.role))
+                               ssh_port=self.endpoints.ssh_port)
         server = HttpServer(handler)
         what = " and ".join(sorted("/health, /ready" if p == HEALTH else "/metrics"
                                    for p in paths))

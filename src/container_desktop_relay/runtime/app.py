@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from container_desktop_relay.config import Config
+from container_desktop_relay.core.registry import ConnectionRegistry
 from container_desktop_relay.log import get_logger
 from container_desktop_relay.observability.metrics import Metrics
 from container_desktop_relay.runtime.state import RoleState
@@ -26,6 +27,7 @@ class Role(Protocol):
 
     state: RoleState
     metrics: Metrics
+    registry: ConnectionRegistry
 
     async def start(self) -> None:
         """Acquire everything and start serving; raise a RelayError when that fails."""
@@ -34,7 +36,7 @@ class Role(Protocol):
         """Stop taking new connections."""
 
     async def drain(self, timeout: float) -> int:
-        """Wait for active connections to end; return how many remain."""
+        """Stop admitting, wait for active connections to end; return how many remain."""
         ...
 
     def close_all(self) -> None:
@@ -171,7 +173,7 @@ async def serve(
         drain = asyncio.create_task(role.drain(config.shutdown_timeout), name="drain")
         forced = asyncio.create_task(shutdown.forced.wait(), name="forced")
         await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
-        remaining = drain.result() if drain.done() else len(role.metrics.active)
+        remaining = drain.result() if drain.done() else len(role.registry.active)
         drain.cancel()
         forced.cancel()
         if remaining:

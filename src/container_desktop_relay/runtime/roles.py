@@ -6,20 +6,19 @@ from typing import Any
 
 from container_desktop_relay.config import Config
 from container_desktop_relay.observability.metrics import Metrics
-from container_desktop_relay.runtime.app import run_loop, serve
+from container_desktop_relay.runtime.app import Role, run_loop, serve
 from container_desktop_relay.runtime.memory import IdleTrimmer
 from container_desktop_relay.runtime.state import RoleState
 from container_desktop_relay.ssh.server import RelayServer
 
-__all__ = ["new_metrics", "run_client", "run_server"]
+__all__ = ["run_client", "run_server", "trim_when_idle"]
 
 
-def new_metrics(role: str) -> Metrics:
-    """The role's counters, with freed memory handed back to the OS whenever it goes idle."""
-    metrics = Metrics(role)
-    trimmer = IdleTrimmer(lambda: not metrics.active)
-    metrics.listeners.append(trimmer.connection_finished)
-    return metrics
+def trim_when_idle(role: Role) -> None:
+    """Hand freed memory back to the OS whenever ``role`` has no live connection left."""
+    registry = role.registry
+    trimmer = IdleTrimmer(lambda: not registry.active)
+    role.metrics.listeners.append(trimmer.connection_finished)
 
 
 def _observability(config: Config, role: str) -> list[Any]:
@@ -36,8 +35,8 @@ def run_server(config: Config) -> int:
 
     async def main() -> int:
         state = RoleState("server")
-        metrics = new_metrics("server")
-        server = RelayServer(config, metrics, state)
+        server = RelayServer(config, Metrics("server"), state)
+        trim_when_idle(server)
         return await serve(server, config, extras=_observability(config, "server"))
 
     return run_loop(main)
@@ -58,8 +57,8 @@ def run_client(config: Config) -> int:
 
     async def main() -> int:
         state = RoleState("client")
-        metrics = new_metrics("client")
-        client = RelayClient(config, metrics, state)
+        client = RelayClient(config, Metrics("client"), state)
+        trim_when_idle(client)
         extras = _observability(config, "client")
         if config.tid_path:
             extras.append(tid_file_extra(config.path("tid_path")))

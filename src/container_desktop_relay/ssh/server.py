@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import fnmatch
 import functools
@@ -22,6 +21,7 @@ from container_desktop_relay.config import Config
 from container_desktop_relay.core.ends import ChannelEnd, TransportEnd
 from container_desktop_relay.core.idle import sweep_idle
 from container_desktop_relay.core.pump import CLIENT, TARGET, Pump
+from container_desktop_relay.core.registry import ConnectionRegistry
 from container_desktop_relay.errors import SERVER_DRAINING, ListenError
 from container_desktop_relay.fixes import port_in_use
 from container_desktop_relay.log import get_logger
@@ -31,12 +31,12 @@ from container_desktop_relay.runtime.state import RoleState
 from container_desktop_relay.ssh import tune as sshtune
 from container_desktop_relay.ssh.authkeys import LINE_OPTION, AuthorizedKeys, AuthorizedKeysReader
 from container_desktop_relay.ssh.keys import check_not_writable_by_others, load_private_key
+from container_desktop_relay.ssh.options import listen_options
 from container_desktop_relay.ssh.url import socket_path_problem
 
 __all__ = ["RelayServer", "check_socket_path"]
 
 log = get_logger(__name__)
-_conn_ids = itertools.count(1)
 #: Rejected public keys allowed per connection before it is dropped (OpenSSH's MaxAuthTries).
 MAX_AUTH_TRIES = 6
 _ssh_ids = itertools.count(1)
@@ -114,12 +114,14 @@ class RelayServer:
         self.config = config
         self.metrics = metrics
         self.state = state
-        self.pending = 0
+        #: live forwarded connections and pending target connects (closing ones do not count)
+        self.registry = ConnectionRegistry(config.max_connections, count_closing=False)
+        metrics.observe(self.registry)
+        #: SSH connections open now
         self.connections: set[_ServerConnection] = set()
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._identity: asyncssh.SSHKey | None = None
         self.port = 0
-        self._idle = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
         #: tasks wrapping just-connected target sockets in transports (kept referenced)
         self.adopting: set[asyncio.Task[None]] = set()
@@ -146,22 +148,8 @@ class RelayServer:
         self.authorized_keys()  # unsafe or unreadable authorized_keys: fail at start, clearly
         try:
             self._acceptor = await asyncssh.listen(
-                config.host,
-                config.port,
-                server_factory=lambda: _ServerConnection(self),
-                server_host_keys=[host_key],
-                encryption_algs=sshtune.preferred_ciphers(),
-                compression_algs=["none"],
-                login_timeout=config.connect_timeout,
-                keepalive_interval=config.keepalive_interval,
-                keepalive_count_max=config.keepalive_count_max,
-                rekey_bytes=config.rekey_limit,
-                x11_forwarding=False,
-                agent_forwarding=False,
-                allow_pty=False,
-                allow_scp=False,
-                reuse_address=True,
-            )
+                config.host, config.port,
+                **listen_options(config, host_key, lambda: _ServerConnection(self)))
         except OSError as exc:
             why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             if exc.errno == errno.EADDRINUSE:
@@ -169,7 +157,7 @@ class RelayServer:
             raise ListenError(f"cannot listen on {config.host}:{config.port}: {why}") from None
         self.port = self._acceptor.get_port()
         self._sweeper = asyncio.create_task(
-            sweep_idle(lambda: self.metrics.active, config.read_timeout, config.write_timeout),
+            sweep_idle(lambda: self.registry.active, config.read_timeout, config.write_timeout),
             name="idle-sweeper",
         )
         self.state.set_ready("listening")
@@ -207,48 +195,28 @@ class RelayServer:
             self._acceptor = None
 
     async def drain(self, timeout: float) -> int:
-        """Wait up to ``timeout`` for active connections to finish; returns how many remain."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                while self.metrics.active or self.pending:
-                    self._idle = asyncio.Event()
-                    await self._idle.wait()
-        return len(self.metrics.active)
+        """Wait up to ``timeout`` for forwarded connections and pending target connects to
+        finish; returns how many connections remain."""
+        return await self.registry.drain(timeout)
 
     def close_all(self) -> None:
         """Close every forwarded connection and SSH connection now."""
         if self._sweeper is not None:
             self._sweeper.cancel()
-        for pump in list(self.metrics.active):
-            pump.close("shutdown", abort=True)
+        self.registry.close_all()
         for conn in list(self.connections):
             conn.close()
 
     # ------------------------------------------------------------ channels
-    def slot_available(self) -> bool:
-        """Whether a new forwarded connection fits under ``max_connections``.
-
-        Counts what is really open: connections already closing (both directions ended, or
-        aborted, and only flushing or waiting for the last close) do not count. A client relay
-        with the same limit frees its slot only after the server started closing it, so it
-        never has a connection admitted that the server refuses.
-        """
-        open_now = sum(1 for pump in self.metrics.active if not pump.closing)
-        return open_now + self.pending < self.config.max_connections
-
     def finished(self, pump: Pump) -> None:
         """A pump ended: account and log it once."""
+        self.registry.finished(pump)
         account_finished(self.metrics, pump, log)
-        self._wake_drain()
 
-    def open_finished(self) -> None:
-        """A target connect that counted as pending is over (connected, failed or cancelled)."""
-        self.pending -= 1
-        self._wake_drain()
 
-    def _wake_drain(self) -> None:
-        if not self.metrics.active and not self.pending:
-            self._idle.set()
+def _login_timed_out(exc: Exception | None) -> bool:
+    """Whether asyncssh closed the connection because its login timeout ran out."""
+    return isinstance(exc, asyncssh.ConnectionLost) and "timeout" in str(exc).lower()
 
 
 class _ServerConnection(asyncssh.SSHServer):
@@ -260,6 +228,8 @@ class _ServerConnection(asyncssh.SSHServer):
         self.peer = "?"
         self.user = ""
         self.authenticated = False
+        #: whether the client asked to log in at all (a host-key probe never does)
+        self.login_attempted = False
         self.failed_keys = 0
         self.lost = False
         self.peer_addr = ""
@@ -271,6 +241,15 @@ class _ServerConnection(asyncssh.SSHServer):
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
+
+    def _host_key_probe(self, exc: Exception | None) -> bool:
+        """Whether this connection only fetched the host key (doctor's host-key check,
+        ssh-keyscan): the key exchange got as far as the server's host key, then the client
+        left without asking to log in. That is no failed login; garbage, a key exchange that
+        failed and a login that timed out are."""
+        if self.login_attempted or self._conn is None or _login_timed_out(exc):
+            return False
+        return self._conn.get_extra_info("recv_cipher") is not None
 
     def _extra(self, **fields: Any) -> dict[str, Any]:
         return {"ssh_id": self.ssh_id, "remote": self.peer, **fields}
@@ -290,6 +269,10 @@ class _ServerConnection(asyncssh.SSHServer):
         self.relay.connections.discard(self)
         if not self.authenticated:
             reason = str(exc) if exc else "closed before authenticating"
+            if self._host_key_probe(exc):
+                log.debug("ssh_connection_closed", extra=self._extra(
+                    reason=f"closed before any login attempt: {reason}"))
+                return
             log.warning("ssh_login_failed", extra=self._extra(user=self.user, reason=reason))
             self.relay.metrics.error("connection", f"login from {self.peer} failed: {reason}")
         else:
@@ -299,6 +282,7 @@ class _ServerConnection(asyncssh.SSHServer):
     # --- authentication: public keys only
     def begin_auth(self, username: str) -> bool:
         self.user = username
+        self.login_attempted = True
         allowed = self.relay.config.allowed_users
         assert self._conn is not None
         if allowed and username not in allowed:
@@ -390,7 +374,7 @@ class _ServerConnection(asyncssh.SSHServer):
             refused, code = SERVER_DRAINING, asyncssh.OPEN_CONNECT_FAILED
         elif why := check_socket_path(dest_path, config.allow_socket):
             refused = why
-        elif not relay.slot_available():
+        elif not relay.registry.has_room():
             refused = f"connection pool exhausted (max: {config.max_connections})"
             code = asyncssh.OPEN_RESOURCE_SHORTAGE
         if refused is not None:
@@ -413,11 +397,12 @@ class _ServerConnection(asyncssh.SSHServer):
                 sock.close()
             raise
         if sock is None:  # the listener's backlog is full: wait for it, counted as pending
-            relay.pending += 1
+            relay.registry.begin_open()
             return chan, self._open_when_accepted(dest_path, started)
+        relay.state.socket_reached(dest_path)
         # Connected: the channel is confirmed now; wrapping the socket in a transport takes
         # one event-loop pass, and the pump holds (and pauses) anything sent meanwhile.
-        pump = Pump(f"c-{next(_conn_ids)}", dest_path, relay.finished)
+        pump = Pump(relay.registry.new_id(), dest_path, relay.finished)
         self._register(pump, dest_path, started)
         task = asyncio.get_running_loop().create_task(self._adopt_target(pump, sock))
         relay.adopting.add(task)
@@ -425,14 +410,17 @@ class _ServerConnection(asyncssh.SSHServer):
         return chan, ChannelEnd(pump, CLIENT)
 
     def _target_failed(self, path: str, exc: BaseException) -> NoReturn:
-        reason = _target_error(path, exc, self.relay.config.max_request_wait_time)
-        self.relay.metrics.error("socket", reason)
-        log.warning("channel_open_failed", extra=self._extra(socket_path=path, reason=reason))
+        relay = self.relay
+        reason = _target_error(path, exc, relay.config.max_request_wait_time)
+        relay.metrics.error("socket", reason)
+        # A missing socket is retried every ~2 s by a client's probe: warn once, then quietly.
+        level = logging.WARNING if relay.state.socket_failed(path, reason) else logging.DEBUG
+        log.log(level, "channel_open_failed", extra=self._extra(socket_path=path, reason=reason))
         raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason) from None
 
     def _register(self, pump: Pump, path: str, started: float) -> None:
         relay = self.relay
-        relay.metrics.connection_started(pump)
+        relay.registry.add(pump)
         relay.metrics.channel_opened(time.monotonic() - started)
         if log.isEnabledFor(logging.INFO):  # per connection: skip building the fields
             log.info("connection_opened",
@@ -465,11 +453,12 @@ class _ServerConnection(asyncssh.SSHServer):
         except (OSError, TimeoutError) as exc:
             self._target_failed(path, exc)
         finally:
-            relay.open_finished()
+            relay.registry.end_open()
+        relay.state.socket_reached(path)
         if self.lost:
             sock.close()
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "SSH connection closed")
-        pump = Pump(f"c-{next(_conn_ids)}", path)
+        pump = Pump(relay.registry.new_id(), path)
         try:
             await _adopt(self._target_end(pump), sock)
         except OSError as exc:
