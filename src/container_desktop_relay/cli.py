@@ -5,9 +5,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from container_desktop_relay._version import __version__
+from container_desktop_relay._version import PROG, __version__
 from container_desktop_relay.commands import registry
-from container_desktop_relay.commands.args import PROG
 from container_desktop_relay.errors import RelayError
 from container_desktop_relay.log import fatal_line
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from container_desktop_relay.commands.args import PROG
+from container_desktop_relay._version import PROG
 from container_desktop_relay.config import Config
 
 __all__ = [

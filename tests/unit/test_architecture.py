@@ -13,6 +13,17 @@ PACKAGE = "container_desktop_relay"
 MAX_LINES = 600
 #: Modules allowed past MAX_LINES for now.
 TOO_LONG_FOR_NOW: set[str] = set()
+#: The foundation every layer may use; it uses nothing else of the package.
+FOUNDATION = {f"{PACKAGE}.{m}" for m in ("_version", "log", "errors", "durations", "thirdparty")}
+#: Layer -> the subpackages (and top-level modules) it must not import: the layering rule of
+#: docs/architecture.md.
+FORBIDDEN = {
+    "core": ("ssh", "runtime", "observability", "commands", "endpoints", "config", "cli"),
+    "endpoints": ("core", "ssh", "runtime", "observability", "commands", "config", "cli"),
+    "ssh": ("commands", "cli"),
+    "runtime": ("commands", "cli"),
+    "observability": ("commands", "cli"),
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -147,6 +158,40 @@ def test_no_module_is_longer_than_600_lines() -> None:
             if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
             and name not in TOO_LONG_FOR_NOW}
     assert long == {}
+
+
+def _layer(module: str) -> str:
+    """``core`` for ``container_desktop_relay.core.pump``; the module itself at top level."""
+    return module.removeprefix(PACKAGE + ".").split(".")[0]
+
+
+def test_layers_import_only_downwards() -> None:
+    """core/ (the pump and its transport-blind parts) and endpoints/ import only the
+    foundation; no role part imports an operator command; the foundation imports only itself;
+    commands/ is reached only through cli."""
+    edges, _ = _graph()
+    wrong = []
+    for module, targets in edges.items():
+        layer = _layer(module)
+        for target in targets:
+            if _layer(target) in FORBIDDEN.get(layer, ()):
+                wrong.append(f"{module} -> {target}")
+            if module in FOUNDATION and target not in FOUNDATION and target != PACKAGE:
+                wrong.append(f"{module} -> {target} (the foundation imports only itself)")
+            if (_layer(target) == "commands" and layer not in ("commands", "cli")
+                    and module != PACKAGE):
+                wrong.append(f"{module} -> {target} (commands are reached through cli)")
+    assert sorted(wrong) == []
+
+
+def test_core_does_not_know_ssh() -> None:
+    """The pump's core imports no SSH library: the SSH channel is an adapter in ssh/."""
+    for name, path in _modules().items():
+        if _layer(name) in ("core", "endpoints"):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            roots = {(a.name if isinstance(n, ast.Import) else (n.module or "")).split(".")[0]
+                     for n in _imports(tree) for a in n.names}
+            assert "asyncssh" not in roots, name
 
 
 def test_the_checks_see_what_they_look_for() -> None:

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from container_desktop_relay.core.ends import ChannelEnd, TransportEnd
+from container_desktop_relay.core.ends import TransportEnd
 from container_desktop_relay.core.pump import CLIENT, TARGET, Pump
+from container_desktop_relay.ssh.channel import ChannelEnd
 
 TIMEOUT = 10.0
 

@@ -14,7 +14,6 @@ from container_desktop_relay.durations import format_duration
 from container_desktop_relay.errors import RelayError
 
 __all__ = [
-    "PROG",
     "ArgumentError",
     "Parser",
     "add_config_flags",
@@ -24,7 +23,6 @@ __all__ = [
     "role_phrase",
 ]
 
-PROG = "container-desktop-relay"
 ROLES = ("server", "client")
 
 

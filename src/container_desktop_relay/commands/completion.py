@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from container_desktop_relay.commands.args import PROG
+from container_desktop_relay._version import PROG
 from container_desktop_relay.commands.registry import COMMANDS, SHELLS
 
 __all__ = ["SHELLS", "completion_parser", "run", "script"]

@@ -13,8 +13,8 @@ import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from container_desktop_relay._version import PROG
 from container_desktop_relay.commands.args import (
-    PROG,
     ArgumentError,
     Parser,
     add_config_flags,

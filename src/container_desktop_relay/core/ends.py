@@ -1,4 +1,4 @@
-"""Adapters that plug transports into the pump: an SSH channel, an asyncio stream transport."""
+"""The pump's end for an asyncio stream transport (a Unix socket or a named pipe connection)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,9 @@ import struct
 import sys
 from typing import Any
 
-import asyncssh
-
 from container_desktop_relay.core.pump import Pump, Side
-from container_desktop_relay.ssh import tune as sshtune
 
-__all__ = ["ChannelEnd", "TransportEnd"]
+__all__ = ["TransportEnd"]
 
 if sys.platform == "win32":
     fcntl = None
@@ -26,101 +23,6 @@ else:
 
     #: SIOCOUTQ (== TIOCOUTQ on Linux): unread bytes in a socket's send queue
     _OUTQ = termios.TIOCOUTQ
-
-
-class ChannelEnd(asyncssh.SSHUNIXSession[bytes]):
-    """An SSH ``direct-streamlocal`` channel as one side of a pump."""
-
-    __slots__ = ("_chan", "_eof_written", "pump", "side")
-
-    def __init__(self, pump: Pump, side: Side) -> None:
-        self.pump = pump
-        self.side = side
-        self._chan: asyncssh.SSHUNIXChannel[bytes] | None = None
-        self._eof_written = False
-
-    # asyncssh session callbacks
-    def connection_made(self, chan: asyncssh.SSHUNIXChannel[bytes]) -> None:
-        self._chan = chan
-        self.pump.attach(self.side, self)
-
-    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        self.pump.data(self.side, data)
-
-    def eof_received(self) -> bool:
-        self.pump.eof(self.side)
-        return True
-
-    def pause_writing(self) -> None:
-        self.pump.pause_writing(self.side)
-
-    def resume_writing(self) -> None:
-        self.pump.resume_writing(self.side)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.pump.lost(self.side, exc)
-
-    # End
-    def write(self, data: bytes) -> int:
-        chan = self._chan
-        if chan is None:
-            return 0
-        # A closing channel raises BrokenPipeError; the pump learns via connection_lost.
-        # try/except, not contextlib.suppress: this runs for every chunk (profiled ~2%).
-        try:  # noqa: SIM105
-            chan.write(data)
-        except BrokenPipeError:
-            pass
-        return chan.get_write_buffer_size()
-
-    def queued(self) -> int:
-        # Sent means the peer granted window for it: its relay took it off the channel.
-        chan = self._chan
-        return chan.get_write_buffer_size() if chan is not None else 0
-
-    backlog = queued
-
-    def write_eof(self) -> None:
-        chan = self._chan
-        if chan is not None:
-            self._eof_written = True
-            with contextlib.suppress(OSError):
-                chan.write_eof()
-
-    def finish(self) -> None:
-        chan = self._chan
-        if chan is None:
-            return
-        if chan.get_write_buffer_size():
-            # Data still waits for window: asyncssh 2.24.1's close() would replace the EOF
-            # queued behind it with a bare CLOSE, and the peer would take a complete stream
-            # for a cut-off one. Send the EOF only; the peer closes once it has read it (the
-            # close linger bounds a peer that never reads).
-            self.write_eof()
-            return
-        with sshtune.Corked(chan):  # EOF and CLOSE leave in one send()
-            self.write_eof()
-            chan.close()
-
-    def pause_reading(self) -> None:
-        if self._chan is not None:
-            self._chan.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self._chan is not None:
-            self._chan.resume_reading()
-
-    def close(self) -> None:
-        chan = self._chan
-        if chan is None:
-            return
-        if self._eof_written and chan.get_write_buffer_size():
-            return  # our EOF waits behind data (see finish): the peer closes after reading it
-        chan.close()
-
-    def abort(self) -> None:
-        if self._chan is not None:
-            self._chan.abort()
 
 
 class TransportEnd(asyncio.Protocol):

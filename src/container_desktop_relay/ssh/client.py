@@ -30,7 +30,7 @@ import asyncssh
 
 from container_desktop_relay.config import Config
 from container_desktop_relay.core.backoff import Backoff
-from container_desktop_relay.core.ends import ChannelEnd, TransportEnd
+from container_desktop_relay.core.ends import TransportEnd
 from container_desktop_relay.core.idle import sweep_idle
 from container_desktop_relay.core.pump import CLIENT, TARGET, Pump
 from container_desktop_relay.core.registry import ConnectionRegistry
@@ -40,6 +40,7 @@ from container_desktop_relay.log import get_logger
 from container_desktop_relay.observability.metrics import Metrics, account_finished
 from container_desktop_relay.runtime.state import RoleState
 from container_desktop_relay.ssh import tune as sshtune
+from container_desktop_relay.ssh.channel import ChannelEnd
 from container_desktop_relay.ssh.forwards import Forward, client_forwards
 from container_desktop_relay.ssh.link import SSHLink, reason_of
 from container_desktop_relay.ssh.url import DEFAULT_REMOTE_SOCKET, SSHTarget, parse_ssh_url

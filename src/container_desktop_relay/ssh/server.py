@@ -18,7 +18,7 @@ from typing import Any, NoReturn, cast
 import asyncssh
 
 from container_desktop_relay.config import Config
-from container_desktop_relay.core.ends import ChannelEnd, TransportEnd
+from container_desktop_relay.core.ends import TransportEnd
 from container_desktop_relay.core.idle import sweep_idle
 from container_desktop_relay.core.pump import CLIENT, TARGET, Pump
 from container_desktop_relay.core.registry import ConnectionRegistry
@@ -30,6 +30,7 @@ from container_desktop_relay.runtime.portowner import tcp_port_holder
 from container_desktop_relay.runtime.state import RoleState
 from container_desktop_relay.ssh import tune as sshtune
 from container_desktop_relay.ssh.authkeys import LINE_OPTION, AuthorizedKeys, AuthorizedKeysReader
+from container_desktop_relay.ssh.channel import ChannelEnd
 from container_desktop_relay.ssh.keys import check_not_writable_by_others, load_private_key
 from container_desktop_relay.ssh.options import listen_options
 from container_desktop_relay.ssh.url import socket_path_problem
