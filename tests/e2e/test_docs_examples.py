@@ -57,6 +57,7 @@ from helpers import (
     short_tmpdir,
     skip_or_fail,
     stopping,
+    tcp_open,
     unix_open,
     wait_for,
 )
@@ -120,9 +121,12 @@ class Exempt:
     reason: str
 
 
-WINDOWS = "needs Windows (container-desktop-relay.exe, npipe, wsl.exe); tests/windows runs it"
-SYSTEMD = ("needs systemd as PID 1 and sudo into /etc (systemctl, loginctl); "
-           "tests/e2e/test_systemd.py checks the unit files (systemd-analyze verify)")
+WINDOWS = ("needs Windows (container-desktop-relay.exe, npipe, wsl.exe); tests/windows runs the "
+           "client's Windows code under Wine")
+SYSTEMD = ("needs systemd as PID 1 (systemctl) and sudo into /etc; tests/e2e/test_systemd.py "
+           "checks the unit files with systemd-analyze verify")
+USER_SYSTEMD = ("needs a systemd user manager (systemctl --user, loginctl); "
+                "tests/e2e/test_systemd.py checks the user unit with systemd-analyze verify")
 THIS_RUN = "is this test run itself or a build it depends on (make test/e2e/dist/...)"
 SERVER_RUNNING = ("container-desktop-relay keygen\n"
                   "container-desktop-relay server --port 20022 &\n")
@@ -132,8 +136,8 @@ SERVER_RUNNING = ("container-desktop-relay keygen\n"
 EXAMPLES: dict[tuple[str, str], Run | Install | Sample | Exempt] = {
     ("README.md", "make demo   # Podman's Docker API, then docker CLI -> relay client socket "
                   "-> server -> Podman"):
-        Exempt("installs system packages with apt (network) and is the chain Run blocks "
-               "below exercise: " + THIS_RUN),
+        Exempt("installs system packages with apt (network), then runs the chain the Run "
+               "blocks run; " + THIS_RUN),
     ("README.md", "python -m build                                   # dist/*.whl and "
                   "dist/*.tar.gz (or: make package)"): Install(),
     ("README.md", "container-desktop-relay keygen"): Run("usage"),
@@ -159,7 +163,7 @@ EXAMPLES: dict[tuple[str, str], Run | Install | Sample | Exempt] = {
     ("docs/quickstart.md", "sudo container-desktop-relay install-service           # "
                            "/etc/systemd/system/container-desktop-relay.service"):
         Exempt(SYSTEMD),
-    ("docs/quickstart.md", "container-desktop-relay keygen"): Exempt(SYSTEMD),
+    ("docs/quickstart.md", "container-desktop-relay keygen"): Exempt(USER_SYSTEMD),
     ("docs/quickstart.md", "container-desktop-relay client \\"): Run("server"),
     ("docs/quickstart.md", "container-desktop-relay keygen                                   "
                            "# once: ~/.ssh/id_rsa and id_rsa.pub"): Run("server"),
@@ -252,7 +256,7 @@ class Sandbox:
 
     root: Path
     engine: Path
-    port: int = field(default_factory=free_port)
+    port: int = field(default_factory=lambda: doc_port())
     procs: list[Proc] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -350,6 +354,16 @@ class Sandbox:
         with stopping(*self.procs):
             pass
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def doc_port() -> int:
+    """A free port whose derived /health and /metrics ports (+58, +59, +68, +69: a server
+    or client started as the docs write it serves them) are free too."""
+    while True:
+        port = free_port()
+        if port + 69 < 65536 and not any(tcp_open("127.0.0.1", port + d)
+                                         for d in (58, 59, 68, 69)):
+            return port
 
 
 def logical_lines(text: str) -> list[str]:
