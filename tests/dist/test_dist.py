@@ -190,3 +190,25 @@ def test_dist_server_start_runs_no_compiler(dist_exe: Path, dist_keys: tuple[Pat
                              env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
     proc.stop()
     assert not marker.exists(), marker.read_text()
+
+
+def test_every_command_is_shipped(dist_exe: Path, tmp_path: Path) -> None:
+    """The registry imports each command's module by name when it runs, which PyInstaller
+    cannot follow: every one must be in the folder, and a command that needs its module
+    (keygen, status) answers from the shipped program instead of a ModuleNotFoundError."""
+    from container_desktop_relay.commands.registry import COMMANDS
+
+    internal = dist_exe.parent / "_internal"
+    for command in COMMANDS:
+        module = command.entry.split(":")[0].replace(".", "/")
+        shipped = [internal / f"{module}.pyc", internal / module / "__init__.pyc"]
+        assert any(p.exists() for p in shipped), f"{command.name}: {module} is not shipped"
+    keygen = subprocess.run([str(dist_exe), "keygen", "--print-public", "--identity-path",
+                             str(tmp_path / "none")], env={"HOME": str(tmp_path)},
+                            capture_output=True, text=True, timeout=120 * FACTOR, check=False)
+    assert keygen.returncode == 2 and "does not exist" in keygen.stderr, keygen.stderr
+    status = subprocess.run([str(dist_exe), "status", "--health-check-port", str(free_port())],
+                            env={"HOME": str(tmp_path)}, capture_output=True, text=True,
+                            timeout=120 * FACTOR, check=False)
+    assert status.returncode == 2 and "no relay answers" in status.stderr, status.stderr
+    assert "Traceback" not in keygen.stderr + status.stderr
