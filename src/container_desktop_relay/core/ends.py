@@ -12,7 +12,7 @@ from typing import Any
 
 from container_desktop_relay.core.pump import Pump, Side
 
-__all__ = ["TransportEnd"]
+__all__ = ["PumpFeed", "TransportEnd"]
 
 if sys.platform == "win32":
     fcntl = None
@@ -25,7 +25,29 @@ else:
     _OUTQ = termios.TIOCOUTQ
 
 
-class TransportEnd(asyncio.Protocol):
+class PumpFeed:
+    """What every end passes straight to its pump: EOF, the far side's flow control, loss.
+    An end sets ``pump`` and ``side`` and lists this class first among its bases."""
+
+    __slots__ = ()
+    pump: Pump
+    side: Side
+
+    def eof_received(self) -> bool:
+        self.pump.eof(self.side)
+        return True
+
+    def pause_writing(self) -> None:
+        self.pump.pause_writing(self.side)
+
+    def resume_writing(self) -> None:
+        self.pump.resume_writing(self.side)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pump.lost(self.side, exc)
+
+
+class TransportEnd(PumpFeed, asyncio.Protocol):
     """An asyncio stream transport (Unix socket, named pipe) as one side of a pump.
 
     ``buffer_size`` is the write high-water mark: once that much is queued for this side, the
@@ -51,19 +73,6 @@ class TransportEnd(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.pump.data(self.side, data)
-
-    def eof_received(self) -> bool:
-        self.pump.eof(self.side)
-        return True
-
-    def pause_writing(self) -> None:
-        self.pump.pause_writing(self.side)
-
-    def resume_writing(self) -> None:
-        self.pump.resume_writing(self.side)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.pump.lost(self.side, exc)
 
     # End
     def write(self, data: bytes) -> int:

@@ -6,13 +6,14 @@ import contextlib
 
 import asyncssh
 
+from container_desktop_relay.core.ends import PumpFeed
 from container_desktop_relay.core.pump import Pump, Side
 from container_desktop_relay.ssh import tune as sshtune
 
 __all__ = ["ChannelEnd"]
 
 
-class ChannelEnd(asyncssh.SSHUNIXSession[bytes]):
+class ChannelEnd(PumpFeed, asyncssh.SSHUNIXSession[bytes]):
     """An SSH ``direct-streamlocal`` channel as one side of a pump."""
 
     __slots__ = ("_chan", "_eof_written", "pump", "side")
@@ -30,19 +31,6 @@ class ChannelEnd(asyncssh.SSHUNIXSession[bytes]):
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         self.pump.data(self.side, data)
-
-    def eof_received(self) -> bool:
-        self.pump.eof(self.side)
-        return True
-
-    def pause_writing(self) -> None:
-        self.pump.pause_writing(self.side)
-
-    def resume_writing(self) -> None:
-        self.pump.resume_writing(self.side)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.pump.lost(self.side, exc)
 
     # End
     def write(self, data: bytes) -> int:
