@@ -390,3 +390,105 @@ def test_public_key_written_through_a_temporary_file(tmp_path: Path, rsa_pem: by
     result = keys.ensure_key_pair(private, None)
     assert result.public_path.read_bytes() == keys.public_pem(
         asyncssh.import_private_key(rsa_pem))
+
+
+def test_public_key_is_written_beside_itself_at_its_mode_then_renamed(
+        tmp_path: Path, rsa_pem: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The .pub is written to one hidden temporary file in its own directory (so the rename
+    is atomic and a leftover is never taken for a key), already at 0644, then renamed."""
+    private = tmp_path / "id_rsa"
+    private.write_bytes(rsa_pem)
+    private.chmod(0o600)
+    seen: list[tuple[str, int]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        seen.extend((p.name, stat.S_IMODE(p.stat().st_mode)) for p in tmp_path.iterdir()
+                    if p.name != "id_rsa")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    keys.ensure_key_pair(private, None)
+    assert len(seen) == 1, seen
+    name, mode = seen[0]
+    assert name.startswith(".id_rsa.pub.") and name.endswith(".tmp") and mode == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["id_rsa", "id_rsa.pub"]
+
+
+def test_new_private_key_is_0600_from_the_first_byte(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The new private key's file is created 0600, before any byte of it is written (not
+    chmod-ed afterwards), whatever the umask."""
+    modes: list[int] = []
+    real_write = os.write
+    private = tmp_path / "id_rsa"
+
+    def write(fd: int, data: bytes) -> int:
+        if private.exists() and data.startswith(b"-----BEGIN RSA PRIVATE KEY-----"):
+            modes.append(stat.S_IMODE(private.stat().st_mode))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    old = os.umask(0o022)
+    try:
+        keys.ensure_key_pair(private, None)
+    finally:
+        os.umask(old)
+    assert modes == [0o600]
+
+
+def test_private_key_that_appears_meanwhile_is_never_overwritten(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A private key another keygen writes while this one generates is kept byte for byte:
+    this run fails, naming the file, instead of writing over it."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private = tmp_path / "id_rsa"
+    theirs = b"their key, written meanwhile\n" * 200
+    real_generate = rsa.generate_private_key
+
+    def generate(**kwargs: int) -> rsa.RSAPrivateKey:
+        private.write_bytes(theirs)
+        private.chmod(0o600)
+        return real_generate(**kwargs)
+
+    monkeypatch.setattr(keys.rsa, "generate_private_key", generate)
+    with pytest.raises(KeyFileError, match=rf"cannot write private key {private}: File exists"):
+        keys.ensure_key_pair(private, tmp_path / "ak")
+    assert private.read_bytes() == theirs
+    assert not (tmp_path / "ak").exists() and not (tmp_path / "id_rsa.pub").exists()
+
+
+def test_public_file_that_holds_no_key_is_refused(tmp_path: Path, rsa_pem: bytes) -> None:
+    """A .pub beside the key that holds no public key at all is refused as such, with the
+    fix, and left as it is."""
+    private = tmp_path / "id_rsa"
+    private.write_bytes(rsa_pem)
+    private.chmod(0o600)
+    pub = tmp_path / "id_rsa.pub"
+    pub.write_bytes(b"not a key\n")
+    with pytest.raises(KeyFileError, match=rf"public key {pub} is not a public key; .*mv {pub} "
+                                           rf"{pub}\.old\) and run keygen again to write the "
+                                           "matching one$"):
+        keys.ensure_key_pair(private, tmp_path / "ak")
+    assert pub.read_bytes() == b"not a key\n" and not (tmp_path / "ak").exists()
+
+
+def test_authorized_keys_under_missing_directories_creates_them(tmp_path: Path,
+                                                                rsa_pem: bytes) -> None:
+    """A new home's missing .ssh (and what leads to it) is created, the last one 0700, and
+    the key authorized there."""
+    ak = tmp_path / "home" / "user" / ".ssh" / "authorized_keys"
+    key = asyncssh.import_private_key(rsa_pem)
+    assert keys.ensure_authorized(key, ak) is True
+    assert stat.S_IMODE(ak.parent.stat().st_mode) == 0o700
+    assert [k.public_data for k in keys.load_authorized_keys(ak)] == [key.public_data]
+
+
+def test_public_half_of_a_non_rsa_key_is_an_openssh_line() -> None:
+    """PEM "RSA PUBLIC KEY" exists for RSA only: another key's public half is written as an
+    OpenSSH line that ssh and asyncssh read back as the same key."""
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    data = keys.public_pem(key)
+    assert data.startswith(b"ssh-ed25519 AAAA") and data.endswith(b"\n")
+    assert asyncssh.import_public_key(data).public_data == key.public_data
