@@ -492,3 +492,17 @@ def test_public_half_of_a_non_rsa_key_is_an_openssh_line() -> None:
     data = keys.public_pem(key)
     assert data.startswith(b"ssh-ed25519 AAAA") and data.endswith(b"\n")
     assert asyncssh.import_public_key(data).public_data == key.public_data
+
+
+@pytest.mark.parametrize(("before", "after", "number"), [
+    (b"#", b"#\nhost key\n", 2),
+    (b"\n", b"\nhost key\n", 2),
+    (b"\nx", b"\nx\nhost key\n", 3),
+])
+def test_append_line_reads_the_whole_file_from_its_first_byte(
+        tmp_path: Path, before: bytes, after: bytes, number: int) -> None:
+    """The final-newline check and the line number count every byte, the first one too."""
+    path = tmp_path / "known_hosts"
+    path.write_bytes(before)
+    assert keys.append_line(path, b"host key\n") == number
+    assert path.read_bytes() == after
