@@ -378,6 +378,7 @@ async def test_refusals_say_why_with_their_codes(server: RelayServer, keys: Keys
         before = server.metrics.connection_errors
         await _open_error(conn, "relative.sock")
         assert server.metrics.connection_errors == before + 1
+        assert server.metrics.last_error == "socket path 'relative.sock' is not absolute"
         server.state.start_draining()
         draining = await _open_error(conn, "relative.sock")  # the drain is said first
         assert (draining.code, draining.reason) == (asyncssh.OPEN_CONNECT_FAILED,
@@ -417,3 +418,39 @@ async def test_pool_limit_counts_open_connections_and_frees_closed_ones(keys: Ke
         echo.close()
         relay.stop_accepting()
         relay.close_all()
+
+
+@pytest.mark.asyncio
+async def test_one_opened_and_one_closed_line_per_connection(server: RelayServer,
+                                                             keys: Keys) -> None:
+    """Each forwarded connection logs exactly one connection_opened and one
+    connection_closed, with the same id and its socket path; a refused one logs neither."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("container_desktop_relay.ssh.server")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    echo = EchoTarget(keys.dir / "e.sock")
+    loop = asyncio.get_running_loop()
+    try:
+        async with _connect(server, keys.identity) as conn:
+            for _ in range(2):
+                assert await _echo_through(conn, echo.path) == b"ping"
+            await _open_error(conn, "relative.sock")
+            deadline = loop.time() + TIMEOUT
+            while server.metrics.active:  # the last close reaches the server
+                assert loop.time() < deadline, "the connections never closed"
+                await asyncio.sleep(0.01)
+    finally:
+        echo.close()
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    events = [(r.getMessage(), getattr(r, "conn_id", None), getattr(r, "socket_path", None))
+              for r in records if r.getMessage() in ("connection_opened", "connection_closed")]
+    ids = sorted({conn_id for _, conn_id, _ in events})
+    assert len(ids) == 2 and all(str(i).startswith("c-") for i in ids), events
+    for conn_id in ids:
+        assert [(m, p) for m, i, p in events if i == conn_id] == [
+            ("connection_opened", str(echo.path)), ("connection_closed", str(echo.path))]
