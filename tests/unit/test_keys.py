@@ -97,7 +97,9 @@ def test_open_private_key_refused(tmp_path: Path, rsa_pem: bytes) -> None:
 
 def test_missing_key_message(tmp_path: Path) -> None:
     """A missing identity names the path and how to create it."""
-    with pytest.raises(KeyFileError, match="does not exist; create it with --generate-key-pair"):
+    with pytest.raises(KeyFileError, match=rf"^identity key {tmp_path / 'nope'} does not exist; "
+                                           "create it with --generate-key-pair or point "
+                                           "--identity-path at an existing key$"):
         keys.load_private_key(tmp_path / "nope")
 
 
@@ -122,8 +124,25 @@ def test_unwritable_directory_fails_cleanly(tmp_path: Path, rsa_pem: bytes) -> N
         ro.mkdir(mode=0o500)
         target = ro / "authorized_keys"
     key = asyncssh.import_private_key(rsa_pem)
-    with pytest.raises(KeyFileError, match="authorized keys"):
+    with pytest.raises(KeyFileError, match=rf"^cannot (read|update) authorized keys {target}: "
+                                           "(Not a directory|Permission denied)$"):
         keys.ensure_authorized(key, target)
+
+
+def test_full_disk_while_authorizing_is_named(tmp_path: Path, rsa_pem: bytes,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write of authorized_keys that fails (a full disk) is one clear error naming the file
+    and the cause."""
+    import errno
+
+    def full(path: Path, line: bytes, mode: int = 0o600) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(keys, "append_line", full)
+    ak = tmp_path / "authorized_keys"
+    with pytest.raises(KeyFileError, match=rf"^cannot update authorized keys {ak}: No space left "
+                                           "on device$"):
+        keys.ensure_authorized(asyncssh.import_private_key(rsa_pem), ak)
 
 
 def test_authorized_keys_parsing_skips_bad_lines(tmp_path: Path, rsa_pem: bytes) -> None:
@@ -142,7 +161,8 @@ def test_writable_authorized_keys_refused_by_server(tmp_path: Path, rsa_pem: byt
     ak = tmp_path / "authorized_keys"
     ak.write_bytes(keys.authorized_key_line(key))
     ak.chmod(0o666)
-    with pytest.raises(KeyFileError, match=r"writable by group/others \(mode 0666\).*chmod go-w"):
+    with pytest.raises(KeyFileError, match=rf"^authorized keys {ak} is writable by group/others "
+                                           r"\(mode 0666\).*chmod go-w"):
         keys.load_authorized_keys(ak, strict=True)
     assert len(keys.load_authorized_keys(ak)) == 1  # non-strict readers (keygen) still read
     ak.chmod(0o644)
@@ -359,10 +379,11 @@ def test_authorized_keys_writable_by_group_or_others_refused(tmp_path: Path, rsa
         keys.load_authorized_keys(ak, strict=True)
 
 
-@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o600, 0o400])
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o600, 0o400, 0o711])
 def test_authorized_keys_readable_by_others_accepted(tmp_path: Path, rsa_pem: bytes,
                                                      mode: int) -> None:
-    """Read bits for group and others are fine (as with OpenSSH): only write bits are refused."""
+    """Read (and execute) bits for group and others are fine (as with OpenSSH): only write
+    bits are refused."""
     ak = tmp_path / "authorized_keys"
     ak.write_bytes(keys.authorized_key_line(asyncssh.import_private_key(rsa_pem)))
     ak.chmod(mode)
@@ -506,3 +527,48 @@ def test_append_line_reads_the_whole_file_from_its_first_byte(
     path.write_bytes(before)
     assert keys.append_line(path, b"host key\n") == number
     assert path.read_bytes() == after
+
+
+def test_authorized_keys_of_root_or_this_user_only(tmp_path: Path, rsa_pem: bytes,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under strict modes authorized_keys must belong to this user or root (as sshd wants);
+    another owner is refused, named by uid."""
+    ak = tmp_path / "authorized_keys"
+    ak.write_bytes(keys.authorized_key_line(asyncssh.import_private_key(rsa_pem)))
+    owner = ak.stat().st_uid
+    monkeypatch.setattr(os, "geteuid", lambda: owner + 1000)
+    if owner == 0:
+        assert len(keys.load_authorized_keys(ak, strict=True)) == 1  # root's: accepted
+        os.chown(ak, 4242, -1)
+        owner = 4242
+    with pytest.raises(KeyFileError, match=rf"^authorized keys {ak} is owned by uid {owner}, "
+                                           "not by this user$"):
+        keys.load_authorized_keys(ak, strict=True)
+
+
+def test_modes_on_a_windows_drive_are_not_checked(tmp_path: Path, rsa_pem: bytes,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a Windows drive (DrvFs) mode bits are made up: a 0666 authorized_keys and a 0644
+    key are not refused for them, and such a key, not provably ours, still gets the full
+    RSA consistency check."""
+    private = tmp_path / "id_rsa"
+    private.write_bytes(_inconsistent_rsa_pem(rsa_pem))
+    private.chmod(0o644)
+    ak = tmp_path / "authorized_keys"
+    ak.write_bytes(keys.authorized_key_line(asyncssh.import_private_key(rsa_pem)))
+    ak.chmod(0o666)
+    monkeypatch.setattr(keys, "on_windows_drive", lambda path: Path(path) in (private, ak))
+    assert len(keys.load_authorized_keys(ak, strict=True)) == 1
+    with pytest.raises(KeyFileError, match=rf"^identity key {private} cannot be loaded: "):
+        keys.load_private_key(private)
+
+
+def test_public_key_under_another_name_is_named_without_a_guess(tmp_path: Path) -> None:
+    """A public key passed as the identity is named as such; a private key is suggested only
+    for a .pub name, whose private key sits beside it."""
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    path = tmp_path / "ed"
+    path.write_bytes(key.export_public_key())
+    with pytest.raises(KeyFileError, match=r"is a public key; the path must name the private "
+                                           "key$"):
+        keys.load_private_key(path)
