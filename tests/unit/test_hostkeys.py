@@ -286,6 +286,10 @@ def test_ca_refusals_name_the_host_as_known_hosts_writes_it(tmp_path: Path) -> N
     assert str(policy.revoked_refusal("h.example", 2222, "certificate key revoked")) == (
         f"host key of [h.example]:2222 was refused: certificate key revoked (@revoked in {kh} "
         "line 2)")
+    with kh.open("a") as fh:
+        fh.write("@revoked " + _line("[*.example]:2222", _key()))
+    assert str(policy.revoked_refusal("h.example", 2222, "revoked")).endswith(
+        f"(@revoked in {kh} line 2, 3)")
 
 
 def test_revoked_keys_go_to_the_certificate_check_only_with_a_ca(tmp_path: Path) -> None:
