@@ -565,10 +565,24 @@ def test_modes_on_a_windows_drive_are_not_checked(tmp_path: Path, rsa_pem: bytes
 
 def test_public_key_under_another_name_is_named_without_a_guess(tmp_path: Path) -> None:
     """A public key passed as the identity is named as such; a private key is suggested only
-    for a .pub name, whose private key sits beside it."""
+    for a .pub name whose private key sits beside it."""
     key = asyncssh.generate_private_key("ssh-ed25519")
     path = tmp_path / "ed"
     path.write_bytes(key.export_public_key())
     with pytest.raises(KeyFileError, match=r"is a public key; the path must name the private "
                                            "key$"):
         keys.load_private_key(path)
+    lone = tmp_path / "lone.pub"  # no lone beside it
+    lone.write_bytes(key.export_public_key())
+    with pytest.raises(KeyFileError, match=r"is a public key; the path must name the private "
+                                           "key$"):
+        keys.load_private_key(lone)
+
+
+def test_short_write_is_an_error_not_a_lost_tail(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that takes only part of the line raises, saying how much was written."""
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:3]))
+    with pytest.raises(OSError, match=r"^short write \(3 of 9 bytes\)$"):
+        keys.append_line(tmp_path / "known_hosts", b"host key\n")
