@@ -572,7 +572,7 @@ def test_public_key_under_another_name_is_named_without_a_guess(tmp_path: Path) 
     with pytest.raises(KeyFileError, match=r"is a public key; the path must name the private "
                                            "key$"):
         keys.load_private_key(path)
-    lone = tmp_path / "lone.pub"  # no lone beside it
+    lone = tmp_path / "lone.pub"  # and no private key "lone" beside it
     lone.write_bytes(key.export_public_key())
     with pytest.raises(KeyFileError, match=r"is a public key; the path must name the private "
                                            "key$"):
