@@ -454,3 +454,53 @@ async def test_one_opened_and_one_closed_line_per_connection(server: RelayServer
     for conn_id in ids:
         assert [(m, p) for m, i, p in events if i == conn_id] == [
             ("connection_opened", str(echo.path)), ("connection_closed", str(echo.path))]
+
+
+@pytest.mark.asyncio
+async def test_channels_queued_for_a_busy_target_count_against_the_pool(
+        keys: Keys, tmp_path: Path) -> None:
+    """Channels waiting for a target whose listen backlog is full hold their slots (with
+    max_connections 2, two queued channels leave none for a third), and each is served once
+    the target accepts."""
+    import socket
+
+    from container_desktop_relay.ssh import server as server_module
+
+    path = tmp_path / "busy.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(0)
+    fillers = []
+    while (sock := server_module.connect_now(str(path))) is not None:  # fill the backlog
+        fillers.append(sock)
+    echo = EchoTarget(keys.dir / "e.sock")
+    relay = _relay(keys, max_connections="2")
+    await relay.start()
+    accepted: list[socket.socket] = []
+    loop = asyncio.get_running_loop()
+    try:
+        async with _connect(relay, keys.identity) as conn:
+            # one connection's channel requests are handled in order: both are queued first
+            queued = [asyncio.create_task(conn.open_unix_connection(str(path))) for _ in "ab"]
+            await asyncio.sleep(0)  # one pass: each task sends its request before the third
+            full = await _open_error(conn, str(echo.path))
+            assert (full.code, full.reason) == (asyncssh.OPEN_RESOURCE_SHORTAGE,
+                                                "connection pool exhausted (max: 2)")
+            listener.settimeout(TIMEOUT)
+            while len(accepted) < len(fillers) + 2:  # make room: the queued connects land
+                accepted.append((await loop.run_in_executor(None, listener.accept))[0])
+            streams = await asyncio.wait_for(asyncio.gather(*queued), TIMEOUT)
+            for n, (_, writer) in enumerate(streams):
+                writer.write(b"%d" % n)
+            got = set()
+            for sock in accepted[len(fillers):]:
+                sock.settimeout(TIMEOUT)
+                got.add(await loop.run_in_executor(None, sock.recv, 1))
+            assert got == {b"0", b"1"}
+    finally:
+        echo.close()
+        relay.stop_accepting()
+        relay.close_all()
+        listener.close()
+        for sock in fillers + accepted:
+            sock.close()
