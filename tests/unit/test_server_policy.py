@@ -424,7 +424,8 @@ async def test_pool_limit_counts_open_connections_and_frees_closed_ones(keys: Ke
 async def test_one_opened_and_one_closed_line_per_connection(server: RelayServer,
                                                              keys: Keys) -> None:
     """Each forwarded connection logs exactly one connection_opened and one
-    connection_closed, with the same id and its socket path; a refused one logs neither."""
+    connection_closed, with the same id and its socket path (and the SSH user on the first);
+    a refused one logs neither."""
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.INFO)
     handler.emit = records.append  # type: ignore[method-assign]
@@ -449,6 +450,8 @@ async def test_one_opened_and_one_closed_line_per_connection(server: RelayServer
         logger.setLevel(old_level)
     events = [(r.getMessage(), getattr(r, "conn_id", None), getattr(r, "socket_path", None))
               for r in records if r.getMessage() in ("connection_opened", "connection_closed")]
+    assert {getattr(r, "user", None) for r in records
+            if r.getMessage() == "connection_opened"} == {"t"}  # who opened it
     ids = sorted({conn_id for _, conn_id, _ in events})
     assert len(ids) == 2 and all(str(i).startswith("c-") for i in ids), events
     for conn_id in ids:
