@@ -586,3 +586,29 @@ def test_short_write_is_an_error_not_a_lost_tail(tmp_path: Path,
     monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:3]))
     with pytest.raises(OSError, match=r"^short write \(3 of 9 bytes\)$"):
         keys.append_line(tmp_path / "known_hosts", b"host key\n")
+
+
+def test_reused_key_reports_what_was_done_and_every_failure(
+        tmp_path: Path, rsa_pem: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reusing a key reports nothing created and nothing authorized when no authorized_keys
+    is named; when both writes fail, both failures are reported together, and no new key is
+    said to be kept."""
+    import errno
+
+    private = tmp_path / "id_rsa"
+    private.write_bytes(rsa_pem)
+    private.chmod(0o600)
+    pub = tmp_path / "id_rsa.pub"
+    assert keys.ensure_key_pair(private, None) == keys.KeyPairResult(private, pub, False, False)
+    pub.unlink()
+
+    def full(*args: object, **kwargs: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(keys, "append_line", full)
+    monkeypatch.setattr(keys, "atomic_write", full)
+    ak = tmp_path / "ak"
+    with pytest.raises(KeyFileError, match=rf"^cannot update authorized keys {ak}: No space left "
+                                           rf"on device; cannot write public key {pub}: No space "
+                                           "left on device$"):
+        keys.ensure_key_pair(private, ak)
