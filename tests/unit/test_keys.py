@@ -612,3 +612,11 @@ def test_reused_key_reports_what_was_done_and_every_failure(
                                            rf"on device; cannot write public key {pub}: No space "
                                            "left on device$"):
         keys.ensure_key_pair(private, ak)
+
+
+def test_authorized_key_line_is_type_key_and_our_comment(rsa_pem: bytes) -> None:
+    """The line keygen appends is ``ssh-rsa <base64> container-desktop-relay`` and one newline."""
+    key = asyncssh.import_private_key(rsa_pem)
+    algorithm, blob = key.export_public_key("openssh").split()[:2]
+    assert keys.authorized_key_line(key) == algorithm + b" " + blob + b" container-desktop-relay\n"
+    assert keys.authorized_key_line(key, "laptop").endswith(b" laptop\n")
