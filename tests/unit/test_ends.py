@@ -195,3 +195,158 @@ def test_transport_end_reports_its_own_side_to_the_pump() -> None:
     assert not client.paused
     end.connection_lost(ConnectionResetError("reset by target"))
     assert pump.reason == "target error: reset by target" and client.aborted
+
+
+class SizedChannel(FakeChannel):
+    """A FakeChannel whose bytes still waiting for window the test sets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = 0
+
+    def get_write_buffer_size(self) -> int:
+        """What waits for window (a query: not recorded)."""
+        return self.waiting
+
+
+def test_channel_close_waits_only_for_its_own_eof_behind_data() -> None:
+    """close() leaves a channel open only while its own EOF still waits behind data (the peer
+    closes once it has read it); otherwise, queued data or not, it closes."""
+    for eof, waiting, closes in ((False, 5, True), (True, 5, False), (True, 0, True)):
+        end = ChannelEnd(Pump("c", "/s"), CLIENT)
+        chan = SizedChannel()
+        end.connection_made(chan)  # type: ignore[arg-type]
+        chan.waiting = waiting
+        if eof:
+            end.write_eof()
+        end.close()
+        assert (("close", ()) in chan.calls) is closes, (eof, waiting)
+
+
+def test_queued_bytes_are_what_the_transport_still_holds() -> None:
+    """queued() is what the channel or transport still holds; nothing before it exists, and
+    a write before then queues nothing."""
+    chan = SizedChannel()
+    chan_end = ChannelEnd(Pump("c", "/s"), CLIENT)
+    transport_end = TransportEnd(Pump("c", "/s"), CLIENT, 1024)
+    for end in (chan_end, transport_end):
+        assert (end.queued(), end.backlog(), end.write(b"x")) == (0, 0, 0)
+    chan_end.connection_made(chan)  # type: ignore[arg-type]
+    chan.waiting = 7
+    assert chan_end.queued() == 7 and chan_end.write(b"x") == 7
+
+    class Held:
+        def get_write_buffer_size(self) -> int:
+            return 9
+
+        def get_extra_info(self, name: str) -> None:
+            return None
+
+    transport_end.transport = Held()  # type: ignore[assignment]
+    assert transport_end.queued() == 9 and transport_end.backlog() == 9  # no socket to ask
+
+
+def test_backlog_counts_what_the_peer_has_not_read_from_the_kernel() -> None:
+    """backlog() adds the kernel's send queue: what the peer has not read yet counts until it
+    reads it, so a slow reader's progress shows packet by packet."""
+
+    async def run() -> None:
+        relay, peer = socket.socketpair()
+        peer.setblocking(False)
+        transport, end = await _wrap(Pump("c", "/s"), TARGET, relay, 1 << 20)
+        try:
+            assert end.backlog() == 0
+            transport.write(b"x" * 1000)  # an empty transport sends at once
+            assert end.queued() == 0 and end.backlog() > 0  # (Linux counts buffer memory)
+            assert end.backlog() == TransportEnd.kernel_queue(transport)
+            loop = asyncio.get_running_loop()
+            got = b""
+            while len(got) < 1000:
+                got += await asyncio.wait_for(loop.sock_recv(peer, 1000), TIMEOUT)
+            assert end.backlog() == 0
+        finally:
+            transport.abort()
+            await asyncio.sleep(0)
+            peer.close()
+
+    asyncio.run(run())
+
+
+class Recorder:
+    """Stands in for an asyncio transport: records the calls that act on it."""
+
+    def __init__(self, *, eof: bool = True, fail: type[BaseException] | None = None) -> None:
+        self.calls: list[str] = []
+        self.closing = False
+        self.eof = eof
+        self.fail = fail
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def can_write_eof(self) -> bool:
+        return self.eof
+
+    def get_extra_info(self, name: str) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        def call(*args: Any) -> None:
+            self.calls.append(name)
+            if self.fail is not None and name in ("write_eof", "pause_reading"):
+                raise self.fail
+
+        return call
+
+
+@pytest.mark.parametrize("fail", [OSError, RuntimeError])
+def test_abort_stops_reading_and_aborts_whatever_pausing_does(fail: type[Exception]) -> None:
+    """abort() stops reading first (unread bytes make the kernel reset the peer), then aborts,
+    even when pausing fails (a transport already half torn down); a closing transport is
+    only aborted."""
+    for closing, failing, expected in ((False, None, ["pause_reading", "abort"]),
+                                       (False, fail, ["pause_reading", "abort"]),
+                                       (True, None, ["abort"])):
+        end = TransportEnd(Pump("c", "/s"), CLIENT, 1024)
+        rec = Recorder(fail=failing)
+        rec.closing = closing
+        end.transport = rec  # type: ignore[assignment]
+        end.abort()
+        assert rec.calls == expected, (closing, failing)
+
+
+def test_half_close_without_write_eof_closes_and_a_failing_one_is_dropped() -> None:
+    """A transport that cannot half-close is closed instead; a half-close that fails (the
+    peer is gone) is dropped, not raised."""
+    end = TransportEnd(Pump("c", "/s"), CLIENT, 1024)
+    rec = Recorder(eof=False)
+    end.transport = rec  # type: ignore[assignment]
+    end.write_eof()
+    assert rec.calls == ["close"]
+    end = TransportEnd(Pump("c", "/s"), CLIENT, 1024)
+    rec = Recorder(fail=BrokenPipeError)
+    end.transport = rec  # type: ignore[assignment]
+    end.write_eof()
+    assert rec.calls == ["write_eof"]
+
+
+def test_abort_resets_a_tcp_peer() -> None:
+    """abort() on a TCP socket sends a reset (SO_LINGER 0), so the peer cannot take it for a
+    clean end of stream."""
+
+    async def run() -> None:
+        listener = socket.create_server(("127.0.0.1", 0))
+        peer = socket.create_connection(listener.getsockname())
+        relay, _ = listener.accept()
+        listener.close()
+        peer.setblocking(False)
+        transport, end = await _wrap(Pump("c", "/s"), TARGET, relay, 1024)
+        try:
+            end.abort()
+            with pytest.raises(ConnectionResetError):
+                await asyncio.wait_for(asyncio.get_running_loop().sock_recv(peer, 10), TIMEOUT)
+        finally:
+            transport.abort()
+            peer.close()
+
+    asyncio.run(run())

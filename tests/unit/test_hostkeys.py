@@ -12,7 +12,12 @@ import asyncssh
 import pytest
 
 from container_desktop_relay.errors import HostKeyMismatch, HostKeyUnknown
-from container_desktop_relay.ssh.hostkeys import HostKeyPolicy, host_label, read_known_hosts
+from container_desktop_relay.ssh.hostkeys import (
+    HostKeyPolicy,
+    host_key_algs,
+    host_label,
+    read_known_hosts,
+)
 
 
 def _key() -> asyncssh.SSHKey:
@@ -62,8 +67,8 @@ def test_first_use_is_recorded_and_keeps_existing_lines(tmp_path: Path) -> None:
 
 
 def test_first_use_creates_file_and_directory(tmp_path: Path) -> None:
-    """A missing known_hosts (and .ssh directory) is created private."""
-    kh = tmp_path / "ssh" / "known_hosts"
+    """A missing known_hosts (and .ssh directory, and what leads to it) is created private."""
+    kh = tmp_path / "home" / "user" / ".ssh" / "known_hosts"
     policy = HostKeyPolicy(kh, secure=False)
     assert policy.check("h", "", 22, _key())
     policy.commit()
@@ -121,6 +126,7 @@ def test_secure_refuses_unknown(tmp_path: Path) -> None:
     """With --secure-host-key an unknown host is refused and nothing is written."""
     kh = tmp_path / "known_hosts"
     policy = HostKeyPolicy(kh, secure=True)
+    policy.commit()  # nothing checked yet: nothing to record
     assert policy.check("h", "", 22, _key()) is False
     assert isinstance(policy.refusal, HostKeyUnknown)
     policy.commit()
@@ -137,7 +143,9 @@ def test_expected_key_ignores_known_hosts(tmp_path: Path) -> None:
     assert _data(policy.trusted_keys("localhost", 20022)) == _data([identity])
     assert policy.trusted_keys("localhost", 20022) == [identity.convert_to_public()]
     assert policy.check("localhost", "", 20022, stranger) is False
-    assert "identity key" in str(policy.refusal)
+    assert str(policy.refusal).endswith(
+        f"must present its identity key ssh-ed25519 {identity.get_fingerprint()} "
+        "(--identity-path x)")
     policy.commit()
     assert kh.read_text() == _line("[localhost]:20022", stranger)
 
@@ -237,6 +245,167 @@ def test_unwritable_known_hosts_commit_fails_clearly(tmp_path: Path) -> None:
     policy = HostKeyPolicy(blocker / "known_hosts", secure=False)
     key = asyncssh.generate_private_key("ssh-ed25519").convert_to_public()
     policy.pending_record = ("[127.0.0.1]:2222", key)
-    with pytest.raises(KeyFileError, match="cannot record host key of"):
+    with pytest.raises(KeyFileError, match=r"^cannot record host key of \[127\.0\.0\.1\]:2222 in "
+                                           rf"{blocker / 'known_hosts'}: Not a directory$"):
         policy.commit()
     assert blocker.read_bytes() == b"keep"
+
+
+def test_host_key_algorithms_offer_the_pinned_type_first_then_every_default() -> None:
+    """The pinned keys' algorithms come first (so the kex picks the pinned type), then every
+    other default one once (so a changed key type is reported as a changed key); with a
+    trusted CA, certificate algorithms lead."""
+    from asyncssh.public_key import get_default_certificate_algs, get_default_public_key_algs
+
+    pinned = _key()
+    defaults = [a.decode() for a in get_default_public_key_algs()]
+    certs = [a.decode() for a in get_default_certificate_algs()]
+    assert host_key_algs([]) == defaults
+    offered = host_key_algs([pinned, pinned])
+    assert offered[0] == "ssh-ed25519" and defaults[0] != "ssh-ed25519"
+    assert sorted(offered) == sorted(defaults) and len(set(offered)) == len(offered)
+    with_ca = host_key_algs([pinned], certificates=True)
+    assert with_ca[:len(certs)] == certs and with_ca[len(certs)] == "ssh-ed25519"
+    assert sorted(with_ca) == sorted(certs + defaults)
+
+
+def test_ca_refusals_name_the_host_as_known_hosts_writes_it(tmp_path: Path) -> None:
+    """On a non-default port, the refusal of a certificate names the host as ``[host]:port``
+    (the @cert-authority line to add, or the @revoked line that matched it)."""
+    ca, untrusted = _key(), _key()
+    kh = tmp_path / "known_hosts"
+    kh.write_text("@cert-authority " + _line("[h.example]:2222", ca)
+                  + "@revoked " + _line("[h.example]:2222", untrusted))
+    policy = HostKeyPolicy(kh, secure=True)
+    policy.refuse_ca("h.example", 2222, untrusted)
+    assert str(policy.refusal).startswith("host certificate of [h.example]:2222 is signed by CA ")
+    assert str(policy.refusal).endswith(f"marked @revoked in {kh} line 2")
+    policy.refuse_ca("h.example", 2222, _key())
+    assert str(policy.refusal).startswith("host certificate of [h.example]:2222 is signed by CA ")
+    assert "add '@cert-authority [h.example]:2222 <CA public key>'" in str(policy.refusal)
+    assert str(policy.revoked_refusal("h.example", 2222, "certificate key revoked")) == (
+        f"host key of [h.example]:2222 was refused: certificate key revoked (@revoked in {kh} "
+        "line 2)")
+    with kh.open("a") as fh:
+        fh.write("@revoked " + _line("[*.example]:2222", _key()))
+    assert str(policy.revoked_refusal("h.example", 2222, "revoked")).endswith(
+        f"(@revoked in {kh} line 2, 3)")
+
+
+def test_revoked_keys_go_to_the_certificate_check_only_with_a_ca(tmp_path: Path) -> None:
+    """With a CA for the host, its @revoked keys are handed to the certificate check; without
+    one there is no certificate to check and the revoked key reaches check() instead."""
+    ca, revoked = _key(), _key()
+    kh = tmp_path / "known_hosts"
+    kh.write_text("@revoked " + _line("*", revoked))
+    policy = HostKeyPolicy(kh, secure=True)
+    assert policy.host_cas("h", 22) == ([], [])
+    kh.write_text("@cert-authority " + _line("*", ca) + "@revoked " + _line("*", revoked))
+    cas, gone = policy.host_cas("h", 22)
+    assert (_data(cas), _data(gone)) == ([ca.public_data], [revoked.public_data])
+
+
+def test_spawned_server_is_never_asked_for_a_certificate(tmp_path: Path) -> None:
+    """With the identity key expected, known_hosts' CA lines are not consulted at all."""
+    kh = tmp_path / "known_hosts"
+    kh.write_text("@cert-authority " + _line("*", _key()))
+    policy = HostKeyPolicy(kh, secure=True, expected=asyncssh.generate_private_key("ssh-ed25519"))
+    assert policy.expects_certificate("h", 22) is False
+    assert policy.host_cas("h", 22) == ([], [])
+
+
+def test_only_well_formed_version_1_hashes_match(tmp_path: Path) -> None:
+    """A hashed name is read only as ``|1|salt|hash``: another version, too few fields or
+    a salt that is not base64 matches nothing (and breaks nothing)."""
+    key = _key()
+    salt = os.urandom(20)
+    digest = hmac.new(salt, b"h", hashlib.sha1).digest()
+    other_version = f"|2|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
+    kh = tmp_path / "known_hosts"
+    kh.write_text(_line(other_version, key) + _line("|1|" + base64.b64encode(salt).decode(), key)
+                  + _line("|1|abc|abc", key))  # not base64
+    assert HostKeyPolicy(kh, secure=True).trusted_keys("h", 22) == []
+    kh.write_text(_line(other_version.replace("|2|", "|1|"), key))
+    assert len(HostKeyPolicy(kh, secure=True).trusted_keys("h", 22)) == 1
+
+
+def test_each_skipped_line_is_warned_about_once(tmp_path: Path) -> None:
+    """known_hosts is re-read at every (re)connection; each bad line is logged once, not at
+    every read."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("container_desktop_relay.ssh.hostkeys")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        kh = tmp_path / "known_hosts"
+        kh.write_text("garbage\n" + _line("h", _key()) + "more garbage\n")
+        policy = HostKeyPolicy(kh, secure=True)
+        for _ in range(3):
+            assert len(policy.trusted_keys("h", 22)) == 1
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    skipped = [r for r in records if r.getMessage() == "known_hosts_line_skipped"]
+    assert [(getattr(r, "path", None), getattr(r, "line", None)) for r in skipped] == [
+        (str(kh), 1), (str(kh), 3)]
+    assert getattr(skipped[0], "reason", None) == (
+        "expected: [marker] host-patterns keytype base64 [comment]")
+
+
+def test_unreadable_known_hosts_is_named_with_the_reason(tmp_path: Path) -> None:
+    """A known_hosts that exists but cannot be read stops the check, naming file and cause."""
+    from container_desktop_relay.errors import KeyFileError
+
+    kh = tmp_path / "known_hosts"
+    kh.mkdir()
+    with pytest.raises(KeyFileError, match=rf"^cannot read known hosts {kh}: Is a directory$"):
+        read_known_hosts(kh)
+
+
+def test_wildcards_and_case(tmp_path: Path) -> None:
+    """``?`` stands for exactly one character, ``*`` for any run; names match whatever their
+    case (as ssh lowercases them); an empty pattern (a stray comma) names no host."""
+    kh = tmp_path / "known_hosts"
+    one, other = _key(), _key()
+    kh.write_text(_line("h?.example", one) + _line("*.LAN,", other))
+    policy = HostKeyPolicy(kh, secure=True)
+    assert _data(policy.trusted_keys("h1.example", 22)) == _data([one])
+    assert policy.trusted_keys("h12.example", 22) == []
+    assert policy.trusted_keys("hx-example", 22) == []
+    assert _data(policy.trusted_keys("nas.lan", 22)) == _data([other])
+    assert _data(policy.trusted_keys("NAS.Lan", 22)) == _data([other])
+    assert policy.trusted_keys("h", 22) == []
+
+
+def test_unknown_key_of_a_host_with_only_a_ca_line(tmp_path: Path) -> None:
+    """A @cert-authority line pins no plain key: a host presenting a plain key is unknown
+    (refused under --secure-host-key, with the fix) rather than 'changed'."""
+    kh = tmp_path / "known_hosts"
+    kh.write_text("@cert-authority " + _line("h", _key()))
+    key = _key()
+    policy = HostKeyPolicy(kh, secure=True)
+    assert policy.check("h", "", 22, key) is False
+    assert isinstance(policy.refusal, HostKeyUnknown)
+    assert str(policy.refusal) == (
+        f"host key ssh-ed25519 {key.get_fingerprint('sha256')} of h is not in {kh} and "
+        "--secure-host-key is on; add it there (ssh-keyscan) or turn strict checking off")
+    tofu = HostKeyPolicy(kh, secure=False)
+    assert tofu.check("h", "", 22, key) is True and tofu.pending_record == ("h", key)
+
+
+def test_changed_key_refusal_says_how_to_accept_a_new_key(tmp_path: Path) -> None:
+    """The refusal of a changed key names both keys and the line to delete."""
+    kh = tmp_path / "known_hosts"
+    old, new = _key(), _key()
+    kh.write_text(_line("h", old))
+    policy = HostKeyPolicy(kh, secure=False)
+    assert policy.check("h", "", 22, new) is False
+    assert str(policy.refusal) == (
+        f"host key of h changed: the server presented ssh-ed25519 {new.get_fingerprint()} but "
+        f"{kh} line 1 records ssh-ed25519 {old.get_fingerprint()}; if the server was re-keyed "
+        "on purpose, delete that line")

@@ -97,7 +97,9 @@ def test_open_private_key_refused(tmp_path: Path, rsa_pem: bytes) -> None:
 
 def test_missing_key_message(tmp_path: Path) -> None:
     """A missing identity names the path and how to create it."""
-    with pytest.raises(KeyFileError, match="does not exist; create it with --generate-key-pair"):
+    with pytest.raises(KeyFileError, match=rf"^identity key {tmp_path / 'nope'} does not exist; "
+                                           "create it with --generate-key-pair or point "
+                                           "--identity-path at an existing key$"):
         keys.load_private_key(tmp_path / "nope")
 
 
@@ -122,7 +124,8 @@ def test_unwritable_directory_fails_cleanly(tmp_path: Path, rsa_pem: bytes) -> N
         ro.mkdir(mode=0o500)
         target = ro / "authorized_keys"
     key = asyncssh.import_private_key(rsa_pem)
-    with pytest.raises(KeyFileError, match="authorized keys"):
+    with pytest.raises(KeyFileError, match=rf"^cannot (read|update) authorized keys {target}: "
+                                           "(Not a directory|Permission denied)$"):
         keys.ensure_authorized(key, target)
 
 
@@ -142,7 +145,8 @@ def test_writable_authorized_keys_refused_by_server(tmp_path: Path, rsa_pem: byt
     ak = tmp_path / "authorized_keys"
     ak.write_bytes(keys.authorized_key_line(key))
     ak.chmod(0o666)
-    with pytest.raises(KeyFileError, match=r"writable by group/others \(mode 0666\).*chmod go-w"):
+    with pytest.raises(KeyFileError, match=rf"^authorized keys {ak} is writable by group/others "
+                                           r"\(mode 0666\).*chmod go-w"):
         keys.load_authorized_keys(ak, strict=True)
     assert len(keys.load_authorized_keys(ak)) == 1  # non-strict readers (keygen) still read
     ak.chmod(0o644)
@@ -359,10 +363,11 @@ def test_authorized_keys_writable_by_group_or_others_refused(tmp_path: Path, rsa
         keys.load_authorized_keys(ak, strict=True)
 
 
-@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o600, 0o400])
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o600, 0o400, 0o711])
 def test_authorized_keys_readable_by_others_accepted(tmp_path: Path, rsa_pem: bytes,
                                                      mode: int) -> None:
-    """Read bits for group and others are fine (as with OpenSSH): only write bits are refused."""
+    """Read (and execute) bits for group and others are fine (as with OpenSSH): only write
+    bits are refused."""
     ak = tmp_path / "authorized_keys"
     ak.write_bytes(keys.authorized_key_line(asyncssh.import_private_key(rsa_pem)))
     ak.chmod(mode)
@@ -424,3 +429,228 @@ def test_identity_public_key_refuses_what_it_cannot_read(tmp_path: Path, rsa_pem
     (tmp_path / "gone.pub").write_text("not a key\n")
     with pytest.raises(KeyFileError, match=r"gone\.pub is not a public key"):
         keys.identity_public_key(tmp_path / "gone")
+
+
+def test_full_disk_while_authorizing_is_named(tmp_path: Path, rsa_pem: bytes,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write of authorized_keys that fails (a full disk) is one clear error naming the file
+    and the cause."""
+    import errno
+
+    def full(path: Path, line: bytes, mode: int = 0o600) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(keys, "append_line", full)
+    ak = tmp_path / "authorized_keys"
+    with pytest.raises(KeyFileError, match=rf"^cannot update authorized keys {ak}: No space left "
+                                           "on device$"):
+        keys.ensure_authorized(asyncssh.import_private_key(rsa_pem), ak)
+
+
+def test_public_key_is_written_beside_itself_at_its_mode_then_renamed(
+        tmp_path: Path, rsa_pem: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The .pub is written to one hidden temporary file in its own directory (so the rename
+    is atomic and a leftover is never taken for a key), already at 0644, then renamed."""
+    private = tmp_path / "id_rsa"
+    private.write_bytes(rsa_pem)
+    private.chmod(0o600)
+    seen: list[tuple[str, int]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        seen.extend((p.name, stat.S_IMODE(p.stat().st_mode)) for p in tmp_path.iterdir()
+                    if p.name != "id_rsa")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    keys.ensure_key_pair(private, None)
+    assert len(seen) == 1, seen
+    name, mode = seen[0]
+    assert name.startswith(".id_rsa.pub.") and name.endswith(".tmp") and mode == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["id_rsa", "id_rsa.pub"]
+
+
+def test_new_private_key_is_0600_from_the_first_byte(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The new private key's file is created 0600, before any byte of it is written (not
+    chmod-ed afterwards), whatever the umask."""
+    modes: list[int] = []
+    real_write = os.write
+    private = tmp_path / "id_rsa"
+
+    def write(fd: int, data: bytes) -> int:
+        if private.exists() and data.startswith(b"-----BEGIN RSA PRIVATE KEY-----"):
+            modes.append(stat.S_IMODE(private.stat().st_mode))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    old = os.umask(0o022)
+    try:
+        keys.ensure_key_pair(private, None)
+    finally:
+        os.umask(old)
+    assert modes == [0o600]
+
+
+def test_private_key_that_appears_meanwhile_is_never_overwritten(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A private key another keygen writes while this one generates is kept byte for byte:
+    this run fails, naming the file, instead of writing over it."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private = tmp_path / "id_rsa"
+    theirs = b"their key, written meanwhile\n" * 200
+    real_generate = rsa.generate_private_key
+
+    def generate(**kwargs: int) -> rsa.RSAPrivateKey:
+        private.write_bytes(theirs)
+        private.chmod(0o600)
+        return real_generate(**kwargs)
+
+    monkeypatch.setattr(keys.rsa, "generate_private_key", generate)
+    with pytest.raises(KeyFileError, match=rf"cannot write private key {private}: File exists"):
+        keys.ensure_key_pair(private, tmp_path / "ak")
+    assert private.read_bytes() == theirs
+    assert not (tmp_path / "ak").exists() and not (tmp_path / "id_rsa.pub").exists()
+
+
+def test_public_file_that_holds_no_key_is_refused(tmp_path: Path, rsa_pem: bytes) -> None:
+    """A .pub beside the key that holds no public key at all is refused as such, with the
+    fix, and left as it is."""
+    private = tmp_path / "id_rsa"
+    private.write_bytes(rsa_pem)
+    private.chmod(0o600)
+    pub = tmp_path / "id_rsa.pub"
+    pub.write_bytes(b"not a key\n")
+    with pytest.raises(KeyFileError, match=rf"public key {pub} is not a public key; .*mv {pub} "
+                                           rf"{pub}\.old\) and run keygen again to write the "
+                                           "matching one$"):
+        keys.ensure_key_pair(private, tmp_path / "ak")
+    assert pub.read_bytes() == b"not a key\n" and not (tmp_path / "ak").exists()
+
+
+def test_authorized_keys_under_missing_directories_creates_them(tmp_path: Path,
+                                                                rsa_pem: bytes) -> None:
+    """A new home's missing .ssh (and what leads to it) is created, the last one 0700, and
+    the key authorized there."""
+    ak = tmp_path / "home" / "user" / ".ssh" / "authorized_keys"
+    key = asyncssh.import_private_key(rsa_pem)
+    assert keys.ensure_authorized(key, ak) is True
+    assert stat.S_IMODE(ak.parent.stat().st_mode) == 0o700
+    assert [k.public_data for k in keys.load_authorized_keys(ak)] == [key.public_data]
+
+
+def test_public_half_of_a_non_rsa_key_is_an_openssh_line() -> None:
+    """PEM "RSA PUBLIC KEY" exists for RSA only: another key's public half is written as an
+    OpenSSH line that ssh and asyncssh read back as the same key."""
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    data = keys.public_pem(key)
+    assert data.startswith(b"ssh-ed25519 AAAA") and data.endswith(b"\n")
+    assert asyncssh.import_public_key(data).public_data == key.public_data
+
+
+@pytest.mark.parametrize(("before", "after", "number"), [
+    (b"#", b"#\nhost key\n", 2),
+    (b"\n", b"\nhost key\n", 2),
+    (b"\nx", b"\nx\nhost key\n", 3),
+])
+def test_append_line_reads_the_whole_file_from_its_first_byte(
+        tmp_path: Path, before: bytes, after: bytes, number: int) -> None:
+    """The final-newline check and the line number count every byte, the first one too."""
+    path = tmp_path / "known_hosts"
+    path.write_bytes(before)
+    assert keys.append_line(path, b"host key\n") == number
+    assert path.read_bytes() == after
+
+
+def test_authorized_keys_of_root_or_this_user_only(tmp_path: Path, rsa_pem: bytes,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under strict modes authorized_keys must belong to this user or root (as sshd wants);
+    another owner is refused, named by uid."""
+    ak = tmp_path / "authorized_keys"
+    ak.write_bytes(keys.authorized_key_line(asyncssh.import_private_key(rsa_pem)))
+    owner = ak.stat().st_uid
+    monkeypatch.setattr(os, "geteuid", lambda: owner + 1000)
+    if owner == 0:
+        assert len(keys.load_authorized_keys(ak, strict=True)) == 1  # root's: accepted
+        os.chown(ak, 4242, -1)
+        owner = 4242
+    with pytest.raises(KeyFileError, match=rf"^authorized keys {ak} is owned by uid {owner}, "
+                                           "not by this user$"):
+        keys.load_authorized_keys(ak, strict=True)
+
+
+def test_modes_on_a_windows_drive_are_not_checked(tmp_path: Path, rsa_pem: bytes,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a Windows drive (DrvFs) mode bits are made up: a 0666 authorized_keys and a 0644
+    key are not refused for them, and such a key, not provably ours, still gets the full
+    RSA consistency check."""
+    private = tmp_path / "id_rsa"
+    private.write_bytes(_inconsistent_rsa_pem(rsa_pem))
+    private.chmod(0o644)
+    ak = tmp_path / "authorized_keys"
+    ak.write_bytes(keys.authorized_key_line(asyncssh.import_private_key(rsa_pem)))
+    ak.chmod(0o666)
+    monkeypatch.setattr(keys, "on_windows_drive", lambda path: Path(path) in (private, ak))
+    assert len(keys.load_authorized_keys(ak, strict=True)) == 1
+    with pytest.raises(KeyFileError, match=rf"^identity key {private} cannot be loaded: "):
+        keys.load_private_key(private)
+
+
+def test_public_key_under_another_name_is_named_without_a_guess(tmp_path: Path) -> None:
+    """A public key passed as the identity is named as such; a private key is suggested only
+    for a .pub name whose private key sits beside it."""
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    path = tmp_path / "ed"
+    path.write_bytes(key.export_public_key())
+    with pytest.raises(KeyFileError, match=r"is a public key; the path must name the private "
+                                           "key$"):
+        keys.load_private_key(path)
+    lone = tmp_path / "lone.pub"  # and no private key "lone" beside it
+    lone.write_bytes(key.export_public_key())
+    with pytest.raises(KeyFileError, match=r"is a public key; the path must name the private "
+                                           "key$"):
+        keys.load_private_key(lone)
+
+
+def test_short_write_is_an_error_not_a_lost_tail(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that takes only part of the line raises, saying how much was written."""
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:3]))
+    with pytest.raises(OSError, match=r"^short write \(3 of 9 bytes\)$"):
+        keys.append_line(tmp_path / "known_hosts", b"host key\n")
+
+
+def test_reused_key_reports_what_was_done_and_every_failure(
+        tmp_path: Path, rsa_pem: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reusing a key reports nothing created and nothing authorized when no authorized_keys
+    is named; when both writes fail, both failures are reported together, and no new key is
+    said to be kept."""
+    import errno
+
+    private = tmp_path / "id_rsa"
+    private.write_bytes(rsa_pem)
+    private.chmod(0o600)
+    pub = tmp_path / "id_rsa.pub"
+    assert keys.ensure_key_pair(private, None) == keys.KeyPairResult(private, pub, False, False)
+    pub.unlink()
+
+    def full(*args: object, **kwargs: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(keys, "append_line", full)
+    monkeypatch.setattr(keys, "atomic_write", full)
+    ak = tmp_path / "ak"
+    with pytest.raises(KeyFileError, match=rf"^cannot update authorized keys {ak}: No space left "
+                                           rf"on device; cannot write public key {pub}: No space "
+                                           "left on device$"):
+        keys.ensure_key_pair(private, ak)
+
+
+def test_authorized_key_line_is_type_key_and_our_comment(rsa_pem: bytes) -> None:
+    """The line keygen appends is ``ssh-rsa <base64> container-desktop-relay`` and one newline."""
+    key = asyncssh.import_private_key(rsa_pem)
+    algorithm, blob = key.export_public_key("openssh").split()[:2]
+    assert keys.authorized_key_line(key) == algorithm + b" " + blob + b" container-desktop-relay\n"
+    assert keys.authorized_key_line(key, "laptop").endswith(b" laptop\n")

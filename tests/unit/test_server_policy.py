@@ -308,3 +308,257 @@ async def test_host_key_probe_is_no_failed_login(server: RelayServer, keys: Keys
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
+
+
+def _relay(keys: Keys, **settings: object) -> RelayServer:
+    return RelayServer(
+        load_config({"identity_path": str(keys.identity), "port": str(free_port()),
+                     "authorized_keys_path": str(keys.authorized_keys), "log_level": "error",
+                     **settings}, environ={}),
+        Metrics("server"), RoleState("server"),
+    )
+
+
+@pytest.mark.asyncio
+async def test_passwords_and_keyboard_interactive_never_offered(server: RelayServer) -> None:
+    """The server offers public-key authentication only: a client able to answer a password
+    or keyboard-interactive prompt is never asked, and is refused."""
+    asked: list[str] = []
+
+    class Client(asyncssh.SSHClient):
+        def password_auth_requested(self) -> None:
+            asked.append("password")
+
+        def kbdint_auth_requested(self) -> None:
+            asked.append("keyboard-interactive")
+
+    with pytest.raises(asyncssh.PermissionDenied):
+        async with asyncssh.connect("127.0.0.1", server.port, username="t", client_keys=None,
+                                    known_hosts=None, agent_path=None, client_factory=Client,
+                                    login_timeout=TIMEOUT):
+            pass
+    assert asked == []
+
+
+@pytest.mark.asyncio
+async def test_sixth_rejected_key_ends_the_login(server: RelayServer, keys: Keys) -> None:
+    """Five rejected keys still leave the authorized one its turn; the sixth rejected key
+    ends the connection (OpenSSH's MaxAuthTries 6), so the seventh is never tried."""
+    identity = asyncssh.read_private_key(str(keys.identity))
+    strangers = [asyncssh.generate_private_key("ssh-ed25519") for _ in range(6)]
+    async with _connect_keys(server, [*strangers[:5], identity]):
+        pass
+    with pytest.raises(asyncssh.PermissionDenied,
+                       match=r"too many authentication failures \(6\)"):
+        async with _connect_keys(server, [*strangers, identity]):
+            pass
+
+
+def _connect_keys(relay: RelayServer, client_keys: list[asyncssh.SSHKey]
+                  ) -> asyncssh.SSHClientConnection:
+    return asyncssh.connect("127.0.0.1", relay.port, username="t", client_keys=client_keys,
+                            known_hosts=None, agent_path=None, login_timeout=TIMEOUT)
+
+
+@pytest.mark.asyncio
+async def test_authorized_keys_others_can_write_is_refused(keys: Keys) -> None:
+    """An authorized_keys others could write stops the start, naming it; made so later, its
+    keys stop logging in (the server goes on, and its own identity still gets in)."""
+    from container_desktop_relay.errors import KeyFileError
+    from container_desktop_relay.ssh.keys import authorized_key_line
+
+    keys.authorized_keys.chmod(0o666)
+    with pytest.raises(KeyFileError, match=rf"authorized keys {keys.authorized_keys} is "
+                                           r"writable by group/others \(mode 0666\)"):
+        await _relay(keys).start()
+    other = asyncssh.generate_private_key("ssh-ed25519")
+    keys.authorized_keys.chmod(0o600)
+    keys.authorized_keys.write_bytes(authorized_key_line(other))
+    relay = _relay(keys)
+    await relay.start()
+    try:
+        async with _connect(relay, other):
+            pass
+        keys.authorized_keys.chmod(0o666)
+        with pytest.raises(asyncssh.PermissionDenied):
+            async with _connect(relay, other):
+                pass
+        async with _connect(relay, keys.identity):
+            pass
+    finally:
+        relay.stop_accepting()
+        relay.close_all()
+
+
+@pytest.mark.asyncio
+async def test_line_without_port_forwarding_opens_no_channel(server: RelayServer,
+                                                             keys: Keys) -> None:
+    """A login through an authorized_keys line with no-port-forwarding gets in but may open
+    no socket, and is told which line says so."""
+    from container_desktop_relay.ssh.keys import authorized_key_line
+
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    keys.authorized_keys.write_bytes(b"# first\nno-port-forwarding " + authorized_key_line(key))
+    echo = EchoTarget(keys.dir / "e.sock")
+    try:
+        async with _connect(server, key) as conn:
+            refused = await _open_error(conn, str(echo.path))
+        assert refused.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED
+        assert refused.reason == ("port forwarding is disabled by no-port-forwarding "
+                                  f"({keys.authorized_keys} line 2)")
+        async with _connect(server, keys.identity) as conn:  # the identity's own line rules
+            assert await _echo_through(conn, echo.path) == b"ping"
+    finally:
+        echo.close()
+    assert server.metrics.connection_errors == 1
+
+
+@pytest.mark.asyncio
+async def test_refusals_say_why_with_their_codes(server: RelayServer, keys: Keys) -> None:
+    """Each refused channel carries the SSH code a client acts on and the whole reason; each
+    counts as a connection error."""
+    async with _connect(server, keys.identity) as conn:
+        with pytest.raises(asyncssh.ChannelOpenError) as session:
+            await conn.create_session(asyncssh.SSHClientSession, "id")
+        assert session.value.reason == (
+            "session channels (shell, exec, subsystem) are not allowed: this server only "
+            "forwards direct-streamlocal@openssh.com channels")
+        with pytest.raises(asyncssh.ChannelOpenError) as tcp:
+            await conn.open_connection("127.0.0.1", 9)
+        assert (tcp.value.code, tcp.value.reason) == (
+            asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+            "TCP forwarding (direct-tcpip) is not allowed: this server only forwards to Unix "
+            "sockets")
+        before = server.metrics.connection_errors
+        await _open_error(conn, "relative.sock")
+        assert server.metrics.connection_errors == before + 1
+        assert server.metrics.last_error == ("socket path 'relative.sock' is not absolute: it "
+                                              "must be absolute, like '/relative.sock'")
+        server.state.start_draining()
+        draining = await _open_error(conn, "relative.sock")  # the drain is said first
+        assert (draining.code, draining.reason) == (asyncssh.OPEN_CONNECT_FAILED,
+                                                    "server is shutting down")
+
+
+@pytest.mark.asyncio
+async def test_pool_limit_counts_open_connections_and_frees_closed_ones(keys: Keys) -> None:
+    """With max_connections 2, two connections are open and the third is refused; once one
+    closes, its slot takes a new connection."""
+    echo = EchoTarget(keys.dir / "e.sock")
+    relay = _relay(keys, max_connections="2")
+    await relay.start()
+    loop = asyncio.get_running_loop()
+    try:
+        async with _connect(relay, keys.identity) as conn:
+            opened = []
+            for n in (b"1", b"2"):
+                reader, writer = await conn.open_unix_connection(str(echo.path))
+                writer.write(n)
+                assert await asyncio.wait_for(reader.readexactly(1), TIMEOUT) == n
+                opened.append(writer)
+            full = await _open_error(conn, str(echo.path))
+            assert (full.code, full.reason) == (asyncssh.OPEN_RESOURCE_SHORTAGE,
+                                                "connection pool exhausted (max: 2)")
+            opened[0].close()
+            deadline = loop.time() + TIMEOUT
+            while True:  # the slot frees once the server has seen the close
+                try:
+                    assert await _echo_through(conn, echo.path) == b"ping"
+                    break
+                except asyncssh.ChannelOpenError as exc:
+                    assert exc.code == asyncssh.OPEN_RESOURCE_SHORTAGE
+                    assert loop.time() < deadline, "the closed connection's slot never freed"
+                    await asyncio.sleep(0.01)
+    finally:
+        echo.close()
+        relay.stop_accepting()
+        relay.close_all()
+
+
+@pytest.mark.asyncio
+async def test_one_opened_and_one_closed_line_per_connection(server: RelayServer,
+                                                             keys: Keys) -> None:
+    """Each forwarded connection logs exactly one connection_opened and one
+    connection_closed, with the same id and its socket path (and the SSH user on the first);
+    a refused one logs neither."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("container_desktop_relay.ssh.server")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    echo = EchoTarget(keys.dir / "e.sock")
+    loop = asyncio.get_running_loop()
+    try:
+        async with _connect(server, keys.identity) as conn:
+            for _ in range(2):
+                assert await _echo_through(conn, echo.path) == b"ping"
+            await _open_error(conn, "relative.sock")
+            deadline = loop.time() + TIMEOUT
+            while server.registry.active:  # the last close reaches the server
+                assert loop.time() < deadline, "the connections never closed"
+                await asyncio.sleep(0.01)
+    finally:
+        echo.close()
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    events = [(r.getMessage(), getattr(r, "conn_id", None), getattr(r, "socket_path", None))
+              for r in records if r.getMessage() in ("connection_opened", "connection_closed")]
+    assert {getattr(r, "user", None) for r in records
+            if r.getMessage() == "connection_opened"} == {"t"}  # who opened it
+    ids = sorted({conn_id for _, conn_id, _ in events})
+    assert len(ids) == 2 and all(str(i).startswith("c-") for i in ids), events
+    for conn_id in ids:
+        assert [(m, p) for m, i, p in events if i == conn_id] == [
+            ("connection_opened", str(echo.path)), ("connection_closed", str(echo.path))]
+
+
+@pytest.mark.asyncio
+async def test_channels_queued_for_a_busy_target_count_against_the_pool(
+        keys: Keys, tmp_path: Path) -> None:
+    """Channels waiting for a target whose listen backlog is full hold their slots (with
+    max_connections 2, two queued channels leave none for a third), and each is served once
+    the target accepts."""
+    import socket
+
+    from container_desktop_relay.ssh import server as server_module
+
+    path = tmp_path / "busy.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(0)
+    fillers = []
+    while (sock := server_module.connect_now(str(path))) is not None:  # fill the backlog
+        fillers.append(sock)
+    echo = EchoTarget(keys.dir / "e.sock")
+    relay = _relay(keys, max_connections="2")
+    await relay.start()
+    accepted: list[socket.socket] = []
+    loop = asyncio.get_running_loop()
+    try:
+        async with _connect(relay, keys.identity) as conn:
+            # one connection's channel requests are handled in order: both are queued first
+            queued = [asyncio.create_task(conn.open_unix_connection(str(path))) for _ in "ab"]
+            await asyncio.sleep(0)  # one pass: each task sends its request before the third
+            full = await _open_error(conn, str(echo.path))
+            assert (full.code, full.reason) == (asyncssh.OPEN_RESOURCE_SHORTAGE,
+                                                "connection pool exhausted (max: 2)")
+            listener.settimeout(TIMEOUT)
+            while len(accepted) < len(fillers) + 2:  # make room: the queued connects land
+                accepted.append((await loop.run_in_executor(None, listener.accept))[0])
+            streams = await asyncio.wait_for(asyncio.gather(*queued), TIMEOUT)
+            for n, (_, writer) in enumerate(streams):
+                writer.write(b"%d" % n)
+            got = set()
+            for sock in accepted[len(fillers):]:
+                sock.settimeout(TIMEOUT)
+                got.add(await loop.run_in_executor(None, sock.recv, 1))
+            assert got == {b"0", b"1"}
+    finally:
+        echo.close()
+        relay.stop_accepting()
+        relay.close_all()
+        listener.close()
+        for sock in fillers + accepted:
+            sock.close()
