@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -579,6 +580,24 @@ class PeakRss:
         """Peak minus baseline per process, in MiB."""
         return [(peak - base) / (1 << 20) for base, peak in zip(self.base, self.peak,
                                                                 strict=True)]
+
+
+@contextlib.contextmanager
+def log_records(name: str, level: int) -> Iterator[list[logging.LogRecord]]:
+    """The records logger ``name`` emits at ``level`` and above while the block runs, whatever
+    configuration earlier tests left on the loggers (no propagation needed, unlike caplog)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger(name)
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
 
 
 @contextlib.contextmanager

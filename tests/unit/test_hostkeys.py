@@ -18,6 +18,7 @@ from container_desktop_relay.ssh.hostkeys import (
     host_label,
     read_known_hosts,
 )
+from helpers import log_records
 
 
 def _key() -> asyncssh.SSHKey:
@@ -334,22 +335,12 @@ def test_each_skipped_line_is_warned_about_once(tmp_path: Path) -> None:
     every read."""
     import logging
 
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger("container_desktop_relay.ssh.hostkeys")
-    logger.addHandler(handler)
-    old_level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
+    with log_records("container_desktop_relay.ssh.hostkeys", logging.WARNING) as records:
         kh = tmp_path / "known_hosts"
         kh.write_text("garbage\n" + _line("h", _key()) + "more garbage\n")
         policy = HostKeyPolicy(kh, secure=True)
         for _ in range(3):
             assert len(policy.trusted_keys("h", 22)) == 1
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
     skipped = [r for r in records if r.getMessage() == "known_hosts_line_skipped"]
     assert [(getattr(r, "path", None), getattr(r, "line", None)) for r in skipped] == [
         (str(kh), 1), (str(kh), 3)]

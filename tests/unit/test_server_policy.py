@@ -17,7 +17,7 @@ from container_desktop_relay.config import load_config
 from container_desktop_relay.observability.metrics import Metrics
 from container_desktop_relay.runtime.state import RoleState
 from container_desktop_relay.ssh.server import RelayServer
-from helpers import EchoTarget, Keys, free_port
+from helpers import EchoTarget, Keys, free_port, log_records
 
 TIMEOUT = 10.0
 
@@ -57,14 +57,7 @@ async def _echo_through(conn: asyncssh.SSHClientConnection, target: Path) -> byt
 async def test_remote_forwarding_requests_refused(server: RelayServer, keys: Keys) -> None:
     """tcpip-forward and streamlocal-forward global requests get an SSH refusal and one
     forward_request_refused log line each; the connection goes on working."""
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger("container_desktop_relay.ssh.server")
-    logger.addHandler(handler)  # whatever configuration earlier tests left on the loggers
-    old_level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
+    with log_records("container_desktop_relay.ssh.server", logging.WARNING) as records:
         tmp = keys.dir
         async with _connect(server, keys.identity) as conn:
             with pytest.raises(asyncssh.ChannelListenError):
@@ -77,9 +70,6 @@ async def test_remote_forwarding_requests_refused(server: RelayServer, keys: Key
                 assert await _echo_through(conn, echo.path) == b"ping"
             finally:
                 echo.close()
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
     kinds = [getattr(r, "kind", None) for r in records
              if r.getMessage() == "forward_request_refused"]
     assert kinds == ["tcpip-forward", "streamlocal-forward"]
@@ -261,25 +251,18 @@ async def test_link_lost_while_a_queued_target_is_wrapped_leaves_nothing_active(
 async def test_host_key_probe_is_no_failed_login(server: RelayServer, keys: Keys) -> None:
     """A client that only fetches the host key (doctor's check, ssh-keyscan) and leaves is
     logged at debug and not counted; garbage and a refused key still are failed logins."""
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.DEBUG)
-    handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger("container_desktop_relay.ssh.server")
-    logger.addHandler(handler)
-    old_level = logger.level
-    logger.setLevel(logging.DEBUG)
-    loop = asyncio.get_running_loop()
+    with log_records("container_desktop_relay.ssh.server", logging.DEBUG) as records:
+        loop = asyncio.get_running_loop()
 
-    async def all_gone() -> None:
-        deadline = loop.time() + TIMEOUT
-        while server.connections:
-            assert loop.time() < deadline, "the server never saw the connection end"
-            await asyncio.sleep(0.01)
+        async def all_gone() -> None:
+            deadline = loop.time() + TIMEOUT
+            while server.connections:
+                assert loop.time() < deadline, "the server never saw the connection end"
+                await asyncio.sleep(0.01)
 
-    def events(name: str) -> list[logging.LogRecord]:
-        return [r for r in records if r.getMessage() == name]
+        def events(name: str) -> list[logging.LogRecord]:
+            return [r for r in records if r.getMessage() == name]
 
-    try:
         key = await asyncssh.get_server_host_key("127.0.0.1", server.port)
         assert key is not None
         await all_gone()
@@ -305,9 +288,6 @@ async def test_host_key_probe_is_no_failed_login(server: RelayServer, keys: Keys
         failed = events("ssh_login_failed")
         assert len(failed) == 2 and failed[1].levelno == logging.WARNING
         assert server.metrics.connection_errors == 2
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
 
 
 def _relay(keys: Keys, **settings: object) -> RelayServer:
@@ -481,28 +461,20 @@ async def test_one_opened_and_one_closed_line_per_connection(server: RelayServer
     """Each forwarded connection logs exactly one connection_opened and one
     connection_closed, with the same id and its socket path (and the SSH user on the first);
     a refused one logs neither."""
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger("container_desktop_relay.ssh.server")
-    logger.addHandler(handler)
-    old_level = logger.level
-    logger.setLevel(logging.INFO)
-    echo = EchoTarget(keys.dir / "e.sock")
-    loop = asyncio.get_running_loop()
-    try:
-        async with _connect(server, keys.identity) as conn:
-            for _ in range(2):
-                assert await _echo_through(conn, echo.path) == b"ping"
-            await _open_error(conn, "relative.sock")
-            deadline = loop.time() + TIMEOUT
-            while server.registry.active:  # the last close reaches the server
-                assert loop.time() < deadline, "the connections never closed"
-                await asyncio.sleep(0.01)
-    finally:
-        echo.close()
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
+    with log_records("container_desktop_relay.ssh.server", logging.INFO) as records:
+        echo = EchoTarget(keys.dir / "e.sock")
+        loop = asyncio.get_running_loop()
+        try:
+            async with _connect(server, keys.identity) as conn:
+                for _ in range(2):
+                    assert await _echo_through(conn, echo.path) == b"ping"
+                await _open_error(conn, "relative.sock")
+                deadline = loop.time() + TIMEOUT
+                while server.registry.active:  # the last close reaches the server
+                    assert loop.time() < deadline, "the connections never closed"
+                    await asyncio.sleep(0.01)
+        finally:
+            echo.close()
     events = [(r.getMessage(), getattr(r, "conn_id", None), getattr(r, "socket_path", None))
               for r in records if r.getMessage() in ("connection_opened", "connection_closed")]
     assert {getattr(r, "user", None) for r in records
