@@ -411,3 +411,15 @@ def test_a_side_that_is_gone_is_not_driven_any_more() -> None:
     assert a.closed and not b.eof
     pump.eof(CLIENT)
     assert not b.eof
+
+
+def test_failed_is_a_boolean_from_the_start() -> None:
+    """``failed`` is written as is into the connection_closed line: false, never null, for a
+    connection that ended cleanly."""
+    pump, _a, _b, _ = make()
+    assert pump.failed is False
+    pump.eof(CLIENT)
+    pump.eof(TARGET)
+    pump.lost(CLIENT)
+    pump.lost(TARGET)
+    assert pump.failed is False and pump.reason == "done"
