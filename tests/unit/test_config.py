@@ -13,6 +13,7 @@ from container_desktop_relay.config import (
     Option,
     config_fields,
     derived_port,
+    env_values,
     load_config,
 )
 from container_desktop_relay.errors import ConfigError
@@ -356,3 +357,9 @@ def test_other_roles_keys_are_refused_as_flags_only(tmp_path: Path, role: str) -
         from_env = parse_config(role, [], environ={f"CDR_{f.name.upper()}": text})
         assert getattr(from_env, f.name) == value, f.name
 
+
+
+def test_empty_environment_variable_is_unset() -> None:
+    """A variable set to the empty string counts as unset (the default stays), not as a value."""
+    assert env_values({"CDR_PORT": ""}) == {}
+    assert env_values({"CDR_PORT": "2222"}) == {"port": 2222}

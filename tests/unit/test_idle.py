@@ -9,7 +9,7 @@ import pytest
 
 from container_desktop_relay.core import idle
 from container_desktop_relay.core.idle import expired
-from container_desktop_relay.core.pump import CLIENT, TARGET, Pump
+from container_desktop_relay.core.pump import CLIENT, REFUSE_LINGER, TARGET, Pump
 from helpers import FakeEnd
 
 
@@ -138,3 +138,60 @@ def test_expired_limits_are_inclusive(monkeypatch: pytest.MonkeyPatch) -> None:
     pump.closing = True
     assert expired(pump, 109.999, 0, 0) is None
     assert expired(pump, 110.0, 0, 0) == "peer accepted no data for 10s while closing"
+
+
+def test_refused_client_is_cut_off_after_the_refuse_linger(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused client still sending is aborted REFUSE_LINGER after the refusal (inclusive),
+    whatever the other limits say; one that half-closed meanwhile is closing and lingers as
+    any closing connection does."""
+    monkeypatch.setattr(time, "monotonic", lambda: 100.0)  # refused at 100
+    pump = Pump("c", "/s", None)
+    a = FakeEnd()
+    pump.attach(CLIENT, a)
+    pump.data(CLIENT, b"request")
+    pump.refuse("pool exhausted")
+    linger = REFUSE_LINGER
+    assert expired(pump, 100.0 + linger - 0.001, 0.5, 0.5) is None  # read_timeout not used
+    assert expired(pump, 100.0 + linger, 0, 0) == f"refused client still sending after {linger:g}s"
+    assert expired(pump, 100.0 + 1e6, 0, 0) == f"refused client still sending after {linger:g}s"
+    pump.eof(CLIENT)  # the client said all it will: the pump closes it gracefully
+    assert pump.closing
+    assert expired(pump, 100.0 + 1e6, 0, 0) is None  # nothing queued for it: no linger
+
+
+def test_sweeper_applies_the_write_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One pass aborts a connection whose peer took nothing for write_timeout."""
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    pump, _a, b = attached()
+    pump.data(CLIENT, b"u" * 100)  # a backlog the target peer does not take
+    clock[0] = 200.0
+    _sweep_once(monkeypatch, [pump], 0, 5.0)
+    assert b.aborted and pump.reason == "peer accepted no data for 5s (write_timeout)"
+
+
+def test_the_first_byte_taken_is_progress_on_either_side() -> None:
+    """A peer that has taken a single byte of its backlog made progress: the write timeout
+    counts from then."""
+    for side in (CLIENT, TARGET):
+        pump, a, b = attached()
+        dest = b if side == CLIENT else a
+        now = time.monotonic()
+        pump.data(side, b"u" * 100)
+        dest.accept(1)
+        assert expired(pump, now + 1.5, 0, 2.0) is None
+        assert expired(pump, now + 3.0, 0, 2.0) is None, side
+        assert "write_timeout" in (expired(pump, now + 3.5, 0, 2.0) or "")
+
+
+def test_a_backlog_is_stalled_from_when_none_was_last_seen() -> None:
+    """With nothing pending a connection is never stalled, even for a sub-second limit; a
+    backlog that then appears is stalled from the last look that saw none."""
+    pump, _a, _b = attached()
+    now = time.monotonic()
+    assert pump.stalled_for(now + 5) == 0.0
+    assert expired(pump, now + 5, 0, 0.5) is None
+    pump.data(CLIENT, b"u" * 100)  # the target peer takes none of it
+    assert expired(pump, now + 6, 0, 2.0) is None
+    assert expired(pump, now + 7, 0, 2.0) == "peer accepted no data for 2s (write_timeout)"

@@ -301,3 +301,125 @@ def test_close_before_the_target_attached() -> None:
     assert a.closed and pump.reason == "shutdown" and not done
     pump.lost(CLIENT)
     assert done == [pump]
+
+
+def test_refusal_after_the_client_half_closed_closes_at_once() -> None:
+    """A client that already sent all it will (EOF) is closed at once on refusal: there is
+    nothing left to read and drop."""
+    done: list[Pump] = []
+    pump = Pump("c-5", "/t.sock", done.append)
+    a = FakeEnd()
+    pump.attach(CLIENT, a)
+    pump.data(CLIENT, b"GET /_ping")
+    pump.eof(CLIENT)
+    pump.refuse("target refused")
+    assert a.closed and not a.aborted and pump.closing and pump.refused_at is not None
+    assert pump.failed and pump.reason == "target refused"
+    pump.lost(CLIENT)
+    assert done == [pump]
+
+
+def test_refusal_closes_an_attached_target_and_keeps_the_first_reason() -> None:
+    """A target side that did open is closed by the refusal; the client reads EOF and keeps
+    being read. A second refusal changes nothing; a refusal after a close is no refusal."""
+    pump, a, b, _ = make()
+    pump.refuse("pool exhausted")
+    assert b.closed and not b.aborted and not b.eof
+    assert a.eof and not a.closed and not a.paused and not pump.closing
+    first = pump.refused_at
+    assert first is not None and pump.failed and pump.reason == "pool exhausted"
+    pump.refuse("second reason")
+    assert pump.refused_at == first and pump.reason == "pool exhausted"
+    pump, a, b, _ = make()
+    pump.close("shutdown")
+    pump.refuse("too late")
+    assert pump.refused_at is None and pump.reason == "shutdown" and not pump.failed
+
+
+def test_refusal_drops_what_was_held_for_a_late_target() -> None:
+    """Data held for a target that then is refused is never delivered, not even to a target
+    end attached afterwards (it is closed), and counts nothing."""
+    done: list[Pump] = []
+    pump = Pump("c-8", "/t.sock", done.append)
+    a = FakeEnd()
+    pump.attach(CLIENT, a)
+    pump.data(CLIENT, b"request")
+    pump.refuse("channel open failed")
+    late = FakeEnd()
+    pump.attach(TARGET, late)
+    assert late.closed and late.written == [] and not late.eof
+    pump.eof(CLIENT)
+    pump.lost(CLIENT)
+    pump.lost(TARGET)
+    assert done == [pump] and pump.bytes == (0, 0) and pump.reason == "channel open failed"
+
+
+def test_graceful_close_counts_what_was_flushed_and_a_failure_does_not() -> None:
+    """A side we closed gracefully flushed its buffer: the bytes count once it is gone. A side
+    that failed, or went away before both directions ended, discarded its buffer: what its
+    peer had not taken by then stays uncounted, whatever the end reports afterwards."""
+    pump, a, b, done = make()
+    a.holding = b.holding = True
+    pump.data(TARGET, b"d" * 1000)
+    pump.data(CLIENT, b"u" * 10)
+    pump.eof(CLIENT)
+    pump.eof(TARGET)
+    assert pump.bytes == (0, 0)
+    a.queue = b.queue = 0  # closed: flushed to the peer, nothing queued any more
+    pump.lost(CLIENT)
+    pump.lost(TARGET)
+    assert done == [pump] and pump.bytes == (10, 1000) and not pump.failed
+    for exc in (OSError("reset"), None):
+        pump, a, b, done = make()
+        a.holding = True
+        pump.data(TARGET, b"d" * 1000)
+        a.accept(300)
+        assert pump.down == 300
+        a.queue = 0  # the transport dropped its buffer: a closed end queues nothing
+        pump.lost(CLIENT, exc)
+        pump.lost(TARGET)
+        assert done == [pump] and pump.down == 300 and pump.failed, exc
+
+
+def test_abort_counts_what_was_accepted_at_the_abort() -> None:
+    """An abort discards the buffer: the counts are what the peer had taken when it came, not
+    what was last looked at before it nor what the end reports afterwards."""
+    pump, a, _b, _ = make()
+    a.holding = True
+    pump.data(TARGET, b"d" * 1000)
+    assert pump.down == 0
+    a.accept(400)  # taken, not yet looked at
+    pump.close("shutdown", abort=True)
+    a.accept(600)
+    assert pump.down == 400
+
+
+def test_a_side_that_is_gone_is_not_driven_any_more() -> None:
+    """Once a side is lost, a late EOF, pause or resume from the other side is not passed to it."""
+    pump, a, b, _ = make()
+    pump.eof(TARGET)
+    pump.eof(CLIENT)  # both ended: both closed gracefully, the target goes first
+    pump.lost(TARGET)
+    b.paused = False
+    pump.pause_writing(CLIENT)  # the client end, still flushing, is full
+    assert not b.paused
+    b.paused = True
+    pump.resume_writing(CLIENT)
+    assert b.paused
+    pump, a, b, _ = make()
+    pump.lost(TARGET)  # before any data: the client is closed gracefully
+    assert a.closed and not b.eof
+    pump.eof(CLIENT)
+    assert not b.eof
+
+
+def test_failed_is_a_boolean_from_the_start() -> None:
+    """``failed`` is written as is into the connection_closed line: false, never null, for a
+    connection that ended cleanly."""
+    pump, _a, _b, _ = make()
+    assert pump.failed is False
+    pump.eof(CLIENT)
+    pump.eof(TARGET)
+    pump.lost(CLIENT)
+    pump.lost(TARGET)
+    assert pump.failed is False and pump.reason == "done"
