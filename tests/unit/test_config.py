@@ -200,6 +200,11 @@ def test_bad_values_name_key_value_and_allowed(flags: dict[str, object], message
         ({"buffer_size": True}, "invalid buffer_size=true"),
         ({"read_timeout": "1x"}, "invalid read_timeout=1x"),
         ({"allow_socket": "/one"}, "a list of strings"),
+        ({"allow_socket": 5}, "a list of strings"),
+        ({"allow_socket": ["/one", 5]}, "a list of strings"),
+        ({"read_timeout": [1]}, "invalid read_timeout=[1]"),
+        ({"read_timeout": {"s": 1}}, "invalid read_timeout="),
+        ({"buffer_size": None}, "invalid buffer_size="),
     ],
 )
 def test_bad_config_files(tmp_path: Path, content: object, message: str) -> None:
@@ -363,3 +368,11 @@ def test_empty_environment_variable_is_unset() -> None:
     """A variable set to the empty string counts as unset (the default stays), not as a value."""
     assert env_values({"CDR_PORT": ""}) == {}
     assert env_values({"CDR_PORT": "2222"}) == {"port": 2222}
+
+
+def test_null_in_a_file_means_unset_only_where_unset_is_allowed(tmp_path: Path) -> None:
+    """``null`` for a key whose default is unset (health_check_port) leaves it unset and the
+    keys after it still count; for a key with a value (buffer_size) it is an error, above."""
+    config = load_config({}, config_path=write(tmp_path, {"health_check_port": None,
+                                                          "buffer_size": 65536}), environ={})
+    assert config.health_check_port is None and config.buffer_size == 65536
