@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -188,6 +189,20 @@ async def test_allowed_users_and_key_only_login(keys: Keys) -> None:
         relay.close_all()
 
 
+def _busy_target(path: Path) -> tuple[socket.socket, list[socket.socket]]:
+    """A Unix listener at ``path`` whose listen backlog is full: (the listener, the connections
+    that fill it); the caller closes them all."""
+    from container_desktop_relay.ssh.server import connect_now
+
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(0)
+    fillers = []
+    while (sock := connect_now(str(path))) is not None:
+        fillers.append(sock)
+    return listener, fillers
+
+
 @pytest.mark.asyncio
 async def test_link_lost_while_a_queued_target_is_wrapped_leaves_nothing_active(
         server: RelayServer, keys: Keys, tmp_path: Path,
@@ -195,17 +210,11 @@ async def test_link_lost_while_a_queued_target_is_wrapped_leaves_nothing_active(
     """The SSH connection drops in the event-loop pass between a queued target accepting and
     its socket being wrapped (a rare race, forced here by holding that pass open): the target
     is closed and nothing stays counted active or pending, so a drain does not wait for it."""
-    import socket
 
     from container_desktop_relay.ssh import server as server_module
 
     path = tmp_path / "busy.sock"
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(str(path))
-    listener.listen(0)
-    fillers = []
-    while (sock := server_module.connect_now(str(path))) is not None:  # fill the backlog
-        fillers.append(sock)
+    listener, fillers = _busy_target(path)
     wrapping, release = asyncio.Event(), asyncio.Event()
     real_adopt = server_module._adopt
 
@@ -492,17 +501,10 @@ async def test_channels_queued_for_a_busy_target_count_against_the_pool(
     """Channels waiting for a target whose listen backlog is full hold their slots (with
     max_connections 2, two queued channels leave none for a third), and each is served once
     the target accepts."""
-    import socket
 
-    from container_desktop_relay.ssh import server as server_module
 
     path = tmp_path / "busy.sock"
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(str(path))
-    listener.listen(0)
-    fillers = []
-    while (sock := server_module.connect_now(str(path))) is not None:  # fill the backlog
-        fillers.append(sock)
+    listener, fillers = _busy_target(path)
     echo = EchoTarget(keys.dir / "e.sock")
     relay = _relay(keys, max_connections="2")
     await relay.start()
